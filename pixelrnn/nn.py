@@ -1,0 +1,195 @@
+"""PixelRNN layers: masks, masked convolutions, Row LSTM, Diagonal BiLSTM, PixelCNN block.
+
+Every paper concept lives here once; section numbers refer to van den Oord et al.,
+"Pixel Recurrent Neural Networks", ICML 2016 (arXiv 1601.06759).
+Feature maps are (B, F, H, W); F features are split into C contiguous groups (R, G, B).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def channel_groups(features: int, channels: int) -> Tensor:
+    """Colour group (0..C-1) of each of `features` feature maps (Sec. 3.4).
+
+    Features are split into C contiguous groups; sizes differ by at most one, so any
+    feature count >= C works.
+    """
+    if features < channels:
+        raise ValueError(f"need at least {channels} features for {channels} channels, got {features}")
+    return torch.arange(features) * channels // features
+
+
+def causal_mask(out_groups: Tensor, in_groups: Tensor, kernel: tuple[int, int], mask_type: str) -> Tensor:
+    """Mask A / mask B of Sec. 3.4 for a (kh, kw) kernel with odd sizes -> (O, I, kh, kw).
+
+    Spatially a position sees rows above and pixels to its left. At the centre, output
+    group o sees input group i when i < o (mask A: a sub-pixel never sees itself) or
+    i <= o (mask B: later layers may see their own group).
+    """
+    if mask_type not in ("A", "B"):
+        raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
+    kh, kw = kernel
+    cy, cx = kh // 2, kw // 2
+    mask = torch.ones(len(out_groups), len(in_groups), kh, kw)
+    mask[:, :, cy, cx + 1 :] = 0
+    mask[:, :, cy + 1 :, :] = 0
+    if mask_type == "A":
+        centre = in_groups[None, :] < out_groups[:, None]
+    else:
+        centre = in_groups[None, :] <= out_groups[:, None]
+    mask[:, :, cy, cx] = centre.float()
+    return mask
+
+
+class MaskedConv2d(nn.Conv2d):
+    """Convolution whose weight is multiplied by a causal mask (Sec. 3.4), 'same' padding."""
+
+    def __init__(self, in_groups: Tensor, out_groups: Tensor, kernel: tuple[int, int], mask_type: str):
+        super().__init__(len(in_groups), len(out_groups), kernel, padding=(kernel[0] // 2, kernel[1] // 2))
+        self.register_buffer("mask", causal_mask(out_groups, in_groups, kernel, mask_type), persistent=False)
+
+    def masked_weight(self) -> Tensor:
+        return self.weight * self.mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.masked_weight(), self.bias, padding=self.padding)
+
+
+def lstm_cell(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
+    """Gates [o, f, i, g] stacked on dim 1 -> (h, c): c = f*c_prev + i*g, h = o*tanh(c) (Eq. 3)."""
+    o, f, i, g = gates.chunk(4, dim=1)
+    cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(cell), cell
+
+
+class RowLSTM(nn.Module):
+    """Row LSTM (Sec. 3.1): processes the map row by row, top to bottom.
+
+    Input-to-state: a 1 x k (k=3) mask-B convolution along the row, computed for the
+    whole map at once. State-to-state: a 1 x k unmasked convolution of the previous
+    row's hidden state. Receptive field: a triangle above the pixel.
+    """
+
+    def __init__(self, in_features: int, hidden: int, channels: int, kernel: int = 3):
+        super().__init__()
+        self.hidden = hidden
+        gate_groups = channel_groups(hidden, channels).repeat(4)
+        self.input_to_state = MaskedConv2d(channel_groups(in_features, channels), gate_groups, (1, kernel), "B")
+        self.state_to_state = nn.Conv1d(hidden, 4 * hidden, kernel, padding=kernel // 2)
+
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        gates_in = self.input_to_state(x)  # (B, 4h, H, W)
+        if bias is not None:
+            gates_in = gates_in + bias
+        batch, _, height, width = gates_in.shape
+        h = c = gates_in.new_zeros(batch, self.hidden, width)
+        rows = []
+        for r in range(height):
+            h, c = lstm_cell(gates_in[:, :, r] + self.state_to_state(h), c)
+            rows.append(h)
+        return torch.stack(rows, dim=2)  # (B, h, H, W)
+
+
+def skew(x: Tensor) -> Tensor:
+    """(..., H, W) -> (..., H, W+H-1): row r shifted right by r (Sec. 3.2, Figure 3)."""
+    *lead, height, width = x.shape
+    flat = F.pad(x, (0, height)).reshape(*lead, height * (width + height))
+    return flat[..., : height * (width + height - 1)].reshape(*lead, height, width + height - 1)
+
+
+def unskew(x: Tensor) -> Tensor:
+    """Inverse of `skew`: (..., H, W+H-1) -> (..., H, W)."""
+    *lead, height, skewed_width = x.shape
+    width = skewed_width - height + 1
+    flat = F.pad(x.reshape(*lead, height * skewed_width), (0, height))
+    return flat.reshape(*lead, height, width + height)[..., :width]
+
+
+def shift_down(x: Tensor) -> Tensor:
+    """Shift a (..., H, W) map down by one row, zero row on top (Sec. 3.2: hides the future)."""
+    return F.pad(x, (0, 0, 1, 0))[..., :-1, :]
+
+
+class DiagonalBiLSTM(nn.Module):
+    """Diagonal BiLSTM (Sec. 3.2): two diagonal LSTMs; receptive field = the whole past.
+
+    Input-to-state: 1x1 mask-B convolution. State-to-state: a 2x1 convolution down a
+    column of the skewed map, so cell (i, j) reads (i-1, j) and (i, j-1). The second
+    direction runs on the mirrored map; its output is shifted down one row before it is
+    added, so the current row's future never leaks. Both directions run in one loop.
+    """
+
+    def __init__(self, in_features: int, hidden: int, channels: int):
+        super().__init__()
+        self.hidden = hidden
+        gate_groups = channel_groups(hidden, channels).repeat(8)  # [forward gates, reverse gates]
+        self.input_to_state = MaskedConv2d(channel_groups(in_features, channels), gate_groups, (1, 1), "B")
+        # state_to_state[d] maps [h(i-1, j), h(i, j-1)] (2h) -> 4h gates for direction d
+        self.state_to_state = nn.Parameter(torch.randn(2, 4 * hidden, 2 * hidden) / (2 * hidden) ** 0.5)
+        self.state_bias = nn.Parameter(torch.zeros(2, 4 * hidden, 1))
+
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        gates_in = self.input_to_state(x)  # (B, 8h, H, W); a 1x1 conv commutes with mirroring
+        if bias is not None:
+            gates_in = gates_in + bias
+        forward_in, reverse_in = gates_in.chunk(2, dim=1)
+        both_in = skew(torch.stack([forward_in, reverse_in.flip(-1)]))  # (2, B, 4h, H, W+H-1)
+        _, batch, _, height, skewed_width = both_in.shape
+        width = skewed_width - height + 1
+        # cells outside the image keep a zero state, like a convolution's zero padding
+        valid = skew(both_in.new_ones(height, width))  # (H, W+H-1)
+        h = c = both_in.new_zeros(2, batch, self.hidden, height)
+        columns = []
+        for t in range(skewed_width):
+            h_above = F.pad(h, (1, 0))[..., :-1]  # h(i-1, j): the previous column, one cell down
+            above_and_left = torch.cat([h_above, h], dim=2)  # (2, B, 2h, H)
+            gates = both_in[..., t] + torch.einsum("dgk,dbkh->dbgh", self.state_to_state, above_and_left)
+            gates = gates + self.state_bias[:, None]
+            h, c = lstm_cell(gates.flatten(0, 1), c.flatten(0, 1))
+            h = (h * valid[:, t]).unflatten(0, (2, batch))
+            c = (c * valid[:, t]).unflatten(0, (2, batch))
+            columns.append(h)
+        both_out = unskew(torch.stack(columns, dim=-1))  # (2, B, h, H, W)
+        return both_out[0] + shift_down(both_out[1].flip(-1))
+
+
+class PixelCNNBlock(nn.Module):
+    """PixelCNN residual block (Sec. 3.5, Figure 5): 2h -> 1x1 h -> 3x3 mask B -> 1x1 2h, + input."""
+
+    def __init__(self, features: int, channels: int, kernel: int = 3):
+        super().__init__()
+        groups_2h, groups_h = channel_groups(features, channels), channel_groups(features // 2, channels)
+        self.reduce = MaskedConv2d(groups_2h, groups_h, (1, 1), "B")
+        self.conv = MaskedConv2d(groups_h, groups_h, (kernel, kernel), "B")
+        self.expand = MaskedConv2d(groups_h, groups_2h, (1, 1), "B")
+
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        t = self.conv(F.relu(self.reduce(F.relu(x))))
+        if bias is not None:
+            t = t + bias
+        return x + self.expand(F.relu(t))
+
+
+class ConditionalBias(nn.Module):
+    """Conditioning as a bias on a layer's input-to-state map (Sec. 2.2 and 3.6).
+
+    A class label adds a learned per-class vector; a conditioning map (the upsampled
+    small image of the Multi-Scale PixelRNN) adds a learned 1x1 projection of itself.
+    """
+
+    def __init__(self, features: int, num_classes: int | None, cond_channels: int):
+        super().__init__()
+        self.class_bias = nn.Embedding(num_classes, features) if num_classes else None
+        self.cond_bias = nn.Conv2d(cond_channels, features, 1) if cond_channels else None
+
+    def forward(self, y: Tensor | None, cond: Tensor | None) -> Tensor | None:
+        bias = None
+        if self.class_bias is not None and y is not None:
+            bias = self.class_bias(y)[:, :, None, None]  # (B, F, 1, 1)
+        if self.cond_bias is not None and cond is not None:
+            bias = self.cond_bias(cond) if bias is None else bias + self.cond_bias(cond)
+        return bias
