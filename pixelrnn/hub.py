@@ -1,0 +1,508 @@
+"""Load PixelRNN checkpoints from folders or the Hugging Face Hub, write model cards, push to the Hub.
+
+    model = load("diagonal_bilstm_mnist")       # checkpoints/<name>, a folder, or a Hub repo id
+    python -m pixelrnn.hub card CHECKPOINT_DIR [--repo-id USER/NAME]
+    python -m pixelrnn.hub push CHECKPOINT_DIR USER/NAME [--private]
+
+A checkpoint is a folder with config.json (the model's constructor arguments, as written by
+`save_pretrained`) and model.safetensors, plus optional metrics.json, samples.png and README.md.
+Weights are read only from safetensors: pickle files (pytorch_model.bin, *.pt) can run
+arbitrary code when loaded and are refused.
+
+Hub settings (HF_ENDPOINT, HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE, HF_TOKEN) are read from the
+environment at call time, not only when huggingface_hub is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import queue
+import re
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCardData, constants, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from pixelrnn.model import HUB_TAGS, MultiScalePixelRNN, PixelRNN
+
+CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+PROBE_TIMEOUT_S = 2.0
+CONFIG, WEIGHTS, METRICS, SAMPLES, CARD = "config.json", "model.safetensors", "metrics.json", "samples.png", "README.md"
+UPLOAD_FILES = (CONFIG, WEIGHTS, METRICS, CARD, SAMPLES)
+PICKLE_WEIGHTS = ("pytorch_model.bin", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+ARCH_NAMES = {"pixelcnn": "PixelCNN", "row_lstm": "Row LSTM", "diagonal_bilstm": "Diagonal BiLSTM"}
+# Test NLL reported in the paper (van den Oord et al., 2016): Table 4 (nats) and Table 5 (bits/dim).
+PAPER_RESULTS = {
+    "binarized_mnist": ("nats", {"diagonal_bilstm": 79.20, "row_lstm": 80.54, "pixelcnn": 81.30}),
+    "cifar10": ("bits/dim", {"diagonal_bilstm": 3.00, "row_lstm": 3.07, "pixelcnn": 3.14}),
+}
+DATASET_INFO = {  # name in metrics.json -> (display name, Hub dataset id)
+    "binarized_mnist": ("Binarized MNIST", "ylecun/mnist"),
+    "mnist": ("MNIST (256 levels)", "ylecun/mnist"),
+    "mnist_dynamic_binarized": ("MNIST, dynamically binarized", "ylecun/mnist"),
+    "cifar10": ("CIFAR-10", "uoft-cs/cifar10"),
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be found or is invalid (bad config, missing/corrupt/mismatched weights)."""
+
+
+class HubUnreachableError(CheckpointError, ConnectionError):
+    """The Hub cannot be reached (or offline mode is on) and the checkpoint is not cached.
+
+    Subclasses both CheckpointError and ConnectionError (an OSError), so either catches it.
+    """
+
+
+# --- Hub settings, read at call time -----------------------------------------------------------
+
+def _env_true(value: str | None) -> bool:
+    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_endpoint() -> str:
+    """The Hub URL: $HF_ENDPOINT, else huggingface_hub's default."""
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_cache_dir() -> Path:
+    """The Hub cache: $HF_HUB_CACHE, else $HF_HOME/hub, else huggingface_hub's default."""
+    env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if env:
+        return Path(os.path.expandvars(env)).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set."""
+    if "HF_HUB_OFFLINE" in os.environ or "TRANSFORMERS_OFFLINE" in os.environ:
+        return _env_true(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"))
+    return constants.HF_HUB_OFFLINE
+
+
+# --- resolving a name to a local folder ---------------------------------------------------------
+
+def _local_folder(name: str) -> Path | None:
+    """checkpoints/<name> (staying inside checkpoints/), then `name` as a folder path."""
+    root = CHECKPOINTS_DIR.resolve()
+    candidate = (root / name).resolve()
+    if candidate != root and candidate.is_relative_to(root) and candidate.is_dir():
+        return candidate
+    path = Path(name).expanduser()
+    return path if path.is_dir() else None
+
+
+def probe_hub(repo_id: str, endpoint: str | None = None, timeout: float | None = None) -> None:
+    """HEAD {endpoint}/{repo_id}/resolve/main/config.json; raise HubUnreachableError if no HTTP answer.
+
+    Any HTTP answer (even 404 or 401) counts as reachable, except a proxy or gateway failure (407, 502,
+    503, 504). The request runs in a daemon thread, so not even a hanging DNS lookup can outlast
+    `timeout` (default PROBE_TIMEOUT_S) by more than 0.5 s.
+    """
+    endpoint = endpoint or hub_endpoint()
+    timeout = PROBE_TIMEOUT_S if timeout is None else timeout
+    url = f"{endpoint}/{repo_id}/resolve/main/{CONFIG}"
+    result: queue.Queue[BaseException | None] = queue.Queue()
+
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):  # a redirect is an answer: do not follow it
+            return None
+
+    def _head() -> None:
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            with opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+                pass
+            result.put(None)
+        except urllib.error.HTTPError as err:
+            result.put(err if err.code in (407, 502, 503, 504) else None)
+        except Exception as err:  # noqa: BLE001 - any failure to get an answer is reported below
+            result.put(err)
+
+    threading.Thread(target=_head, name="pixelrnn-hub-probe", daemon=True).start()
+    try:
+        error = result.get(timeout=timeout + 0.5)
+    except queue.Empty:
+        error = TimeoutError(f"no answer within {timeout:.1f} s")
+    if error is not None:
+        reason = f"HTTP {error.code}" if isinstance(error, urllib.error.HTTPError) else getattr(error, "reason", error)
+        raise HubUnreachableError(
+            f"cannot reach the Hugging Face Hub at {endpoint} to download {repo_id!r} ({reason}), and it is not "
+            f"in the local cache ({hub_cache_dir()}). Check the network or HF_ENDPOINT, or pass a local folder."
+        ) from error
+
+
+def _download(
+    repo_id: str, filename: str, revision: str | None, local_only: bool, optional: bool = False
+) -> Path | None:
+    """hf_hub_download with errors turned into CheckpointError; None if missing and (local_only or optional)."""
+    endpoint = hub_endpoint()
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=hub_cache_dir(), endpoint=endpoint,
+                                    local_files_only=local_only, library_name="pixelrnn"))
+    except RepositoryNotFoundError as err:
+        raise CheckpointError(f"{repo_id!r}: no such model repo on {endpoint} (a private or gated repo needs "
+                              f"HF_TOKEN), and no folder of that name in {CHECKPOINTS_DIR}") from err
+    except RevisionNotFoundError as err:
+        raise CheckpointError(f"{repo_id!r}: revision {revision!r} not found on {endpoint}") from err
+    except RemoteEntryNotFoundError as err:
+        if optional:
+            return None
+        hint = (" pixelrnn loads weights only from model.safetensors (pickle files can run arbitrary code)"
+                if filename == WEIGHTS else " it is not a pixelrnn checkpoint")
+        raise CheckpointError(f"{repo_id!r} on {endpoint} has no {filename}:{hint}") from err
+    except LocalEntryNotFoundError as err:
+        if local_only or optional:
+            return None
+        raise HubUnreachableError(f"downloading {filename} of {repo_id!r} from {endpoint} failed: {err}") from err
+    except EntryNotFoundError:  # e.g. cached as known-missing
+        if local_only or optional:
+            return None
+        raise
+    except HfHubHTTPError as err:
+        raise CheckpointError(f"downloading {filename} of {repo_id!r} from {endpoint} failed: {err}") from err
+
+
+def _download_checkpoint(repo_id: str, local_only: bool) -> Path | None:
+    """Snapshot folder holding config.json and model.safetensors of one commit, or None if not cached."""
+    config = _download(repo_id, CONFIG, None, local_only)
+    if config is None:
+        return None
+    commit = config.parent.name  # snapshots/<commit>/config.json: fetch the other files at that same commit
+    revision = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
+    weights = _download(repo_id, WEIGHTS, revision, local_only)
+    if weights is None:
+        return None
+    _download(repo_id, METRICS, revision, local_only, optional=True)
+    return config.parent
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """The local folder for a checkpoint name, downloading it from the Hub if needed.
+
+    Order: checkpoints/<name> in the repo root, a local folder, the Hub cache, the Hub itself.
+    Raises CheckpointError (HubUnreachableError when the Hub cannot be reached or offline mode is on).
+    """
+    name = str(name_or_path)
+    folder = _local_folder(name)
+    if folder is not None:
+        return folder
+    try:
+        validate_repo_id(name)
+    except HFValidationError as err:
+        raise CheckpointError(f"{name!r} is not a folder in {CHECKPOINTS_DIR}, not a local folder and not a "
+                              f"Hub repo id (user/name)") from err
+    cached = _download_checkpoint(name, local_only=True)
+    if cached is not None:
+        return cached
+    if hub_offline():
+        raise HubUnreachableError(f"{name!r} is not in the Hugging Face cache ({hub_cache_dir()}) and offline mode "
+                                  f"is on (HF_HUB_OFFLINE=1): download it once online or pass a local folder")
+    probe_hub(name)
+    return _download_checkpoint(name, local_only=False)
+
+
+# --- reading a checkpoint folder -----------------------------------------------------------------
+
+def _constructor_keys(cls: type) -> set[str]:
+    return {p for p in inspect.signature(cls.__init__).parameters if p != "self"}
+
+
+def read_config(path: str | Path) -> tuple[type[PixelRNN | MultiScalePixelRNN], dict[str, Any]]:
+    """(model class, constructor kwargs) from a config.json, validated; CheckpointError if invalid."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{path.parent}: no {CONFIG}, so it is not a pixelrnn checkpoint") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: cannot read JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of model arguments, got {type(config).__name__}")
+    cls = MultiScalePixelRNN if "factor" in config else PixelRNN
+    unknown = sorted(set(config) - _constructor_keys(cls))
+    if unknown:
+        raise CheckpointError(f"{path}: unknown {cls.__name__} argument(s) {unknown}")
+    if "skip" in config and not isinstance(config["skip"], bool):
+        raise CheckpointError(f"{path}: invalid config: skip must be true or false, got {config['skip']!r}")
+    try:
+        with torch.device("meta"):  # validates the arguments without allocating weights
+            cls(**config)
+    except (ValueError, TypeError, RuntimeError, OverflowError) as err:
+        raise CheckpointError(f"{path}: invalid config: {err}") from err
+    return cls, config
+
+
+def _check_weights(path: Path, expected: dict[str, torch.Size]) -> None:
+    """Compare tensor names and shapes in a safetensors header with the model's, before reading data."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            found = {key: torch.Size(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a valid safetensors file (corrupt or truncated?): {err}") from err
+    problems = [f"missing {k}" for k in expected if k not in found]
+    problems += [f"unexpected {k}" for k in found if k not in expected]
+    problems += [f"{k}: shape {tuple(found[k])} in file, {tuple(shape)} in model"
+                 for k, shape in expected.items() if k in found and found[k] != shape]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointError(f"{path} does not match its config.json: {'; '.join(problems[:5])}{more}")
+
+
+def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> PixelRNN | MultiScalePixelRNN:
+    """Build the model from folder/config.json and load folder/model.safetensors (eval mode)."""
+    folder = Path(folder)
+    cls, config = read_config(folder / CONFIG)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        pickles = sorted({p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)})
+        if pickles:
+            raise CheckpointError(f"{folder}: refusing to load pickle weights {pickles} (unpickling can run arbitrary "
+                                  f"code); pixelrnn loads only {WEIGHTS}. Convert them where you trust the file.")
+        raise CheckpointError(f"{folder}: no {WEIGHTS}")
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in cls(**config).state_dict().items()}
+    _check_weights(weights, expected)
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{weights}: cannot read tensors (corrupt or truncated?): {err}") from err
+    model = cls(**config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{weights} does not match its config.json: {err}") from err
+    return model.to(device).eval()
+
+
+def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> PixelRNN | MultiScalePixelRNN:
+    """Load a checkpoint by name (checkpoints/<name>), folder path or Hub repo id, in eval mode.
+
+    Raises CheckpointError with a clear message for anything missing or invalid, and
+    HubUnreachableError (a CheckpointError and ConnectionError) when the Hub is needed but
+    cannot be reached within ~PROBE_TIMEOUT_S or offline mode is on.
+    """
+    return load_folder(resolve(name_or_path), device)
+
+
+# --- model card ------------------------------------------------------------------------------------
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _count_parameters(config: dict) -> int | None:
+    try:
+        cls = MultiScalePixelRNN if "factor" in config else PixelRNN
+        with torch.device("meta"):
+            return sum(p.numel() for p in cls(**config).parameters())
+    except (TypeError, ValueError):
+        return None
+
+
+def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
+    """Write folder/README.md, a Hub model card built from config.json and metrics.json (both optional).
+
+    `repo_id` goes into the usage snippet (default: the folder's name).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder")
+    config, metrics = _read_json(folder / CONFIG), _read_json(folder / METRICS)
+    arch = str(metrics.get("arch") or config.get("arch") or "unknown")
+    arch_name = ARCH_NAMES.get(arch, arch)
+    factor = config.get("factor") or metrics.get("multiscale_factor")
+    model_name = f"Multi-Scale {arch_name}" if factor else arch_name
+    title = model_name if "PixelCNN" in model_name else f"{model_name} PixelRNN"
+    dataset = str(metrics["dataset"]) if metrics.get("dataset") else None
+    dataset_name, dataset_id = DATASET_INFO.get(dataset, (dataset, None)) if dataset else (None, None)
+    name = repo_id or folder.resolve().name
+
+    nats, bpd = _number(metrics.get("test_nll_nats")), _number(metrics.get("test_bits_per_dim"))
+    unit = metrics.get("unit")
+    if unit not in ("nats", "bits/dim"):
+        unit = "nats" if dataset == "binarized_mnist" or bpd is None else "bits/dim"
+    value = nats if unit == "nats" else (bpd if bpd is not None else _number(metrics.get(f"test_{unit}")))
+    digits = 2 if unit == "nats" else 3
+    unit_label = "nats/image" if unit == "nats" else "bits/dim"
+
+    eval_results = None
+    if value is not None and dataset:
+        eval_results = [EvalResult(task_type="unconditional-image-generation", task_name="Image generation",
+                                   dataset_type=dataset, dataset_name=dataset_name, dataset_split="test",
+                                   metric_type="nll", metric_name=f"Test NLL ({unit_label})",
+                                   metric_value=round(value, digits + 2))]
+    tags = sorted({*HUB_TAGS, arch.replace("_", "-")} | ({"multi-scale"} if factor else set()))
+    data = ModelCardData(library_name="pixelrnn", license="mit", pipeline_tag="unconditional-image-generation",
+                         tags=tags, datasets=[dataset_id] if dataset_id else None,
+                         model_name=name if eval_results else None,
+                         eval_results=eval_results)
+
+    lines = [f"---\n{data.to_yaml()}\n---", "",
+             f"# {title}" + (f" on {dataset_name}" if dataset_name else ""), "",
+             (f"A {model_name} model from [Pixel Recurrent Neural Networks](https://arxiv.org/abs/1601.06759) "
+              "(van den Oord, Kalchbrenner and Kavukcuoglu, 2016), implemented in PyTorch by the `pixelrnn` package."),
+             ""]
+
+    lines += ["## Results", ""]
+    if value is not None:
+        images = metrics.get("test_images")
+        on = f" on {images:,} test images" if isinstance(images, int) else ""
+        lines += ["| model | test NLL |", "|---|---|", f"| this checkpoint | **{value:.{digits}f} {unit_label}**{on} |"]
+        paper_unit, figures = PAPER_RESULTS.get(dataset, (None, {}))
+        if paper_unit == unit and arch in figures:
+            lines.append(f"| paper, {arch_name} ({'Table 4' if unit == 'nats' else 'Table 5'}) "
+                         f"| {figures[arch]:.2f} {unit_label} |")
+        lines.append("")
+        notes = []
+        if factor and arch in figures:
+            notes.append("The paper's figure is for the single-scale model.")
+        if dataset == "cifar10" and isinstance(images, int) and images < 10000:
+            notes.append("The paper evaluates on the full 10,000-image CIFAR-10 test set.")
+        if unit == "nats" and bpd is not None:
+            notes.append(f"In bits per dimension: {bpd:.4f}.")
+        if notes:
+            lines += [" ".join(notes), ""]
+    else:
+        lines += ["No test result recorded (metrics.json missing or without `test_nll_nats`).", ""]
+
+    lines += ["## Architecture", ""]
+    if config:
+        shape = f"{config.get('channels', '?')} x {config.get('height', '?')} x {config.get('width', '?')}"
+        layers = config.get("layers", "?")
+        lines.append(f"- {model_name}: {layers} residual layer{'' if layers == 1 else 's'} after a 7x7 mask-A "
+                     f"convolution, h = {config.get('hidden', '?')} ({'with' if config.get('skip', True) else 'no'} "
+                     f"skip connections), output layers of {config.get('out_hidden', '?')} features")
+        lines.append(f"- images {shape} (channels x height x width), a {config.get('levels', '?')}-way softmax "
+                     f"per sub-pixel")
+        if factor:
+            lines.append(f"- multi-scale: a small model on the image subsampled by {factor}, conditioning the "
+                         f"large one through a {config.get('cond_channels', '?')}-channel map")
+        if config.get("num_classes"):
+            lines.append(f"- class-conditional over {config['num_classes']} classes")
+    parameters = metrics.get("parameters") or _count_parameters(config)
+    if isinstance(parameters, int):
+        lines.append(f"- {parameters:,} parameters")
+    lines.append("")
+
+    training = []
+    if _number(metrics.get("steps")) is not None:
+        training.append(f"{int(metrics['steps']):,} steps")
+    if _number(metrics.get("epochs")) is not None:
+        training.append(f"{metrics['epochs']:.2f} epochs")
+    if _number(metrics.get("batch_size")) is not None:
+        training.append(f"batch size {int(metrics['batch_size'])}")
+    if _number(metrics.get("wall_time_s")) is not None:
+        training.append(f"{_duration(metrics['wall_time_s'])} of training")
+    if metrics.get("device"):
+        training.append(f"on {metrics['device']}")
+    if isinstance(metrics.get("train_images"), int):
+        training.append(f"{metrics['train_images']:,} training images")
+    if training:
+        lines += ["## Training", "", ", ".join(training) + ".", ""]
+
+    if (folder / SAMPLES).is_file():
+        lines += ["## Samples", "", "![samples](samples.png)", ""]
+
+    lines += ["## Usage", "", "```python", "import torch", "import pixelrnn", "",
+              f'model = pixelrnn.load("{name}")  # a Hub repo id, a local folder or a name in checkpoints/']
+    m = "model.large" if factor else "model"  # the full-size PixelRNN holds the image shape
+    lines += [f"x = torch.randint(0, {m}.levels, (1, {m}.channels, {m}.height, {m}.width))"]
+    if config.get("num_classes"):
+        lines += ["y = torch.tensor([0])", "print(model.log_prob(x, y))  # log-likelihood in nats per image"]
+    else:
+        lines += ["print(model.log_prob(x))  # log-likelihood in nats per image"]
+    lines += ["```", "", "Weights are stored as safetensors only; `pixelrnn.load` never unpickles files.", ""]
+
+    path = folder / CARD
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+# --- pushing -------------------------------------------------------------------------------------------
+
+def push(folder: str | Path, repo_id: str, private: bool = False, message: str | None = None) -> str:
+    """Validate a checkpoint folder, refresh its model card and commit its files to a Hub model repo.
+
+    Uploads config.json, model.safetensors, metrics.json, README.md and samples.png (those present)
+    in one commit; `private` applies when the repo is created. Returns the commit URL.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder")
+    load_folder(folder)
+    write_model_card(folder, repo_id)
+    api = HfApi(endpoint=hub_endpoint())
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    files = [name for name in UPLOAD_FILES if (folder / name).is_file()]
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=folder / name) for name in files]
+    info = api.create_commit(repo_id, operations=operations,
+                             commit_message=message or f"Upload pixelrnn checkpoint ({', '.join(files)})")
+    return info.commit_url
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pixelrnn.hub", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    card = commands.add_parser("card", help="(re)write CHECKPOINT_DIR/README.md")
+    card.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_DIR")
+    card.add_argument("--repo-id", help="repo id for the usage snippet (default: the folder's name)")
+    upload = commands.add_parser("push", help="validate, write the card and upload a checkpoint to the Hub")
+    upload.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_DIR")
+    upload.add_argument("repo_id", metavar="REPO_ID")
+    upload.add_argument("--private", action="store_true", help="create the repo private (if it does not exist)")
+    upload.add_argument("--message", help="commit message")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "card":
+            print(write_model_card(args.checkpoint, args.repo_id))
+        else:
+            print(push(args.checkpoint, args.repo_id, private=args.private, message=args.message))
+    except (CheckpointError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

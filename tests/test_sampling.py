@@ -1,0 +1,160 @@
+"""The cached sampler equals the reference sampler; completion, SMC and likelihood maps."""
+
+import math
+
+import pytest
+import torch
+
+import pixelrnn
+from pixelrnn.sampling import CachedStepper
+
+LOGIT_TOLERANCE = 1e-9  # float64: cached and full-pass logits agree to rounding
+
+
+def make(arch, channels, levels, height=5, width=6, num_classes=None, **hparams):
+    hparams = {"hidden": 9, "layers": 2, **hparams}
+    model = pixelrnn.build_model(arch, channels, levels, height, width, num_classes, **hparams).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
+CASES = [(arch, channels, levels, num_classes) for arch in pixelrnn.ARCHS
+         for channels, levels in ((1, 2), (3, 256)) for num_classes in (None, 3)]
+
+
+@pytest.mark.parametrize("arch,channels,levels,num_classes", CASES)
+def test_cached_step_logits_equal_teacher_forced_logits(arch, channels, levels, num_classes):
+    model = make(arch, channels, levels, num_classes=num_classes)
+    x = torch.randint(0, levels, (2, channels, 5, 6))
+    y = None if num_classes is None else torch.tensor([0, 2])
+    with torch.no_grad():
+        full = model(x, y)  # (2, levels, C, H, W)
+        stepper = CachedStepper(model, x, y, None)
+        for r in range(5):
+            for j in range(6):
+                for c in range(channels):
+                    # only sub-pixels before (r, j, c) may be known to the stepper
+                    partial = x.clone()
+                    partial[:, c:, r, j] = 0
+                    step = stepper.logits(partial, r, j)[:, :, c]
+                    assert (step - full[:, :, c, r, j]).abs().max() < LOGIT_TOLERANCE, (r, j, c)
+                stepper.logits(x, r, j)  # the finished pixel
+            stepper.end_row(x, r)
+
+
+@pytest.mark.parametrize("arch,channels,levels,num_classes", CASES)
+def test_cached_and_reference_samples_are_identical(arch, channels, levels, num_classes):
+    model = make(arch, channels, levels, num_classes=num_classes)
+    y = None if num_classes is None else 1
+    reference = pixelrnn.sample(model, 3, y=y, seed=7, method="reference")
+    cached = pixelrnn.sample(model, 3, y=y, seed=7)
+    assert torch.equal(reference, cached)
+    assert reference.shape == (3, channels, 5, 6) and 0 <= reference.min() and reference.max() < levels
+    assert not torch.equal(cached, pixelrnn.sample(model, 3, y=y, seed=8)), "the seed must matter"
+
+
+def test_multiscale_sampling_cached_equals_reference_and_respects_the_small_image():
+    model = make("row_lstm", 3, 256, 6, 6, factor=2)
+    reference = pixelrnn.sample(model, 2, seed=3, method="reference")
+    cached = pixelrnn.sample(model, 2, seed=3)
+    assert torch.equal(reference, cached)
+    steps = list(pixelrnn.sample_steps(model, 2, seed=3, every=1))
+    assert [s.stage for s in steps].count("small") == 9 and steps[-1].stage == "full"
+    assert torch.equal(steps[-1].image, cached)
+
+
+def test_temperature_sharpens_towards_the_mode():
+    model = make("pixelcnn", 1, 2, 4, 4)
+    cold = pixelrnn.sample(model, 64, temperature=0.05, seed=0)
+    # at low temperature every image is (almost) the greedy one: far less diversity
+    assert cold.float().var(0).mean() < pixelrnn.sample(model, 64, temperature=1.0, seed=0).float().var(0).mean()
+
+
+@pytest.mark.parametrize("arch", pixelrnn.ARCHS)
+def test_completion_keeps_known_pixels(arch):
+    model = make(arch, 3, 256, num_classes=3)
+    image = torch.randint(0, 256, (3, 5, 6))
+    mask = torch.zeros(5, 6, dtype=torch.bool)
+    mask[1:4, 2:5] = True
+    out = pixelrnn.sample(model, 4, y=2, image=image, mask=mask, seed=0)
+    assert torch.equal(out[:, :, ~mask], image[:, ~mask].expand(4, -1, -1))
+    assert (out[:, :, mask] != image[:, mask]).any()
+    assert torch.equal(out, pixelrnn.sample(model, 4, y=2, image=image, mask=mask, seed=0, method="reference"))
+
+
+def test_full_mask_equals_unconditional_and_empty_mask_returns_input():
+    model = make("diagonal_bilstm", 1, 2)
+    image = torch.randint(0, 2, (1, 5, 6))
+    full = pixelrnn.sample(model, 2, image=image, mask=torch.ones(5, 6, dtype=torch.bool), seed=4)
+    assert torch.equal(full, pixelrnn.sample(model, 2, seed=4))
+    empty = pixelrnn.sample(model, 2, image=image, mask=torch.zeros(5, 6, dtype=torch.bool), seed=4)
+    assert torch.equal(empty, image.expand(2, -1, -1, -1))
+
+
+def test_progress_records():
+    model = make("row_lstm", 3, 256)
+    steps = list(pixelrnn.sample_steps(model, 2, seed=1, every=4))
+    assert len(steps) == 8  # 30 pixels: every 4th, and the final one
+    assert steps[0].position == (0, 3) and steps[0].done.sum() == 4
+    assert steps[0].probs.shape == (2, 256, 3)
+    torch.testing.assert_close(steps[0].probs.sum(1), torch.ones(2, 3, dtype=steps[0].probs.dtype))
+    assert steps[-1].done.all()
+
+
+@pytest.mark.parametrize("bad", [
+    dict(temperature=0), dict(temperature=-1.0), dict(temperature=float("nan")), dict(method="magic"),
+    dict(y=1), dict(image=torch.zeros(2, 5, 6, dtype=torch.long)),
+    dict(image=torch.zeros(1, 5, 6, dtype=torch.long), mask=torch.ones(4, 4, dtype=torch.bool)),
+    dict(image=torch.full((1, 5, 6), 7), mask=torch.ones(5, 6, dtype=torch.bool)),
+    dict(mask=torch.ones(5, 6, dtype=torch.bool)), dict(n=0), dict(particles=0),
+])
+def test_bad_arguments_are_clear_errors(bad):
+    model = make("pixelcnn", 1, 2)
+    with pytest.raises(ValueError):
+        pixelrnn.sample(model, **{"n": 1, **bad})
+
+
+def test_class_out_of_range_is_a_clear_error():
+    model = make("pixelcnn", 1, 2, num_classes=3)
+    for y in (None, 3, -1, [0, 1, 2]):
+        with pytest.raises(ValueError):
+            pixelrnn.sample(model, 2, y=y)
+
+
+@pytest.mark.parametrize("arch", pixelrnn.ARCHS)
+def test_likelihood_maps_sum_to_log_prob(arch):
+    model = make(arch, 3, 256, num_classes=3)
+    image = torch.randint(0, 256, (3, 5, 6))
+    maps = pixelrnn.likelihood_maps(model, image, y=1)
+    log_prob = model.log_prob(image[None], torch.tensor([1]))[0]
+    assert maps["nll_bits"].shape == maps["entropy_bits"].shape == (3, 5, 6)
+    assert maps["probs"].shape == (256, 3, 5, 6)
+    assert math.isclose(maps["nll_bits"].sum().item() * math.log(2), -log_prob.item(), rel_tol=1e-5)
+    assert (maps["entropy_bits"] >= 0).all() and (maps["entropy_bits"] <= 8 + 1e-4).all()
+
+
+def test_smc_completion_uses_the_context_below_the_hole():
+    """Images are all-0 or all-1: the known bottom half decides the masked top half.
+
+    Plain completion samples the top from the prior (a coin flip per image); SMC weights
+    particles by the known bottom rows and recovers the matching top.
+    """
+    from conftest import fit
+
+    images = torch.cat([torch.zeros(8, 1, 4, 4), torch.ones(8, 1, 4, 4)]).long()
+    model = fit(pixelrnn.build_model("row_lstm", 1, 2, 4, 4, hidden=8, layers=1), images, steps=120)
+    bottom_ones = torch.ones(1, 4, 4, dtype=torch.long)
+    top = torch.zeros(4, 4, dtype=torch.bool)
+    top[:2] = True
+    plain = pixelrnn.sample(model, 32, image=bottom_ones, mask=top, seed=0)
+    steps = list(pixelrnn.sample_steps(model, 32, image=bottom_ones, mask=top, seed=0, every=0, particles=16))
+    smc = steps[-1].image
+    assert torch.equal(smc[:, :, 2:], bottom_ones[:, 2:].expand(32, -1, -1, -1)), "known pixels changed"
+    plain_right = (plain[:, 0, :2] == 1).all(-1).all(-1).float().mean()
+    smc_right = (smc[:, 0, :2] == 1).all(-1).all(-1).float().mean()
+    assert smc_right >= 0.95 and plain_right <= 0.75, (plain_right, smc_right)
+    ess = torch.stack(steps[-1].ess)  # (rows, images)
+    assert ess.shape == (4, 32) and (ess > 0).all() and (ess <= 16 + 1e-4).all()
+    assert ess[2].mean() < 12, "the first known row must separate the particles"
