@@ -1,10 +1,21 @@
 """PixelRNN Studio: Pixel Recurrent Neural Networks (van den Oord et al., 2016) in PyTorch."""
 
-from pixelrnn.model import ARCHS, Model, MultiScalePixelRNN, PixelRNN, bits_per_dim, build_model
 from pixelrnn.hub import CheckpointError, HubUnreachableError, load
+from pixelrnn.model import ARCHS, Model, MultiScalePixelRNN, PixelRNN, bits_per_dim, build_model
 from pixelrnn.sampling import Step, likelihood_maps, sample, sample_steps
 
 __all__ = [
-    "ARCHS", "CheckpointError", "HubUnreachableError", "load", "Model", "MultiScalePixelRNN", "PixelRNN", "Step", "bits_per_dim", "build_model", "likelihood_maps",
-    "sample", "sample_steps",
+    "ARCHS",
+    "CheckpointError",
+    "HubUnreachableError",
+    "Model",
+    "MultiScalePixelRNN",
+    "PixelRNN",
+    "Step",
+    "bits_per_dim",
+    "build_model",
+    "likelihood_maps",
+    "load",
+    "sample",
+    "sample_steps",
 ]

@@ -27,13 +27,12 @@ class DatasetInfo:
     width: int
     num_classes: int | None
     splits: tuple[str, ...]
-    unit: str  # the paper's unit: "nats" (per image) or "bits/dim"
 
 
 DATASETS = {
-    "binarized_mnist": DatasetInfo(1, 2, 28, 28, None, ("train", "valid", "test"), "nats"),
-    "mnist": DatasetInfo(1, 256, 28, 28, 10, ("train", "test"), "bits/dim"),
-    "cifar10": DatasetInfo(3, 256, 32, 32, 10, ("train", "test"), "bits/dim"),
+    "binarized_mnist": DatasetInfo(1, 2, 28, 28, None, ("train", "valid", "test")),
+    "mnist": DatasetInfo(1, 256, 28, 28, 10, ("train", "test")),
+    "cifar10": DatasetInfo(3, 256, 32, 32, 10, ("train", "test")),
 }
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MNIST_CLASSES = tuple(str(d) for d in range(10))

@@ -188,8 +188,8 @@ class MultiScalePixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn
         if factor < 2 or height % factor or width % factor:
             raise ValueError(f"factor must be >= 2 and divide height and width ({height}x{width}), got {factor}")
         self.factor = factor
-        shared = dict(arch=arch, channels=channels, levels=levels, num_classes=num_classes, hidden=hidden,
-                      layers=layers, out_hidden=out_hidden, skip=skip)
+        shared = {"arch": arch, "channels": channels, "levels": levels, "num_classes": num_classes, "hidden": hidden,
+                      "layers": layers, "out_hidden": out_hidden, "skip": skip}
         self.small = PixelRNN(height=height // factor, width=width // factor, **shared)
         self.large = PixelRNN(height=height, width=width, cond_channels=cond_channels, **shared)
         self.upsample = nn.Sequential(

@@ -61,9 +61,10 @@ class MaskedConv2d(nn.Conv2d):
 
 def lstm_cell(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
     """Gates [o, f, i, g] stacked on dim 1 -> (h, c): c = f*c_prev + i*g, h = o*tanh(c) (Eq. 3)."""
-    o, f, i, g = gates.chunk(4, dim=1)
-    cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(cell), cell
+    h = gates.shape[1] // 4
+    ofi = torch.sigmoid(gates[:, : 3 * h])  # one sigmoid for the three gates, one tanh for g
+    cell = torch.addcmul(ofi[:, h : 2 * h] * cell, ofi[:, 2 * h :], torch.tanh(gates[:, 3 * h :]))
+    return ofi[:, :h] * torch.tanh(cell), cell
 
 
 class RowLSTM(nn.Module):

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pixelrnn.model import Model, MultiScalePixelRNN, PixelRNN, scale_pixels
@@ -27,11 +26,22 @@ from pixelrnn.nn import DiagonalBiLSTM, PixelCNNBlock, RowLSTM, lstm_cell
 METHODS = ("cached", "reference")
 
 
-def _bias_at(bias: Tensor | None, r: int, j: int) -> Tensor | float:
-    """A layer's conditioning bias ((N, F, 1, 1) or (N, F, H, W)) at pixel (r, j) -> (N, F)."""
-    if bias is None:
-        return 0.0
-    return bias[:, :, r if bias.shape[2] > 1 else 0, j if bias.shape[3] > 1 else 0]
+def _matrix(conv: torch.nn.Conv2d) -> Tensor:
+    """A masked 1x1 conv's weight as a (in, out) matrix for `x @ matrix`."""
+    return conv.masked_weight()[:, :, 0, 0].t().contiguous()
+
+
+def _bias(constant: Tensor, conditional: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Fold a layer's conditioning bias into its constant bias.
+
+    -> (bias (1 or N, F), per-pixel map (N, F, H, W) or None): a class label's bias is
+    the same at every pixel; a conditioning map (Multi-Scale) varies per pixel.
+    """
+    if conditional is None:
+        return constant[None], None
+    if conditional.shape[2:] == (1, 1):
+        return constant + conditional[:, :, 0, 0], None
+    return constant[None], conditional
 
 
 class ReferenceStepper:
@@ -52,102 +62,119 @@ class ReferenceStepper:
         self.cond = None if self.cond is None else self.cond[index]
 
 
-class _PixelCNNCache:
-    """A PixelCNN block at one pixel: caches relu(reduce(relu(f))) for its 3x3 mask-B window."""
+class _LayerCache:
+    """Per-layer state of the cached stepper; `step` maps the layer input at (r, j) to its output."""
 
-    def __init__(self, block: PixelCNNBlock, n: int, height: int, width: int, bias: Tensor | None):
-        w = block.reduce.weight
-        self.block, self.bias = block, bias
-        self.reduced = w.new_zeros(n, w.shape[0], height + 1, width + 2)  # padded: 1 row on top, 1 col each side
-        self.conv_weight = block.conv.masked_weight()[:, :, :2].flatten(1)  # rows r-1 and r of the kernel
+    tensors: tuple[str, ...] = ()  # batch-first state, reindexed by `reorder`
 
-    def step(self, f: Tensor, r: int, j: int) -> Tensor:
-        b = self.block
-        self.reduced[:, :, r + 1, j + 1] = F.relu(F.linear(F.relu(f), b.reduce.masked_weight()[:, :, 0, 0], b.reduce.bias))
-        window = self.reduced[:, :, r : r + 2, j : j + 3].flatten(1)
-        t = F.linear(window, self.conv_weight, b.conv.bias) + _bias_at(self.bias, r, j)
-        return f + F.linear(F.relu(t), b.expand.masked_weight()[:, :, 0, 0], b.expand.bias)
+    def __init__(self, bias: Tensor, bias_map: Tensor | None):
+        self.bias, self.bias_map = bias, bias_map
+
+    def bias_at(self, r: int, j: int) -> Tensor:
+        return self.bias if self.bias_map is None else self.bias + self.bias_map[:, :, r, j]
 
     def end_row(self, r: int) -> None:
         pass
 
     def reorder(self, index: Tensor) -> None:
-        self.reduced = self.reduced[index]
+        for name in (*self.tensors, "bias", "bias_map"):
+            value = getattr(self, name)
+            if value is not None and value.shape[0] > 1:
+                setattr(self, name, value[index])
 
 
-class _RowLSTMCache:
-    """A Row LSTM at one pixel: the previous row's states, this row's inputs (Sec. 3.1)."""
+class _PixelCNNCache(_LayerCache):
+    """A PixelCNN block at one pixel: caches relu(reduce(relu(f))) for its 3x3 mask-B window."""
 
-    def __init__(self, layer: RowLSTM, n: int, height: int, width: int, bias: Tensor | None):
-        w = layer.input_to_state.masked_weight()  # (4h, 2h, 1, 3): taps left, centre, right (masked)
-        self.layer, self.bias = layer, bias
-        self.w_left, self.w_centre = w[:, :, 0, 0], w[:, :, 0, 1]
-        self.inputs = w.new_zeros(n, w.shape[1], width + 1)  # this row's layer inputs, 1 col left pad
-        self.h_row = w.new_zeros(n, layer.hidden, width)
-        self.c_row = torch.zeros_like(self.h_row)
-        self.c_above = torch.zeros_like(self.h_row)
-        self.state_gates = layer.state_to_state(torch.zeros_like(self.h_row))  # (N, 4h, W) from row r-1
+    tensors = ("reduced",)
+
+    def __init__(self, block: PixelCNNBlock, n: int, height: int, width: int, conditional: Tensor | None):
+        super().__init__(*_bias(block.conv.bias, conditional))
+        self.reduce, self.reduce_bias = _matrix(block.reduce), block.reduce.bias
+        self.expand, self.expand_bias = _matrix(block.expand), block.expand.bias
+        self.conv = block.conv.masked_weight()[:, :, :2].flatten(1).t().contiguous()  # kernel rows r-1 and r
+        self.reduced = self.conv.new_zeros(n, self.reduce.shape[1], height + 1, width + 2)  # 1 row / 1 col pad
 
     def step(self, f: Tensor, r: int, j: int) -> Tensor:
-        self.inputs[:, :, j + 1] = f
-        gates = (F.linear(self.inputs[:, :, j], self.w_left) + F.linear(f, self.w_centre, self.layer.input_to_state.bias)
-                 + _bias_at(self.bias, r, j) + self.state_gates[:, :, j])
-        h, c = lstm_cell(gates, self.c_above[:, :, j])
-        self.h_row[:, :, j], self.c_row[:, :, j] = h, c
+        self.reduced[:, :, r + 1, j + 1] = torch.addmm(self.reduce_bias, f.relu(), self.reduce).relu_()
+        window = self.reduced[:, :, r : r + 2, j : j + 3].flatten(1)
+        t = torch.addmm(self.bias_at(r, j), window, self.conv).relu_()
+        return torch.addmm(f + self.expand_bias, t, self.expand)
+
+
+class _RowLSTMCache(_LayerCache):
+    """A Row LSTM at one pixel: the previous row's states, this row's inputs (Sec. 3.1)."""
+
+    tensors = ("inputs", "h_row", "c_row", "c_above", "state_gates")
+
+    def __init__(self, layer: RowLSTM, n: int, height: int, width: int, conditional: Tensor | None):
+        super().__init__(*_bias(layer.input_to_state.bias, conditional))
+        w = layer.input_to_state.masked_weight()  # (4h, 2h, 1, 3): taps left, centre, right (masked)
+        self.input_to_state = torch.cat([w[:, :, 0, 0], w[:, :, 0, 1]], dim=1).t().contiguous()  # (4h, [left|centre])
+        self.state_to_state = layer.state_to_state
+        self.inputs = w.new_zeros(n, width + 1, w.shape[1])  # this row's layer inputs, one zero column on the left
+        self.h_row = w.new_zeros(n, layer.hidden, width)
+        self.c_row, self.c_above = torch.zeros_like(self.h_row), torch.zeros_like(self.h_row)
+        self.state_gates = self.state_to_state(self.h_row)  # (N, 4h, W): from the row above (zeros on row 0)
+
+    def step(self, f: Tensor, r: int, j: int) -> Tensor:
+        self.inputs[:, j + 1] = f
+        gates = torch.addmm(self.bias_at(r, j) + self.state_gates[:, :, j], self.inputs[:, j : j + 2].flatten(1),
+                            self.input_to_state)
+        h, self.c_row[:, :, j] = lstm_cell(gates, self.c_above[:, :, j])
+        self.h_row[:, :, j] = h
         return h
 
     def end_row(self, r: int) -> None:
-        self.state_gates = self.layer.state_to_state(self.h_row)
-        self.c_above, self.h_row, self.c_row = self.c_row, torch.zeros_like(self.h_row), torch.zeros_like(self.c_row)
-
-    def reorder(self, index: Tensor) -> None:
-        for name in ("inputs", "h_row", "c_row", "c_above", "state_gates"):
-            setattr(self, name, getattr(self, name)[index])
+        self.state_gates = self.state_to_state(self.h_row)
+        self.c_above, self.c_row = self.c_row, torch.zeros_like(self.c_row)
 
 
-class _DiagonalCache:
+class _DiagonalCache(_LayerCache):
     """A Diagonal BiLSTM at one pixel (Sec. 3.2).
 
-    Forward stream: cell (r, j) from (r-1, j) and (r, j-1). Reverse stream: run right to
-    left over a row once it is finished; its output reaches row r+1 (the one-row shift).
+    Forward stream: cell (r, j) from (r-1, j) and (r, j-1), its gates and the reverse
+    stream's input in one matmul. Reverse stream: run right to left over a row once it is
+    finished; its output reaches row r+1 (the one-row shift).
     """
 
-    def __init__(self, layer: DiagonalBiLSTM, n: int, height: int, width: int, bias: Tensor | None):
+    tensors = ("h_above", "h_row", "c_row", "reverse", "reverse_in")
+
+    def __init__(self, layer: DiagonalBiLSTM, n: int, height: int, width: int, conditional: Tensor | None):
         h = layer.hidden
-        self.layer, self.bias, self.hidden = layer, bias, h
-        self.w_in = layer.input_to_state.masked_weight()[:, :, 0, 0]  # (8h, 2h)
-        self.w_above, self.w_left = layer.state_to_state[:, :, :h], layer.state_to_state[:, :, h:]  # (2, 4h, h)
-        zeros = self.w_in.new_zeros(n, h, width)
-        self.h_above, self.h_row, self.c_row = zeros, zeros.clone(), zeros.clone()  # forward stream
-        self.reverse_above = zeros.clone()  # reverse-stream states of the previous row
-        self.reverse_out = zeros.clone()  # reverse output of row r-1, i.e. shifted down into row r
-        self.reverse_in = self.w_in.new_zeros(n, 4 * h, width)  # this row's reverse-stream gate inputs
+        w_in = layer.input_to_state.masked_weight()[:, :, 0, 0]  # (8h, 2h): [forward gates; reverse gates]
+        w_above, w_left = layer.state_to_state[:, :, :h], layer.state_to_state[:, :, h:]  # (2, 4h, h) each
+        state_bias = layer.state_bias[:, :, 0]  # (2, 4h)
+        # x = [f (2h) | h(r-1, j) (h) | h(r, j-1) (h)] -> [forward gates (4h) | reverse stream input (4h)]
+        forward = torch.cat([w_in[: 4 * h], w_above[0], w_left[0]], dim=1)
+        reverse = torch.cat([w_in[4 * h :], w_in.new_zeros(4 * h, 2 * h)], dim=1)
+        self.weight = torch.cat([forward, reverse]).t().contiguous()
+        super().__init__(*_bias(layer.input_to_state.bias + torch.cat([state_bias[0], state_bias.new_zeros(4 * h)]),
+                                conditional))
+        self.reverse_weight = torch.cat([w_above[1], w_left[1]], dim=1).t().contiguous()  # [above | right] -> 4h
+        self.reverse_bias = state_bias[1]
+        self.hidden = h
+        zeros = w_in.new_zeros(n, width + 1, h)  # column j+1 holds pixel j; column 0 is the zero left edge
+        self.h_row, self.c_row, self.h_above = zeros, zeros.clone(), zeros.clone()
+        self.reverse = w_in.new_zeros(n, width, h)  # reverse stream of row r-1 = its shifted input to row r
+        self.reverse_in = w_in.new_zeros(n, width, 4 * h)
 
     def step(self, f: Tensor, r: int, j: int) -> Tensor:
-        gates_in = F.linear(f, self.w_in, self.layer.input_to_state.bias) + _bias_at(self.bias, r, j)
-        forward_in, self.reverse_in[:, :, j] = gates_in.chunk(2, dim=1)
-        h_left = self.h_row[:, :, j - 1] if j > 0 else torch.zeros_like(self.h_row[:, :, 0])
-        c_left = self.c_row[:, :, j - 1] if j > 0 else torch.zeros_like(self.c_row[:, :, 0])
-        gates = (forward_in + F.linear(self.h_above[:, :, j], self.w_above[0]) + F.linear(h_left, self.w_left[0])
-                 + self.layer.state_bias[0, :, 0])
-        h, c = lstm_cell(gates, c_left)
-        self.h_row[:, :, j], self.c_row[:, :, j] = h, c
-        return h + self.reverse_out[:, :, j]
+        gates = torch.addmm(self.bias_at(r, j), torch.cat([f, self.h_above[:, j + 1], self.h_row[:, j]], 1),
+                            self.weight)
+        self.reverse_in[:, j] = gates[:, 4 * self.hidden :]
+        h, self.c_row[:, j + 1] = lstm_cell(gates[:, : 4 * self.hidden], self.c_row[:, j])
+        self.h_row[:, j + 1] = h
+        return h + self.reverse[:, j]
 
     def end_row(self, r: int) -> None:
-        h_right = c_right = torch.zeros_like(self.h_row[:, :, 0])
-        reverse_row = torch.zeros_like(self.h_row)
-        for j in reversed(range(self.h_row.shape[2])):
-            gates = (self.reverse_in[:, :, j] + F.linear(self.reverse_above[:, :, j], self.w_above[1])
-                     + F.linear(h_right, self.w_left[1]) + self.layer.state_bias[1, :, 0])
+        h_right = c_right = self.reverse.new_zeros(self.reverse.shape[0], self.hidden)
+        for j in reversed(range(self.reverse.shape[1])):  # reads row r-1's state at j, then overwrites it
+            gates = torch.addmm(self.reverse_in[:, j] + self.reverse_bias, torch.cat([self.reverse[:, j], h_right], 1),
+                                self.reverse_weight)
             h_right, c_right = lstm_cell(gates, c_right)
-            reverse_row[:, :, j] = h_right
-        self.reverse_above = self.reverse_out = reverse_row
+            self.reverse[:, j] = h_right
         self.h_above, self.h_row, self.c_row = self.h_row, torch.zeros_like(self.h_row), torch.zeros_like(self.c_row)
-
-    def reorder(self, index: Tensor) -> None:
-        for name in ("h_above", "h_row", "c_row", "reverse_above", "reverse_out", "reverse_in"):
-            setattr(self, name, getattr(self, name)[index])
 
 
 class CachedStepper:
@@ -156,47 +183,49 @@ class CachedStepper:
     def __init__(self, model: PixelRNN, x: Tensor, y: Tensor | None, cond: Tensor | None):
         n, _, height, width = x.shape
         self.model = model
-        dtype = model.input_conv.weight.dtype
-        self.pixels = x.new_zeros(n, model.channels, height + 3, width + 6, dtype=dtype)  # scaled, padded 3/3/3
-        self.input_weight = model.input_conv.masked_weight()[:, :, :4].flatten(1)  # rows r-3..r of the 7x7 kernel
-        self.input_bias = model.input_bias(y, cond)
+        weight = model.input_conv.masked_weight()
+        self.pixels = weight.new_zeros(n, model.channels, height + 3, width + 6)  # scaled; pad top 3, sides 3
+        self.input_weight = weight[:, :, :4].flatten(1).t().contiguous()  # kernel rows r-3..r
+        self.input = _LayerCache(*_bias(model.input_conv.bias, model.input_bias(y, cond)))
         cache = {"pixelcnn": _PixelCNNCache, "row_lstm": _RowLSTMCache, "diagonal_bilstm": _DiagonalCache}[model.arch]
         self.layers = [cache(layer, n, height, width, model.layer_biases[k](y, cond))
                        for k, layer in enumerate(model.layers)]
-        self.residuals = [] if model.arch == "pixelcnn" else [m.masked_weight()[:, :, 0, 0] for m in model.residuals]
-        self.skips = [m.masked_weight()[:, :, 0, 0] for m in model.skips] if model.skip else []
-        self.head = [m.masked_weight()[:, :, 0, 0] for m in model.head]
+        self.residuals = [] if model.arch == "pixelcnn" else [(_matrix(m), m.bias) for m in model.residuals]
+        self.skips = [(_matrix(m), m.bias) for m in model.skips] if model.skip else []
+        self.head = [(_matrix(m), m.bias) for m in model.head]
 
-    def _write_row(self, x: Tensor, r: int, upto: int) -> None:
-        self.pixels[:, :, r + 3, 3 : upto + 3] = scale_pixels(x[:, :, r, :upto], self.model.levels, self.pixels.dtype)
+    def _write(self, x: Tensor, r: int, start: int, stop: int) -> None:
+        """Copy pixels (r, start:stop) of x into the scaled, padded input."""
+        self.pixels[:, :, r + 3, start + 3 : stop + 3] = scale_pixels(x[:, :, r, start:stop], self.model.levels,
+                                                                     self.pixels.dtype)
 
     def logits(self, x: Tensor, r: int, j: int) -> Tensor:
         m = self.model
-        self._write_row(x, r, j + 1)
+        self._write(x, r, max(j - 1, 0), j + 1)  # this pixel, and the left one's last channel
         window = self.pixels[:, :, r : r + 4, j : j + 7].flatten(1)
-        f = F.linear(window, self.input_weight, m.input_conv.bias) + _bias_at(self.input_bias, r, j)  # (N, 2h)
-        skip_sum = 0.0
+        f = torch.addmm(self.input.bias_at(r, j), window, self.input_weight)  # (N, 2h)
+        skip_sum = None
         for k, layer in enumerate(self.layers):
             out = layer.step(f, r, j)
-            f = out if m.arch == "pixelcnn" else f + F.linear(out, self.residuals[k], m.residuals[k].bias)
+            f = out if m.arch == "pixelcnn" else torch.addmm(f + self.residuals[k][1], out, self.residuals[k][0])
             if m.skip:
-                skip_sum = skip_sum + F.linear(f, self.skips[k], m.skips[k].bias)
+                skip_sum = torch.addmm(self.skips[k][1] if skip_sum is None else skip_sum + self.skips[k][1],
+                                       f, self.skips[k][0])
         out = skip_sum if m.skip else f
-        logits = F.linear(F.relu(F.linear(F.relu(out), self.head[0], m.head[0].bias)), self.head[1], m.head[1].bias)
+        (w0, b0), (w1, b1) = self.head
+        logits = torch.addmm(b1, torch.addmm(b0, out.relu(), w0).relu_(), w1)
         return logits.view(-1, m.channels, m.levels).transpose(1, 2)  # (N, levels, C)
 
     def end_row(self, x: Tensor, r: int) -> None:
-        self._write_row(x, r, x.shape[3])
+        self._write(x, r, x.shape[3] - 1, x.shape[3])  # the row's last pixel's last channel
         for layer in self.layers:
             layer.end_row(r)
 
     def reorder(self, index: Tensor) -> None:
         self.pixels = self.pixels[index]
-        self.input_bias = None if self.input_bias is None or self.input_bias.shape[0] == 1 else self.input_bias[index]
+        self.input.reorder(index)
         for layer in self.layers:
             layer.reorder(index)
-            if layer.bias is not None and layer.bias.shape[0] > 1:
-                layer.bias = layer.bias[index]
 
 
 @dataclass

@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, binarize, load_split
 from pixelrnn.model import ARCHS, DEFAULT_LAYERS, Model, bits_per_dim, build_model
+from pixelrnn.sample import image_grid
+from pixelrnn.sampling import sample
 
 
 class LogProb(torch.nn.Module):
@@ -74,9 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def model_kwargs(args: argparse.Namespace, levels: int) -> dict:
     info = DATASETS[args.dataset]
-    kwargs = dict(arch=args.arch, channels=info.channels, levels=levels, height=info.height, width=info.width,
-                  num_classes=info.num_classes if args.conditional else None, hidden=args.hidden,
-                  layers=args.layers or DEFAULT_LAYERS[args.arch], out_hidden=args.out_hidden, skip=not args.no_skip)
+    kwargs = {"arch": args.arch, "channels": info.channels, "levels": levels, "height": info.height, "width": info.width,
+                  "num_classes": info.num_classes if args.conditional else None, "hidden": args.hidden,
+                  "layers": args.layers or DEFAULT_LAYERS[args.arch], "out_hidden": args.out_hidden, "skip": not args.no_skip}
     if args.factor:
         kwargs["factor"] = args.factor
     return kwargs
@@ -142,11 +144,11 @@ def load_training_state(out: Path, optimizer: torch.optim.Optimizer) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     device = torch.device(args.device)
     if world > 1:
         if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if args.batch_size % world:
@@ -247,6 +249,10 @@ def main(argv: list[str] | None = None) -> dict:
         model.save_pretrained(args.out)
         save_training_state(args.out, optimizer, {k: state[k] for k in ("step", "epoch", "wall_time_s", "history")})
         (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        if args.samples:
+            y = None if not args.conditional else torch.arange(args.samples, device=device) % info.num_classes
+            images = sample(model, args.samples, y=y, seed=args.seed)
+            image_grid(images, levels, columns=math.ceil(args.samples**0.5)).save(args.out / "samples.png")
         print(f"test NLL {test_nll:.2f} nats/image = {bits_per_dim(test_nll, dims):.4f} bits/dim "
               f"on {len(test_x)} test images after {state['step']} steps ({state['epoch']:.2f} epochs, "
               f"{state['wall_time_s']:.0f} s); saved to {args.out}")

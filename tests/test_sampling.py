@@ -104,11 +104,11 @@ def test_progress_records():
 
 
 @pytest.mark.parametrize("bad", [
-    dict(temperature=0), dict(temperature=-1.0), dict(temperature=float("nan")), dict(method="magic"),
-    dict(y=1), dict(image=torch.zeros(2, 5, 6, dtype=torch.long)),
-    dict(image=torch.zeros(1, 5, 6, dtype=torch.long), mask=torch.ones(4, 4, dtype=torch.bool)),
-    dict(image=torch.full((1, 5, 6), 7), mask=torch.ones(5, 6, dtype=torch.bool)),
-    dict(mask=torch.ones(5, 6, dtype=torch.bool)), dict(n=0), dict(particles=0),
+    {"temperature": 0}, {"temperature": -1.0}, {"temperature": float("nan")}, {"method": "magic"},
+    {"y": 1}, {"image": torch.zeros(2, 5, 6, dtype=torch.long)},
+    {"image": torch.zeros(1, 5, 6, dtype=torch.long), "mask": torch.ones(4, 4, dtype=torch.bool)},
+    {"image": torch.full((1, 5, 6), 7), "mask": torch.ones(5, 6, dtype=torch.bool)},
+    {"mask": torch.ones(5, 6, dtype=torch.bool)}, {"n": 0}, {"particles": 0},
 ])
 def test_bad_arguments_are_clear_errors(bad):
     model = make("pixelcnn", 1, 2)

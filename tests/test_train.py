@@ -1,0 +1,161 @@
+"""Likelihood, checkpoints, data loaders and the training CLI (single process and DDP)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import fit
+from safetensors.torch import load_file
+
+import pixelrnn
+from pixelrnn.data import DEFAULT_DATA_DIR, load_split
+from pixelrnn.train import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("arch", pixelrnn.ARCHS)
+@pytest.mark.parametrize("channels,levels", [(1, 2), (3, 256)])
+def test_fresh_model_is_close_to_uniform(arch, channels, levels):
+    model = pixelrnn.build_model(arch, channels, levels, 6, 6, hidden=12, layers=2)
+    nll = -model.log_prob(torch.randint(0, levels, (4, channels, 6, 6))).mean().item()
+    uniform = channels * 36 * math.log(levels)
+    assert abs(nll - uniform) / uniform < 0.05
+
+
+@pytest.mark.parametrize("arch", pixelrnn.ARCHS)
+def test_training_a_tiny_model_drives_nll_well_below_uniform(arch):
+    images = torch.stack([torch.eye(5).long(), torch.eye(5).flip(0).long()])[:, None].repeat(4, 1, 1, 1)
+    model = fit(pixelrnn.build_model(arch, 1, 2, 5, 5, hidden=8, layers=2), images, steps=80)
+    nll = -model.log_prob(images).mean().item()
+    assert nll < 0.25 * 25 * math.log(2), nll
+
+
+def test_bits_per_dim():
+    assert math.isclose(pixelrnn.bits_per_dim(3072 * math.log(2) * 3.0, 3072), 3.0)
+
+
+@pytest.mark.parametrize("hparams", [{}, {"num_classes": 4}, {"factor": 2}])
+def test_save_load_round_trip_reproduces_logits_exactly(tmp_path, hparams):
+    model = pixelrnn.build_model("diagonal_bilstm", 3, 256, 6, 6, hidden=6, layers=2, **hparams).eval()
+    model.save_pretrained(tmp_path)
+    loaded = pixelrnn.load(str(tmp_path))
+    x = torch.randint(0, 256, (2, 3, 6, 6))
+    y = torch.tensor([1, 3]) if "num_classes" in hparams else None
+    with torch.no_grad():
+        assert torch.equal(model.log_prob(x, y), loaded.log_prob(x, y))
+
+
+@pytest.mark.parametrize("bad", [{"arch": "gru"}, {"hidden": 0}, {"levels": 1}, {"channels": 3, "hidden": 2},
+                                 {"layers": -1}, {"num_classes": 0}, {"factor": 4}])
+def test_bad_hyperparameters_are_clear_errors(bad):
+    kwargs = {"arch": "row_lstm", "channels": 1, "levels": 2, "height": 6, "width": 6, **bad}
+    with pytest.raises(ValueError):
+        pixelrnn.build_model(**kwargs)
+
+
+def test_bad_inputs_are_clear_errors():
+    model = pixelrnn.build_model("pixelcnn", 1, 2, 6, 6, hidden=4, layers=1, num_classes=3)
+    good, y = torch.zeros(1, 1, 6, 6, dtype=torch.long), torch.tensor([0])
+    for x, labels in [(good.float(), y), (good + 2, y), (good[:, :, None], y), (good, None), (good, torch.tensor([3]))]:
+        with pytest.raises(ValueError):
+            model(x, labels)
+
+
+def write_fixture_data(folder: Path, n_train=48, n_test=16) -> None:
+    """Tiny files in the exact formats of ../shared/data (see SOURCES.md there)."""
+    rng = np.random.default_rng(0)
+    binary = lambda n: np.packbits(rng.integers(0, 2, (n, 28, 28), dtype=np.uint8), axis=-1)
+    np.savez_compressed(folder / "binarized_mnist.npz", train=binary(n_train), valid=binary(8), test=binary(n_test))
+    np.savez_compressed(folder / "mnist.npz", x_train=rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+                        y_train=rng.integers(0, 10, n_train, dtype=np.uint8),
+                        x_test=rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+                        y_test=rng.integers(0, 10, n_test, dtype=np.uint8))
+    for part in "ab":
+        np.savez_compressed(folder / f"cifar10_train_{part}.npz", y_train=rng.integers(0, 10, 8, dtype=np.uint8),
+                            x_train=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
+    np.savez_compressed(folder / "cifar10_test.npz", x_test=rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8),
+                        y_test=rng.integers(0, 10, 5, dtype=np.uint8))
+
+
+def test_loaders_read_the_documented_formats(tmp_path):
+    write_fixture_data(tmp_path)
+    x, y = load_split("binarized_mnist", "test", tmp_path)
+    assert x.shape == (16, 1, 28, 28) and y is None and set(x.unique().tolist()) <= {0, 1}
+    x, y = load_split("mnist", "train", tmp_path)
+    assert x.shape == (48, 1, 28, 28) and y.shape == (48,) and x.dtype == torch.uint8
+    x, y = load_split("cifar10", "train", tmp_path, cifar_parts=("a", "b"))
+    assert x.shape == (16, 3, 32, 32) and y.shape == (16,)
+    raw = np.load(tmp_path / "cifar10_train_b.npz")["x_train"]
+    assert np.array_equal(x[8:].permute(0, 2, 3, 1).numpy(), raw), "NHWC -> NCHW without mixing channels"
+
+
+def test_missing_data_names_the_expected_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="binarized_mnist.npz"):
+        load_split("binarized_mnist", "train", tmp_path)
+    with pytest.raises(FileNotFoundError, match="cifar10_train_c.npz"):
+        load_split("cifar10", "train", tmp_path, cifar_parts=("c",))
+
+
+@pytest.mark.skipif(not (DEFAULT_DATA_DIR / "binarized_mnist.npz").exists(), reason="../shared/data not present")
+def test_real_binarized_mnist_split():
+    x, _ = load_split("binarized_mnist", "test")
+    assert x.shape == (10000, 1, 28, 28) and abs(x.float().mean().item() - 0.1325) < 1e-3
+
+
+def run_train(tmp_path, out, *extra):
+    return train_main(["--data-dir", str(tmp_path), "--out", str(out), "--hidden", "4", "--layers", "1",
+                       "--out-hidden", "8", "--batch-size", "8", "--eval-every", "2", "--eval-images", "8",
+                       "--no-progress", "--device", "cpu", *extra])
+
+
+def test_training_cli_writes_a_loadable_checkpoint_and_resumes(tmp_path):
+    write_fixture_data(tmp_path)
+    out = tmp_path / "run"
+    metrics = run_train(tmp_path, out, "--arch", "row_lstm", "--dataset", "binarized_mnist", "--max-steps", "3")
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["test_images"] == 16 and saved["steps"] == 3 and saved["unit"] == "nats"
+    assert math.isclose(saved["test_nll_nats"], metrics["test_nll_nats"])
+    model = pixelrnn.load(str(out))
+    x, _ = load_split("binarized_mnist", "test", tmp_path)
+    assert math.isclose(-model.log_prob(x.long()).mean().item(), saved["test_nll_nats"], rel_tol=1e-4)
+    resumed = run_train(tmp_path, out, "--arch", "row_lstm", "--dataset", "binarized_mnist", "--max-steps", "5",
+                        "--resume")
+    assert resumed["steps"] == 5 and len(resumed["history"]) == 2  # evaluations at steps 2 and 4
+
+
+@pytest.mark.parametrize("extra", [["--dataset", "mnist", "--conditional", "--arch", "pixelcnn"],
+                                   ["--dataset", "mnist", "--binarize", "--arch", "diagonal_bilstm"],
+                                   ["--dataset", "cifar10", "--conditional", "--cifar-parts", "ab", "--arch", "pixelcnn"],
+                                   ["--dataset", "binarized_mnist", "--arch", "row_lstm", "--factor", "2"]])
+def test_training_cli_datasets(tmp_path, extra):
+    write_fixture_data(tmp_path)
+    metrics = run_train(tmp_path, tmp_path / "run", "--max-steps", "2", *extra)
+    assert math.isfinite(metrics["test_nll_nats"]) and metrics["test_nll_nats"] > 0
+    assert pixelrnn.load(str(tmp_path / "run")) is not None
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    """torchrun with 2 gloo processes = 1 process on the same global batch."""
+    write_fixture_data(tmp_path)
+    args = ["-m", "pixelrnn.train", "--data-dir", str(tmp_path), "--hidden", "4", "--layers", "1", "--out-hidden",
+            "8", "--batch-size", "8", "--max-steps", "3", "--eval-every", "0", "--no-progress", "--device", "cpu",
+            "--arch", "pixelcnn", "--samples", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], check=True, env=env, cwd=ROOT,
+                   capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
+                    "--out", str(tmp_path / "two")], check=True, env=env, cwd=ROOT, capture_output=True, timeout=300)
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], atol=1e-5, rtol=1e-4)
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert math.isclose(m1["test_nll_nats"], m2["test_nll_nats"], rel_tol=1e-4)
