@@ -73,7 +73,13 @@ class _LayerCache:
     def bias_at(self, r: int, j: int) -> Tensor:
         return self.bias if self.bias_map is None else self.bias + self.bias_map[:, :, r, j]
 
-    def end_row(self, r: int) -> None:
+    @staticmethod
+    def end_rows(caches: list[_LayerCache]) -> None:
+        """Update the caches of all layers of one kind once a row is finished."""
+        for cache in caches:
+            cache.end_row()
+
+    def end_row(self) -> None:
         pass
 
     def reorder(self, index: Tensor) -> None:
@@ -125,7 +131,7 @@ class _RowLSTMCache(_LayerCache):
         self.h_row[:, :, j] = h
         return h
 
-    def end_row(self, r: int) -> None:
+    def end_row(self) -> None:
         self.state_gates = self.state_to_state(self.h_row)
         self.c_above, self.c_row = self.c_row, torch.zeros_like(self.c_row)
 
@@ -167,14 +173,24 @@ class _DiagonalCache(_LayerCache):
         self.h_row[:, j + 1] = h
         return h + self.reverse[:, j]
 
-    def end_row(self, r: int) -> None:
-        h_right = c_right = self.reverse.new_zeros(self.reverse.shape[0], self.hidden)
-        for j in reversed(range(self.reverse.shape[1])):  # reads row r-1's state at j, then overwrites it
-            gates = torch.addmm(self.reverse_in[:, j] + self.reverse_bias, torch.cat([self.reverse[:, j], h_right], 1),
-                                self.reverse_weight)
-            h_right, c_right = lstm_cell(gates, c_right)
-            self.reverse[:, j] = h_right
-        self.h_above, self.h_row, self.c_row = self.h_row, torch.zeros_like(self.h_row), torch.zeros_like(self.c_row)
+    @staticmethod
+    def end_rows(caches: list[_DiagonalCache]) -> None:
+        """Run every layer's reverse stream right to left over the finished row, all layers at once:
+        they depend only on inputs cached during the row and on the row above."""
+        weight = torch.stack([c.reverse_weight for c in caches])  # (L, 2h, 4h)
+        reverse_in = torch.stack([c.reverse_in for c in caches]) + torch.stack([c.reverse_bias for c in caches])[
+            :, None, None]  # (L, N, W, 4h)
+        reverse = torch.stack([c.reverse for c in caches])  # (L, N, W, h): row r-1's states, overwritten by row r's
+        layers, n, width, h = reverse.shape
+        h_right = c_right = reverse.new_zeros(layers * n, h)
+        for j in reversed(range(width)):
+            above_right = torch.cat([reverse[:, :, j], h_right.view(layers, n, h)], dim=2)
+            gates = torch.baddbmm(reverse_in[:, :, j], above_right, weight)
+            h_right, c_right = lstm_cell(gates.view(layers * n, 4 * h), c_right)
+            reverse[:, :, j] = h_right.view(layers, n, h)
+        for k, c in enumerate(caches):
+            c.reverse = reverse[k]
+            c.h_above, c.h_row, c.c_row = c.h_row, torch.zeros_like(c.h_row), torch.zeros_like(c.c_row)
 
 
 class CachedStepper:
@@ -218,8 +234,7 @@ class CachedStepper:
 
     def end_row(self, x: Tensor, r: int) -> None:
         self._write(x, r, x.shape[3] - 1, x.shape[3])  # the row's last pixel's last channel
-        for layer in self.layers:
-            layer.end_row(r)
+        type(self.layers[0]).end_rows(self.layers)
 
     def reorder(self, index: Tensor) -> None:
         self.pixels = self.pixels[index]
@@ -300,29 +315,33 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
     done = torch.zeros(height, width, dtype=torch.bool, device=x.device)
     log_weights = torch.zeros(n, dtype=torch.float64, device=x.device)
     ess_trace: list[Tensor] = []
+    fill = mask.tolist()
     for r in range(height):
         for j in range(width):
-            for c in range(channels):
-                logits = stepper.logits(x, r, j)[:, :, c].float()  # (N, levels)
-                if mask[r, j]:
-                    probs = torch.softmax(logits / temperature, dim=1)
-                    cdf = probs.cumsum(1)
-                    x[:, c, r, j] = (cdf < uniforms[r, j, c, :, None] * cdf[:, -1:]).sum(1).clamp_max(probs.shape[1] - 1)
-                else:
-                    probs = torch.softmax(logits, dim=1)
-                    if particles > 1:
-                        log_weights += torch.log_softmax(logits, dim=1).gather(1, x[:, c, r, j, None])[:, 0].double()
-                if c == 0:
-                    pixel_probs = probs.new_empty(n, probs.shape[1], channels)
-                pixel_probs[:, :, c] = probs
+            if fill[r][j]:
+                probs = []  # per channel (N, levels), stacked only when reported
+                for c in range(channels):  # R, then G given R, then B given R and G
+                    channel_probs = torch.softmax(stepper.logits(x, r, j)[:, :, c].float() / temperature, dim=1)
+                    cdf = channel_probs.cumsum(1)
+                    x[:, c, r, j] = torch.searchsorted(cdf, uniforms[r, j, c, :, None] * cdf[:, -1:])[:, 0]
+                    probs.append(channel_probs)
+            else:  # a known pixel: one pass scores all its channels (channel c sees only channels < c)
+                probs = torch.log_softmax(stepper.logits(x, r, j).float(), dim=1)  # (N, levels, C)
+                if particles > 1:
+                    log_weights += probs.gather(1, x[:, None, :, r, j]).sum((1, 2)).double()
             done[r, j] = True
             if every and (r * width + j + 1) % every == 0:
-                yield Step(x.clone(), (r, j), pixel_probs, done.clone(), stage, list(ess_trace))
+                yield Step(x.clone(), (r, j), _probs(probs), done.clone(), stage, list(ess_trace))
         stepper.end_row(x, r)
         if particles > 1:
             ess_trace.append(_resample(stepper, x, log_weights, particles, generator, force=r == height - 1))
     if not every or (height * width) % every:  # the final record
-        yield Step(x.clone(), (height - 1, width - 1), pixel_probs, done.clone(), stage, list(ess_trace))
+        yield Step(x.clone(), (height - 1, width - 1), _probs(probs), done.clone(), stage, list(ess_trace))
+
+
+def _probs(probs: list[Tensor] | Tensor) -> Tensor:
+    """Per-channel probabilities, or a known pixel's log-probabilities -> (N, levels, C) probabilities."""
+    return torch.stack(probs, dim=2) if isinstance(probs, list) else probs.exp()
 
 
 def _resample(stepper, x: Tensor, log_weights: Tensor, particles: int, generator: torch.Generator,
