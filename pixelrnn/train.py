@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, binarize, load_split
+from pixelrnn.hub import load
 from pixelrnn.model import ARCHS, DEFAULT_LAYERS, Model, bits_per_dim, build_model
 from pixelrnn.sample import image_grid
 from pixelrnn.sampling import sample
@@ -181,8 +182,6 @@ def main(argv: list[str] | None = None) -> dict:
     state = {"step": 0, "epoch": 0.0, "wall_time_s": 0.0, "history": []}
     args.out.mkdir(parents=True, exist_ok=True)
     if args.resume and (args.out / "training_state.json").exists():
-        from pixelrnn.hub import load  # safetensors-only loader
-
         model.load_state_dict(load(str(args.out)).state_dict())
         state = load_training_state(args.out, optimizer)
     trained = DistributedDataParallel(LogProb(model)) if world > 1 else LogProb(model)
@@ -197,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     if is_main:
         print(f"{args.arch} on {args.dataset}: {parameters:,} parameters, {len(train_x)} train / {len(test_x)} test "
               f"images, batch {args.batch_size} on {world} x {device_name(device)}")
-    started = time.time() - state["wall_time_s"]
+    started, earlier_s = time.time(), state["wall_time_s"]  # --minutes budgets this run; wall time accumulates
     bar = tqdm(total=max_steps, initial=state["step"], disable=not is_main or args.no_progress, desc="train")
     order = torch.empty(0, dtype=torch.long)
     model.train()
@@ -233,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         if out_of_time.item():
             break
     bar.close()
-    state["wall_time_s"] = time.time() - started
+    state["wall_time_s"] = earlier_s + time.time() - started
 
     test_nll = evaluate(model, test_x, test_y, 64, device, rank, world, progress=is_main and not args.no_progress)
     metrics = {

@@ -1,0 +1,23 @@
+"""The command-line tools run end to end on tiny models."""
+
+from PIL import Image
+
+import pixelrnn
+from pixelrnn import bench
+from pixelrnn.sample import main as sample_main
+
+
+def test_bench_sample_and_train_print_their_figures(capsys):
+    tiny = ["--archs", "row_lstm", "diagonal_bilstm", "--shapes", "mnist", "--hidden", "4", "--layers", "1"]
+    bench.main(["sample", *tiny, "--batches", "1", "--reference-steps", "4"])
+    out = capsys.readouterr().out
+    assert out.count(" ratio ") == 2 and "scaled from 4 pixels" in out
+    bench.main(["train", *tiny, "--batch", "2", "--iters", "1", "--warmup", "0"])
+    assert capsys.readouterr().out.count("images/s") == 2
+
+
+def test_sample_cli_writes_a_grid_per_class(tmp_path):
+    pixelrnn.build_model("pixelcnn", 3, 256, 5, 4, num_classes=3, hidden=6, layers=1).save_pretrained(tmp_path)
+    out = sample_main([str(tmp_path), "--n", "2", "--out", str(tmp_path / "grid.png")])
+    grid = Image.open(out)
+    assert grid.mode == "RGB" and grid.size == (2 * (2 + 2 * 6), 2 * (2 + 3 * 7))  # 2 columns x 3 classes, 2x scale
