@@ -11,7 +11,7 @@ def test_bench_sample_and_train_print_their_figures(capsys):
     tiny = ["--archs", "row_lstm", "diagonal_bilstm", "--shapes", "mnist", "--hidden", "4", "--layers", "1"]
     bench.main(["sample", *tiny, "--batches", "1", "--reference-steps", "4"])
     out = capsys.readouterr().out
-    assert out.count(" ratio ") == 2 and "scaled from 4 pixels" in out
+    assert out.count("x (reference scaled from 4 pixels)") == 2
     bench.main(["train", *tiny, "--batch", "2", "--iters", "1", "--warmup", "0"])
     assert capsys.readouterr().out.count("images/s") == 2
 
