@@ -25,9 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, binarize, load_split
-from pixelrnn.hub import load
+from pixelrnn.generate import image_grid
+from pixelrnn.hub import load, write_model_card
 from pixelrnn.model import ARCHS, DEFAULT_LAYERS, Model, bits_per_dim, build_model
-from pixelrnn.sample import image_grid
 from pixelrnn.sampling import sample
 
 
@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
             y = None if not args.conditional else torch.arange(args.samples, device=device) % info.num_classes
             images = sample(model, args.samples, y=y, seed=args.seed)
             image_grid(images, levels, columns=math.ceil(args.samples**0.5)).save(args.out / "samples.png")
+        write_model_card(args.out)
         print(f"test NLL {test_nll:.2f} nats/image = {bits_per_dim(test_nll, dims):.4f} bits/dim "
               f"on {len(test_x)} test images after {state['step']} steps ({state['epoch']:.2f} epochs, "
               f"{state['wall_time_s']:.0f} s); saved to {args.out}")

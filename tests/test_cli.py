@@ -4,7 +4,7 @@ from PIL import Image
 
 import pixelrnn
 from pixelrnn import bench
-from pixelrnn.sample import main as sample_main
+from pixelrnn.generate import main as sample_main
 
 
 def test_bench_sample_and_train_print_their_figures(capsys):

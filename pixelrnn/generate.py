@@ -1,4 +1,4 @@
-"""Draw samples from a checkpoint into a PNG grid: `python -m pixelrnn.sample CHECKPOINT --out samples.png`.
+"""Draw samples from a checkpoint into a PNG grid: `python -m pixelrnn.generate CHECKPOINT --out samples.png`.
 
 CHECKPOINT is anything `pixelrnn.load` resolves (a checkpoints/ name, a folder, a Hub repo).
 Class-conditional models get one row per class unless --label is given.

@@ -1,0 +1,1181 @@
+"""UI logic of PixelRNN Studio, the Gradio demo (app.py holds only the wiring).
+
+Everything here is a plain function or a small class that can be tested without a server:
+decoding and validating uploads, converting them to a model's format, extracting a painted
+mask, rendering frames, distributions and heat maps, mapping clicks to pixels, throttling
+streamed frames, the model registry, and `Studio`, whose methods are the app's endpoints.
+User mistakes raise `gr.Error` with a sentence meant for a person.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import secrets
+import struct
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+
+import pixelrnn
+from pixelrnn.data import CIFAR10_CLASSES, MNIST_CLASSES
+from pixelrnn.hub import ARCH_NAMES, DATASET_INFO, METRICS, PAPER_RESULTS, SAMPLES, WEIGHTS, read_config
+from pixelrnn.model import Model, MultiScalePixelRNN
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ASSETS_DIR = REPO_ROOT / "assets"
+MAX_SAMPLES = 16  # Generate: images per request
+MAX_COMPLETIONS = 8  # Complete: completions per request
+MAX_PARTICLES = 16  # Complete: SMC particles per completion
+MAX_TEMPERATURE = 10.0
+MAX_PACE_S = 20.0  # longest requested animation
+MAX_UPLOAD_PIXELS = 25_000_000  # 5000 x 5000: larger uploads are refused before decoding
+MIN_SIDE = 4  # smallest accepted upload side, in pixels
+FRAME_INTERVAL_S = 1 / 20  # streamed frames: at most 20 updates per second
+CELL_PX = 168  # displayed size of one image (upscaled by an integer factor, nearest neighbour)
+GAP_PX = 4
+GAP_RGB = (229, 231, 235)
+PENDING_RGB = (128, 128, 140)  # pixels not sampled yet
+MASK_RGB = np.array([255, 40, 40])  # tint of the region to regenerate
+CURSOR_RGB = (255, 40, 40)
+CHANNEL_RGB = {1: [(90, 90, 90)], 3: [(214, 48, 49), (39, 174, 96), (41, 98, 255)]}
+MARK_RGB = (245, 130, 0)
+MODES = ("plain", "context-aware (SMC)")
+AUTO_CLASS = "auto (most likely)"
+PROGRESS = gr.Progress()  # the default that makes Gradio pass a progress tracker
+# viridis at 9 evenly spaced points, interpolated linearly
+VIRIDIS = np.array([(68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141), (39, 173, 129),
+                    (92, 200, 99), (170, 220, 50), (253, 231, 37)], dtype=np.float64)
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn a ValueError (e.g. from the library's argument checks) into gr.Error, and log anything unexpected,
+    so that every failure reaches the user as a sentence. Works for functions and generator functions."""
+
+    def convert(err: Exception) -> gr.Error:
+        if isinstance(err, gr.Error):
+            return err
+        if isinstance(err, ValueError):
+            return gr.Error(str(err))
+        log.exception("unexpected error in %s", fn.__name__)
+        return gr.Error(f"Something went wrong ({type(err).__name__}: {err}). Please try again or report it.")
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:
+                raise convert(err) from err
+        return generator
+
+    @functools.wraps(fn)
+    def function(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            raise convert(err) from err
+    return function
+
+
+# --- decoding uploads -------------------------------------------------------------------------------
+
+def _file_path(source: Any) -> str | None:
+    """The file path of an uploaded file: a path, or a Gradio FileData dict/object."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, dict):
+        return source.get("path")
+    return getattr(source, "path", None)
+
+
+def open_image(source: Any, what: str = "image") -> Image.Image:
+    """Decode an uploaded image (path, FileData dict, PIL image or numpy array), fully, with size checks.
+
+    Raises gr.Error for a missing, unreadable, truncated, too large or too small image.
+    """
+    if source is None:
+        raise gr.Error(f"No {what}: upload one or pick an example.")
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        array = source
+        if array.dtype == bool:
+            array = array.astype(np.uint8) * 255
+        try:
+            image = Image.fromarray(array)
+        except (TypeError, ValueError) as err:
+            raise gr.Error(f"The {what} array (shape {array.shape}, {array.dtype}) is not an image.") from err
+    else:
+        path = _file_path(source)
+        if not path:
+            raise gr.Error(f"No {what}: upload one or pick an example.")
+        image = _decode_file(path, what)
+    width, height = image.size
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise gr.Error(f"The {what} is {width}x{height} pixels, too large: upload one of at most "
+                       f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels.")
+    if min(width, height) < MIN_SIDE:
+        raise gr.Error(f"The {what} is only {width}x{height} pixels: upload one at least {MIN_SIDE}x{MIN_SIDE}.")
+    return image
+
+
+def _decode_file(path: str, what: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size  # from the header: refuse a bomb before decoding it
+                if width * height > MAX_UPLOAD_PIXELS:
+                    raise gr.Error(f"The {what} is {width}x{height} pixels, too large: upload one of at most "
+                                   f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels.")
+                image.seek(0)  # first frame of an animation
+                image.load()
+                try:
+                    image = ImageOps.exif_transpose(image)
+                except Exception as err:  # noqa: BLE001 - a broken EXIF tag only loses the rotation
+                    log.debug("EXIF transpose failed: %s", err)
+                return image.copy()
+    except gr.Error:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise gr.Error(f"The {what} is too large to decode safely (a decompression bomb?): upload one of at most "
+                       f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels.") from err
+    except UnidentifiedImageError as err:
+        raise gr.Error(f"The uploaded file is not an image this app can read: use a PNG, JPEG, GIF, BMP or WebP "
+                       f"{what}.") from err
+    except FileNotFoundError as err:
+        raise gr.Error(f"The uploaded {what} is no longer on the server: upload it again.") from err
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as err:
+        raise gr.Error(f"The {what} could not be decoded (truncated or corrupt file): {err}") from err
+
+
+def to_8bit(image: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Any PIL mode -> 8-bit "L" or "RGB", transparency composited over black -> (image, notes)."""
+    notes = []
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = float(array.max()) if array.size else 0.0
+        if mode == "F":
+            scale = 255.0 if top <= 1.0 else (255.0 / top if top > 255 else 1.0)
+        else:
+            scale = 1 / 257 if (mode.startswith("I;16") or 255 < top <= 65535) else (255.0 / top if top > 255 else 1.0)
+        image = Image.fromarray(np.clip(np.rint(array * scale), 0, 255).astype(np.uint8), "L")
+        notes.append(f"{mode} image reduced to 8 bits")
+        return image, notes
+    if mode == "1":
+        return image.convert("L"), notes
+    if mode == "P":
+        mode = "RGBA" if "transparency" in image.info else "RGB"
+        image = image.convert(mode)
+    elif mode in ("PA", "RGBa", "La"):
+        image, mode = image.convert("RGBA"), "RGBA"
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        image, mode = image.convert("RGB"), "RGB"
+    if mode in ("LA", "RGBA"):
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba)[..., 3]
+        if (alpha < 255).any():
+            notes.append("transparent areas filled with black")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(black, rgba).convert("L" if mode == "LA" else "RGB")
+    return image, notes
+
+
+def center_crop_box(width: int, height: int, target_h: int, target_w: int) -> tuple[int, int, int, int]:
+    """The largest centred box of the target aspect ratio inside a width x height image (left, top, right, bottom)."""
+    if width * target_h > height * target_w:  # too wide
+        crop_w = max(1, round(height * target_w / target_h))
+        left = (width - crop_w) // 2
+        return left, 0, left + crop_w, height
+    crop_h = max(1, round(width * target_h / target_w))
+    top = (height - crop_h) // 2
+    return 0, top, width, top + crop_h
+
+
+def quantize(array: np.ndarray, levels: int) -> np.ndarray:
+    """8-bit values -> integer levels in [0, levels): 2 levels threshold at 128, 256 levels keep the value."""
+    array = np.asarray(array, dtype=np.int64)
+    if levels == 2:
+        return (array >= 128).astype(np.int64)
+    return array * levels // 256
+
+
+def levels_to_uint8(x: np.ndarray, levels: int) -> np.ndarray:
+    """Integer levels -> 8-bit values (0 -> 0, levels-1 -> 255)."""
+    return np.rint(np.asarray(x, dtype=np.float64) * (255.0 / (levels - 1))).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the UI needs to know about a model: its image format and classes."""
+
+    arch: str
+    channels: int
+    levels: int
+    height: int
+    width: int
+    num_classes: int | None = None
+    factor: int | None = None  # Multi-Scale PixelRNN: the small image is (H/factor, W/factor)
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def fmt(self) -> tuple[int, int, int, int]:
+        """(channels, levels, height, width): models with the same fmt score the same images."""
+        return self.channels, self.levels, self.height, self.width
+
+    def describe(self) -> str:
+        return f"{self.channels}x{self.height}x{self.width}, {self.levels} levels"
+
+
+@dataclass
+class PreparedImage:
+    """An upload converted to a model's format."""
+
+    pixels: np.ndarray  # (C, H, W) int64 levels
+    source_size: tuple[int, int]  # (width, height) of the upload
+    crop_box: tuple[int, int, int, int]  # region of the upload that was used
+    notes: list[str] = field(default_factory=list)
+
+    def tensor(self) -> torch.Tensor:
+        return torch.from_numpy(self.pixels)
+
+
+def prepare_image(source: Any, spec: ModelSpec, invert: str = "auto") -> PreparedImage:
+    """Decode an upload and convert it to the model's format: channels (L or RGB), centre-cropped to the
+    model's aspect ratio, resized (box filter) to H x W, quantized to its levels.
+
+    invert: "auto" inverts single-channel images with a light border (dark strokes on white paper),
+    because MNIST digits are light on dark; "yes" / "no" force it.
+    """
+    if spec.channels not in (1, 3):
+        raise gr.Error(f"This app shows 1- or 3-channel models only; this one has {spec.channels} channels.")
+    image = open_image(source)
+    width, height = image.size
+    image, notes = to_8bit(image)
+    if image.mode == "RGB" and spec.channels == 1:
+        notes.append("colour converted to grayscale")
+    elif image.mode == "L" and spec.channels == 3:
+        notes.append("grayscale copied to R, G and B")
+    image = image.convert("L" if spec.channels == 1 else "RGB")
+    box = center_crop_box(width, height, spec.height, spec.width)
+    if box != (0, 0, width, height):
+        notes.append(f"centre-cropped {width}x{height} to {box[2] - box[0]}x{box[3] - box[1]}")
+    if (box[2] - box[0], box[3] - box[1]) != (spec.width, spec.height):
+        notes.append(f"resized to {spec.width}x{spec.height}")
+    image = image.resize((spec.width, spec.height), Image.Resampling.BOX, box=box)
+    array = np.asarray(image, dtype=np.uint8)
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    if spec.channels == 1 and invert != "no":
+        border = np.concatenate([array[0, 0], array[0, -1], array[0, :, 0], array[0, :, -1]])
+        if invert == "yes" or (invert == "auto" and border.mean() > 127):
+            array = 255 - array
+            notes.append("inverted (MNIST digits are light on dark)")
+    if spec.levels == 2:
+        notes.append("binarized at 128")
+    elif spec.levels != 256:
+        notes.append(f"quantized to {spec.levels} levels")
+    return PreparedImage(quantize(array, spec.levels), (width, height), box, notes)
+
+
+# --- masks ---------------------------------------------------------------------------------------------
+
+def layer_painted(source: Any) -> np.ndarray:
+    """A brush layer -> (h, w) bool, True where painted: alpha > 0, or any non-zero value without alpha."""
+    image = open_image(source, "mask layer")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        return np.asarray(image.convert("RGBA"))[..., 3] > 0
+    image, _ = to_8bit(image)
+    array = np.asarray(image)
+    return array > 0 if array.ndim == 2 else (array > 0).any(axis=2)
+
+
+def pool_any(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w) bool -> (height, width) bool: a cell is True if any source pixel it covers is True."""
+    def edges(n_in: int, n_out: int) -> list[tuple[int, int]]:
+        return [(math.floor(i * n_in / n_out), max(math.floor(i * n_in / n_out) + 1, math.ceil((i + 1) * n_in / n_out)))
+                for i in range(n_out)]
+
+    rows = np.stack([mask[a:b].any(axis=0) for a, b in edges(mask.shape[0], height)])
+    return np.stack([rows[:, a:b].any(axis=1) for a, b in edges(mask.shape[1], width)], axis=1)
+
+
+def extract_mask(layers: Iterable[Any], prepared: PreparedImage, height: int, width: int) -> np.ndarray:
+    """Painted brush layers -> (height, width) bool mask in model pixels, True = regenerate.
+
+    Layers are aligned with the background (resized to its size if they differ), cropped like the image,
+    and a model pixel is masked if any painted pixel falls inside it.
+    """
+    source_w, source_h = prepared.source_size
+    union = np.zeros((source_h, source_w), dtype=bool)
+    for layer in layers or []:
+        if layer is None:
+            continue
+        painted = layer_painted(layer)
+        if painted.shape != union.shape:
+            painted = np.asarray(Image.fromarray(painted).resize((source_w, source_h), Image.Resampling.NEAREST))
+        union |= painted
+    left, top, right, bottom = prepared.crop_box
+    return pool_any(union[top:bottom, left:right], height, width)
+
+
+def editor_parts(editor: Any) -> tuple[Any, list[Any]]:
+    """An ImageEditor value (dict, or EditorValue-like object) -> (background, layers)."""
+    if editor is None:
+        raise gr.Error("No image: upload one (or pick an example) and paint the region to regenerate.")
+    if isinstance(editor, dict):
+        background, layers, composite = editor.get("background"), editor.get("layers") or [], editor.get("composite")
+    else:
+        background, layers = getattr(editor, "background", None), getattr(editor, "layers", None) or []
+        composite = getattr(editor, "composite", None)
+    if background is None and composite is None:
+        raise gr.Error("No image: upload one (or pick an example) and paint the region to regenerate.")
+    if background is None:
+        background = composite  # a canvas drawn from scratch
+    return background, list(layers)
+
+
+# --- argument parsing --------------------------------------------------------------------------------
+
+def parse_int(value: Any, name: str, low: int, high: int) -> int:
+    """A whole number in [low, high], or gr.Error naming the allowed range."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number == int(number) and low <= number <= high):
+        raise gr.Error(f"{name} must be a whole number from {low} to {high} (got {value!r}).")
+    return int(number)
+
+
+def parse_temperature(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and 0 < number <= MAX_TEMPERATURE):
+        raise gr.Error(f"Temperature must be a number above 0 and at most {MAX_TEMPERATURE:g} (got {value!r}): "
+                       f"1 samples the model as trained, lower is more conservative, higher more random.")
+    return number
+
+
+def parse_seed(value: Any) -> int:
+    """A seed in [0, 2**32); None, "" or -1 -> a random one."""
+    if value is None or (isinstance(value, str) and not value.strip()) or value == -1:
+        return secrets.randbelow(2**32)
+    return parse_int(value, "Seed", 0, 2**32 - 1)
+
+
+def parse_pace(value: Any) -> float:
+    try:
+        number = float(0 if value is None else value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and 0 <= number <= MAX_PACE_S):
+        raise gr.Error(f"Animation length must be from 0 to {MAX_PACE_S:g} seconds (got {value!r}).")
+    return number
+
+
+def parse_mode(value: Any) -> bool:
+    """Completion mode -> True for context-aware (SMC)."""
+    text = str(value or "plain").strip().lower()
+    if text == "plain":
+        return False
+    if text in ("smc", "context-aware", MODES[1]):
+        return True
+    raise gr.Error(f"Completion mode must be {MODES[0]!r} or {MODES[1]!r} (got {value!r}).")
+
+
+def parse_class(value: Any, spec: ModelSpec, allow_auto: bool = False) -> int | None:
+    """A class name or index -> index; None for unconditional models (and for "auto" when allowed)."""
+    if spec.num_classes is None:
+        return None
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto", AUTO_CLASS)):
+        if allow_auto:
+            return None
+        raise gr.Error(f"This model is class-conditional: choose a class ({', '.join(spec.class_names[:10])}).")
+    text = str(value).strip()
+    if text in spec.class_names:
+        return spec.class_names.index(text)
+    try:
+        index = float(text)
+    except ValueError:
+        raise gr.Error(f"Unknown class {value!r}: choose one of {', '.join(spec.class_names)}.") from None
+    if index != int(index) or not 0 <= index < spec.num_classes:
+        raise gr.Error(f"Class {value!r} is out of range: this model has classes 0 to {spec.num_classes - 1} "
+                       f"({', '.join(spec.class_names)}).")
+    return int(index)
+
+
+# --- rendering -------------------------------------------------------------------------------------------
+
+def display_scale(height: int, width: int) -> int:
+    """Integer upscaling factor that shows an image at about CELL_PX pixels."""
+    return max(1, CELL_PX // max(height, width))
+
+
+def upscale(array: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of (H, W, ...) by an integer factor."""
+    return array.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else array
+
+
+def to_rgb(pixels: np.ndarray, levels: int) -> np.ndarray:
+    """(..., C, H, W) levels -> (..., H, W, 3) uint8."""
+    array = np.moveaxis(levels_to_uint8(pixels, levels), -3, -1)
+    return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array
+
+
+def tile(cells: list[np.ndarray], cols: int, gap: int = GAP_PX) -> np.ndarray:
+    """Equal-size (h, w, 3) cells -> one image, `cols` per row, separated by `gap` pixels."""
+    h, w = cells[0].shape[:2]
+    rows = math.ceil(len(cells) / cols)
+    cols = min(cols, len(cells))
+    canvas = np.empty((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, 3), dtype=np.uint8)
+    canvas[:] = GAP_RGB
+    for k, cell in enumerate(cells):
+        r, c = divmod(k, cols)
+        canvas[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = cell
+    return canvas
+
+
+def draw_cursor(cell: np.ndarray, position: tuple[int, int], scale: int) -> None:
+    """Outline pixel `position` (row, col) of an upscaled cell in place."""
+    r, c = position
+    top, left = r * scale, c * scale
+    bottom, right = top + scale - 1, left + scale - 1
+    thick = 1 if scale < 6 else 2
+    cell[top : top + thick, left : right + 1] = CURSOR_RGB
+    cell[bottom - thick + 1 : bottom + 1, left : right + 1] = CURSOR_RGB
+    cell[top : bottom + 1, left : left + thick] = CURSOR_RGB
+    cell[top : bottom + 1, right - thick + 1 : right + 1] = CURSOR_RGB
+
+
+def render_images(pixels: np.ndarray, levels: int, scale: int, pending: np.ndarray | None = None,
+                  cursor: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """(n, C, H, W) levels -> n upscaled (h, w, 3) cells; pending pixels grey, the cursor pixel outlined."""
+    rgb = to_rgb(pixels, levels).copy()
+    if pending is not None:
+        rgb[:, pending] = PENDING_RGB
+    cells = [upscale(image, scale) for image in rgb]
+    if cursor is not None:
+        for cell in cells:
+            draw_cursor(cell, cursor, scale)
+    return cells
+
+
+def masked_original(pixels: np.ndarray, levels: int, mask: np.ndarray, scale: int) -> np.ndarray:
+    """The original (C, H, W) with the region to regenerate tinted red, upscaled."""
+    rgb = to_rgb(pixels, levels).astype(np.float64)
+    rgb[mask] = 0.45 * rgb[mask] + 0.55 * MASK_RGB
+    return upscale(rgb.round().astype(np.uint8), scale)
+
+
+@functools.lru_cache(maxsize=8)
+def font(size: int = 13) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def render_distribution(probs: np.ndarray, marked: Iterable[int] | None = None, title: str = "",
+                        width: int = 520, panel_height: int = 86) -> np.ndarray:
+    """Bar chart of a pixel's predictive distributions, one panel per channel.
+
+    probs: (levels, C) probabilities; marked: one value per channel (the sampled or true value), drawn in
+    orange with its probability. Few levels use a 0..1 axis; many levels are scaled to the largest bar.
+    """
+    probs = np.nan_to_num(np.asarray(probs, dtype=np.float64), nan=0.0).clip(0, 1)
+    levels, channels = probs.shape
+    marked = list(marked) if marked is not None else [None] * channels
+    names = ["value"] if channels == 1 else ["R", "G", "B"][:channels] + [f"c{k}" for k in range(3, channels)]
+    colours = CHANNEL_RGB.get(channels, CHANNEL_RGB[1] * channels)
+    title_h = 22 if title else 4
+    left, right, axis_h = 34, 10, 16
+    image = Image.new("RGB", (width, title_h + channels * panel_height), "white")
+    draw = ImageDraw.Draw(image)
+    if title:
+        draw.text((6, 4), title, fill=(30, 30, 30), font=font(13))
+    plot_w = width - left - right
+    for c in range(channels):
+        top = title_h + c * panel_height + 14
+        bottom = title_h + (c + 1) * panel_height - axis_h
+        p = probs[:, c]
+        y_max = 1.0 if levels <= 16 else max(float(p.max()), 1e-6) * 1.1
+        draw.line([(left, bottom), (left + plot_w, bottom)], fill=(120, 120, 120))
+        draw.text((2, top - 6), f"{y_max:.2g}" if y_max < 1 else "1", fill=(110, 110, 110), font=font(10))
+        draw.text((2, bottom - 10), "0", fill=(110, 110, 110), font=font(10))
+        bar_w = plot_w / levels
+        value = marked[c] if c < len(marked) else None
+        for v in range(levels):
+            height = (bottom - top) * min(p[v] / y_max, 1.0)
+            x0, x1 = left + v * bar_w, left + (v + 1) * bar_w - (1 if bar_w >= 4 else 0)
+            colour = MARK_RGB if v == value else colours[min(c, len(colours) - 1)]
+            if height >= 0.5:
+                draw.rectangle([x0, bottom - height, max(x0, x1 - 0.01), bottom], fill=colour)
+        if levels <= 16:
+            for v in range(levels):
+                draw.text((left + (v + 0.5) * bar_w - 3, bottom + 2), str(v), fill=(90, 90, 90), font=font(10))
+        else:
+            for v in (0, levels // 2, levels - 1):
+                draw.text((left + (v + 0.5) * bar_w - 6, bottom + 2), str(v), fill=(90, 90, 90), font=font(10))
+        label = f"{names[c]}: most likely {int(p.argmax())} (p={p.max():.3f})"
+        if value is not None:
+            vx = left + (value + 0.5) * bar_w
+            draw.polygon([(vx, bottom + 1), (vx - 5, bottom + 9), (vx + 5, bottom + 9)], fill=MARK_RGB)
+            label += f" · marked {value} (p={p[value]:.3f})"
+        draw.text((left, top - 13), label, fill=(40, 40, 40), font=font(11))
+    return np.asarray(image)
+
+
+def colormap(values: np.ndarray, vmax: float) -> np.ndarray:
+    """Values in [0, vmax] -> (..., 3) uint8 viridis colours."""
+    t = np.clip(np.nan_to_num(values / vmax if vmax > 0 else np.zeros_like(values)), 0, 1) * (len(VIRIDIS) - 1)
+    low = np.floor(t).astype(int).clip(0, len(VIRIDIS) - 2)
+    frac = (t - low)[..., None]
+    return np.rint(VIRIDIS[low] * (1 - frac) + VIRIDIS[low + 1] * frac).astype(np.uint8)
+
+
+LEGEND_PX = 34
+
+
+def render_heatmap(values: np.ndarray, scale: int, label: str, vmax: float | None = None) -> np.ndarray:
+    """(H, W) values -> upscaled viridis map with a colour bar legend (LEGEND_PX high) underneath."""
+    values = np.asarray(values, dtype=np.float64)
+    top = float(values.max()) if vmax is None else vmax
+    top = top if top > 0 else 1.0
+    body = upscale(colormap(values, top), scale)
+    w = body.shape[1]
+    legend = Image.new("RGB", (w, LEGEND_PX), "white")
+    bar = colormap(np.linspace(0, top, max(w - 16, 2))[None].repeat(8, 0), top)
+    legend.paste(Image.fromarray(bar), (8, 4))
+    draw = ImageDraw.Draw(legend)
+    draw.text((8, 14), "0", fill=(60, 60, 60), font=font(11))
+    right = f"{top:.3g}"
+    draw.text((w - 8 - draw.textlength(right, font=font(11)), 14), right, fill=(60, 60, 60), font=font(11))
+    draw.text(((w - draw.textlength(label, font=font(11))) / 2, 14), label, fill=(60, 60, 60), font=font(11))
+    return np.concatenate([body, np.asarray(legend)], axis=0)
+
+
+def click_to_pixel(index: Any, height: int, width: int, scale: int) -> tuple[int, int] | None:
+    """A click at displayed-image coordinates [x, y] -> model pixel (row, col), or None outside the image."""
+    try:
+        x, y = (float(v) for v in index)
+    except (TypeError, ValueError):
+        return None
+    row, col = math.floor(y / scale), math.floor(x / scale)
+    if 0 <= row < height and 0 <= col < width:
+        return row, col
+    return None
+
+
+# --- streaming -------------------------------------------------------------------------------------------
+
+class FrameGate:
+    """Which streamed frames to send: at most one per `interval` seconds plus the final one, and never the
+    same value twice for an output (the browser breaks on a repeated image file): `fresh` gives gr.skip()."""
+
+    def __init__(self, interval: float = FRAME_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
+        self.interval, self.clock = interval, clock
+        self.last: float | None = None
+        self.sent: dict[str, bytes] = {}
+
+    def due(self, final: bool = False) -> bool:
+        now = self.clock()
+        if final or self.last is None or now - self.last >= self.interval:
+            self.last = now
+            return True
+        return False
+
+    def fresh(self, key: str, value: Any) -> Any:
+        """`value`, or gr.skip() if it equals what was last sent for `key`."""
+        if isinstance(value, np.ndarray):
+            digest = hashlib.blake2b(value.tobytes() + str(value.shape).encode(), digest_size=16).digest()
+        else:
+            digest = hashlib.blake2b(repr(value).encode(), digest_size=16).digest()
+        if self.sent.get(key) == digest:
+            return gr.skip()
+        self.sent[key] = digest
+        return value
+
+
+class Pacer:
+    """Spread `total` steps over at least `seconds` (sleeping when ahead), to make fast sampling watchable."""
+
+    def __init__(self, total: int, seconds: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.total, self.seconds, self.clock, self.sleep = max(total, 1), seconds, clock, sleep
+        self.start = clock()
+
+    def wait(self, done: int) -> None:
+        if self.seconds > 0:
+            ahead = self.start + self.seconds * done / self.total - self.clock()
+            if ahead > 0:
+                self.sleep(ahead)
+
+
+def with_last(items: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
+    """(item, is_last) pairs."""
+    iterator = iter(items)
+    try:
+        previous = next(iterator)
+    except StopIteration:
+        return
+    for item in iterator:
+        yield previous, False
+        previous = item
+    yield previous, True
+
+
+# --- model registry ------------------------------------------------------------------------------------
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def class_names(num_classes: int | None, dataset: str | None) -> tuple[str, ...]:
+    if not num_classes:
+        return ()
+    known = {"cifar10": CIFAR10_CLASSES, "mnist": MNIST_CLASSES}.get(dataset or "")
+    return tuple(known) if known and len(known) == num_classes else tuple(str(k) for k in range(num_classes))
+
+
+def spec_of(model: Model, dataset: str | None = None) -> ModelSpec:
+    large = model.large if isinstance(model, MultiScalePixelRNN) else model
+    return ModelSpec(large.arch, large.channels, large.levels, large.height, large.width, large.num_classes,
+                     model.factor if isinstance(model, MultiScalePixelRNN) else None,
+                     class_names(large.num_classes, dataset))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass
+class ModelEntry:
+    """A model the app can offer: a local checkpoint folder or a Hub repo id (loaded lazily)."""
+
+    name: str
+    source: str  # "local" | "hub"
+    location: str  # folder path or Hub repo id
+    spec: ModelSpec | None = None  # None for a Hub model until it is loaded
+    metrics: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+    @property
+    def weights(self) -> Path | None:
+        return Path(self.location) / WEIGHTS if self.source == "local" else None
+
+
+class Registry:
+    """Discovers checkpoints (folders with a config.json under `root`, plus Hub ids) and loads them lazily,
+    one cached copy per model (reloaded when a local model.safetensors changes)."""
+
+    def __init__(self, root: str | Path | None = None, hub_ids: Iterable[str] = (), device: str | None = None):
+        self.root = Path(root) if root else REPO_ROOT / "checkpoints"
+        self.device = device or default_device()
+        self.entries: dict[str, ModelEntry] = {}
+        self._cache: dict[str, tuple[Any, Model]] = {}
+        self._lock = threading.Lock()
+        for folder in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            if not (folder / "config.json").is_file():
+                continue
+            try:
+                cls, config = read_config(folder / "config.json")
+            except pixelrnn.CheckpointError as err:
+                log.warning("skipping %s: %s", folder, err)
+                continue
+            metrics = _read_json(folder / METRICS)
+            with torch.device("meta"):
+                spec = spec_of(cls(**config), metrics.get("dataset"))
+            self.entries[folder.name] = ModelEntry(folder.name, "local", str(folder), spec, metrics, config)
+        for repo_id in hub_ids:
+            repo_id = repo_id.strip()
+            if repo_id and repo_id not in self.entries:
+                self.entries[repo_id] = ModelEntry(repo_id, "hub", repo_id)
+
+    @classmethod
+    def from_env(cls, root: str | Path | None = None, hub_ids: Iterable[str] | None = None,
+                 device: str | None = None) -> Registry:
+        """Registry of $PIXELRNN_CHECKPOINTS (default checkpoints/) and $PIXELRNN_HUB_MODELS (comma-separated)."""
+        root = root or os.environ.get("PIXELRNN_CHECKPOINTS") or None
+        if hub_ids is None:
+            hub_ids = [s for s in os.environ.get("PIXELRNN_HUB_MODELS", "").split(",") if s.strip()]
+        return cls(root, hub_ids, device)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def default(self, prefer: Iterable[str] = ()) -> str | None:
+        """A model to preselect: the first of `prefer` that has weights, else the first with weights."""
+        ready = [n for n, e in self.entries.items() if e.source == "hub" or (e.weights and e.weights.is_file())]
+        for name in prefer:
+            if name in ready:
+                return name
+        return ready[0] if ready else (self.names[0] if self.names else None)
+
+    def entry(self, name: Any) -> ModelEntry:
+        if not self.entries:
+            raise gr.Error(f"No models found: train one into {self.root} or set PIXELRNN_HUB_MODELS.")
+        if not isinstance(name, str) or name not in self.entries:
+            raise gr.Error(f"Unknown model {name!r}: choose one of {', '.join(self.names)}.")
+        return self.entries[name]
+
+    def spec(self, name: Any) -> ModelSpec:
+        entry = self.entry(name)
+        if entry.spec is None:
+            self.load(name)
+        return entry.spec
+
+    def load(self, name: Any) -> Model:
+        """The model, loaded on first use (gr.Error with the loader's message if it cannot be loaded)."""
+        entry = self.entry(name)
+        version = None
+        if entry.weights is not None:
+            try:
+                version = entry.weights.stat().st_mtime_ns
+            except OSError:
+                raise gr.Error(f"Model {name!r} has no weights yet ({entry.weights} is missing): it may still be "
+                               f"training.") from None
+        with self._lock:
+            cached = self._cache.get(entry.name)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            try:
+                model = pixelrnn.load(entry.location, device=self.device)
+            except (pixelrnn.CheckpointError, OSError) as err:
+                raise gr.Error(f"Cannot load model {name!r}: {err}") from err
+            if entry.source == "hub":
+                from pixelrnn.hub import resolve
+
+                folder = resolve(entry.location)
+                entry.metrics, entry.config = _read_json(folder / METRICS), _read_json(folder / "config.json")
+            entry.spec = spec_of(model, entry.metrics.get("dataset"))
+            self._cache[entry.name] = (version, model)
+            return model
+
+    def version(self, name: str) -> Any:
+        return self._cache.get(name, (None,))[0]
+
+
+# --- likelihoods ---------------------------------------------------------------------------------------
+
+def class_log_likelihoods(model: Model, x: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """log p(x | y) in nats for every class, (num_classes,)."""
+    with torch.inference_mode():
+        batch = x[None].expand(num_classes, *x.shape)
+        return model.log_prob(batch, torch.arange(num_classes, device=x.device)).double().cpu()
+
+
+def maps_of(model: Model, x: torch.Tensor, y: int | None) -> dict[str, np.ndarray]:
+    """Per-sub-pixel NLL and entropy (bits) and distributions; for a Multi-Scale model those of its large
+    model given the small image."""
+    if isinstance(model, MultiScalePixelRNN):
+        with torch.inference_mode():
+            xb = x[None]
+            labels = None if y is None else torch.tensor([y], device=x.device)
+            cond = model.condition(model.downsample(xb))
+            log_probs = torch.log_softmax(model.large(xb, labels, cond).float(), dim=1)[0]
+            nll = -log_probs.gather(0, xb[0][None])[0] / math.log(2)
+            entropy = -(log_probs.exp() * log_probs).sum(0) / math.log(2)
+            maps = {"nll_bits": nll, "entropy_bits": entropy, "probs": log_probs.exp()}
+    else:
+        maps = pixelrnn.likelihood_maps(model, x, y=y)
+    return {k: v.detach().float().cpu().numpy() for k, v in maps.items()}
+
+
+@dataclass
+class Analysis:
+    """One image under one model."""
+
+    pixels: np.ndarray  # (C, H, W) levels
+    label: int | None  # class used (given or most likely)
+    nll_nats: float
+    maps: dict[str, np.ndarray]
+    posterior: np.ndarray | None = None  # p(class | x) with a uniform prior
+    marginal_nats: float | None = None  # -log p(x) with a uniform prior over classes
+    notes: list[str] = field(default_factory=list)
+
+
+def analyse(model: Model, spec: ModelSpec, prepared: PreparedImage, y: int | None) -> Analysis:
+    device = next(model.parameters()).device
+    x = prepared.tensor().to(device)
+    posterior = marginal = None
+    if spec.num_classes:
+        per_class = class_log_likelihoods(model, x, spec.num_classes)
+        log_joint = per_class - math.log(spec.num_classes)
+        marginal = -float(torch.logsumexp(log_joint, 0))
+        posterior = torch.softmax(log_joint, 0).numpy()
+        if y is None:
+            y = int(per_class.argmax())
+        nll = -float(per_class[y])
+    else:
+        with torch.inference_mode():
+            nll = -float(model.log_prob(x[None]))
+    return Analysis(prepared.pixels, y, nll, maps_of(model, x, y), posterior, marginal, list(prepared.notes))
+
+
+def bits_per_dim(nats: float, spec: ModelSpec) -> float:
+    return nats / (spec.channels * spec.height * spec.width * math.log(2))
+
+
+# --- model cards -----------------------------------------------------------------------------------------
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def test_result(entry: ModelEntry) -> tuple[str, str]:
+    """(this checkpoint's test NLL, the paper's figure for the same architecture and data) as text."""
+    metrics = entry.metrics
+    dataset = metrics.get("dataset")
+    unit = metrics.get("unit") if metrics.get("unit") in ("nats", "bits/dim") else None
+    nats, bpd = _number(metrics.get("test_nll_nats")), _number(metrics.get("test_bits_per_dim"))
+    unit = unit or ("nats" if dataset == "binarized_mnist" else "bits/dim")
+    value = nats if unit == "nats" else bpd
+    ours = "not evaluated yet" if value is None else f"{value:.2f} nats" if unit == "nats" else f"{value:.3f} bits/dim"
+    if value is not None and isinstance(metrics.get("test_images"), int):
+        ours += f" ({metrics['test_images']:,} test images)"
+    paper_unit, figures = PAPER_RESULTS.get(dataset, (None, {}))
+    arch = entry.spec.arch if entry.spec else metrics.get("arch")
+    paper = "–"
+    if arch in figures and paper_unit == unit:
+        paper = f"{figures[arch]:.2f} {'nats' if unit == 'nats' else 'bits/dim'} ({ARCH_NAMES.get(arch, arch)})"
+        if entry.spec and entry.spec.factor:
+            paper += ", single-scale"
+        if entry.spec and entry.spec.num_classes:
+            paper += ", unconditional"
+    return ours, paper
+
+
+def model_title(entry: ModelEntry) -> str:
+    if entry.spec is None:
+        return "(not loaded yet)"
+    name = ARCH_NAMES.get(entry.spec.arch, entry.spec.arch)
+    name = f"Multi-Scale {name}" if entry.spec.factor else name
+    return name + (", class-conditional" if entry.spec.num_classes else "")
+
+
+def models_table(registry: Registry) -> str:
+    """Markdown table of every model, from its metadata only (nothing is loaded)."""
+    if not registry.entries:
+        return f"No models found in `{registry.root}`."
+    rows = ["| model | architecture | data | parameters | test NLL | paper | training |", "|---|---|---|---|---|---|---|"]
+    for entry in registry.entries.values():
+        metrics = entry.metrics
+        dataset = DATASET_INFO.get(metrics.get("dataset"), (metrics.get("dataset") or "?",))[0]
+        params = f"{metrics['parameters']:,}" if isinstance(metrics.get("parameters"), int) else "?"
+        ours, paper = test_result(entry)
+        wall = _number(metrics.get("wall_time_s"))
+        training = f"{_duration(wall)} on {metrics.get('device', '?')}" if wall is not None else "?"
+        rows.append(f"| `{entry.name}` | {model_title(entry)} | {dataset} | {params} | {ours} | {paper} | {training} |")
+    return "\n".join(rows)
+
+
+def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None]:
+    """(markdown card, samples.png or None) of one model; a Hub model is loaded to read its files."""
+    entry = registry.entry(name)
+    if entry.source == "hub" and entry.spec is None:
+        registry.load(name)
+    spec, metrics, config = entry.spec, entry.metrics, entry.config
+    ours, paper = test_result(entry)
+    dataset = DATASET_INFO.get(metrics.get("dataset"), (metrics.get("dataset") or "unknown",))[0]
+    arch = f"{model_title(entry)}: {config.get('layers', '?')} layers, h = {config.get('hidden', '?')}"
+    params = metrics.get("parameters")
+    training = []
+    for key, text in (("steps", "{:,.0f} steps"), ("epochs", "{:.2f} epochs"), ("batch_size", "batch {:.0f}")):
+        if _number(metrics.get(key)) is not None:
+            training.append(text.format(metrics[key]))
+    if _number(metrics.get("wall_time_s")) is not None:
+        training.append(_duration(metrics["wall_time_s"]))
+    if metrics.get("device"):
+        training.append(f"on {metrics['device']}")
+    if entry.source == "local":
+        try:
+            where = f"local folder `{Path(entry.location).resolve().relative_to(REPO_ROOT)}`"
+        except ValueError:
+            where = f"local folder `{entry.location}`"
+        weights = entry.weights
+        if weights is None or not weights.is_file():
+            where += " (no model.safetensors yet: still training?)"
+    else:
+        where = f"Hugging Face Hub [`{entry.location}`](https://huggingface.co/{entry.location})"
+    classes = f"{spec.num_classes} classes: {', '.join(spec.class_names)}" if spec and spec.num_classes else "none"
+    lines = [f"### {entry.name}", "", "| | |", "|---|---|",
+             f"| Architecture | {arch} |",
+             f"| Data | {dataset}, {spec.describe() if spec else '?'} |",
+             f"| Conditioning | {classes} |",
+             f"| Parameters | {params:,} |" if isinstance(params, int) else "| Parameters | ? |",
+             f"| Test NLL | **{ours}** |",
+             f"| Paper (van den Oord et al., 2016) | {paper} |",
+             f"| Training | {', '.join(training) or 'no record'} |",
+             f"| Weights | {where} |",
+             f"| Running on | {registry.device} |"]
+    samples = None
+    if entry.source == "local" and (Path(entry.location) / SAMPLES).is_file():
+        try:
+            samples = np.asarray(open_image(Path(entry.location) / SAMPLES, "samples image").convert("RGB"))
+        except gr.Error:
+            samples = None
+    return "\n".join(lines), samples
+
+
+# --- the endpoints ---------------------------------------------------------------------------------------
+
+class Studio:
+    """The app's endpoints as methods over a Registry; generators stream (image, distribution, status)."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self._analyses: OrderedDict[tuple, Analysis] = OrderedDict()
+        self._analyses_lock = threading.Lock()
+
+    # -- helpers --
+    def class_update(self, name: Any, allow_auto: bool = False) -> dict:
+        """Class dropdown for the chosen model: hidden for unconditional models."""
+        try:
+            spec = self.registry.spec(name)
+        except gr.Error:
+            return gr.update(choices=[], value=None, visible=False)
+        if not spec.num_classes:
+            return gr.update(choices=[], value=None, visible=False)
+        choices = ([AUTO_CLASS] if allow_auto else []) + list(spec.class_names)
+        return gr.update(choices=choices, value=choices[0], visible=True)
+
+    def _steps_total(self, spec: ModelSpec) -> int:
+        small = (spec.height // spec.factor) * (spec.width // spec.factor) if spec.factor else 0
+        return spec.height * spec.width + small
+
+    def _stream(self, steps: Iterable[pixelrnn.Step], spec: ModelSpec, pace: float, progress: Any,
+                render: Callable[[pixelrnn.Step, bool], tuple[np.ndarray, np.ndarray]], summary: Callable[[Any], str]
+                ) -> Iterator[tuple]:
+        """Throttle, pace and render sampler steps into (image, distribution, status) updates."""
+        gate, total = FrameGate(), self._steps_total(spec)
+        pacer = Pacer(total, pace)
+        last = None
+        for k, (step, final) in enumerate(with_last(steps), start=1):
+            pacer.wait(k)
+            last = step
+            if not gate.due(final):
+                continue
+            image, dist = render(step, final)
+            if not final and progress is not None:
+                progress(min(k / total, 1.0), desc=f"pixel {k} of {total}")
+            yield (gate.fresh("image", image), gate.fresh("dist", dist),
+                   gate.fresh("status", summary(last)) if final else gr.skip())
+
+    # -- Generate --
+    @user_errors
+    def generate(self, model_name: str, class_label: Any = None, n: Any = 4, temperature: Any = 1.0, seed: Any = 0,
+                 pace: Any = 0.0, progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+        """Stream n samples pixel by pixel: (image grid, current pixel's distribution, status)."""
+        spec = self.registry.spec(model_name)
+        y = parse_class(class_label, spec)
+        n = parse_int(n, "Number of samples", 1, MAX_SAMPLES)
+        temperature, seed, pace = parse_temperature(temperature), parse_seed(seed), parse_pace(pace)
+        model = self.registry.load(model_name)
+        start = time.monotonic()
+        steps = pixelrnn.sample_steps(model, n, y=y, temperature=temperature, seed=seed, every=1)
+        scale = display_scale(spec.height, spec.width)
+        cols = math.ceil(math.sqrt(n))
+
+        def render(step: pixelrnn.Step, final: bool) -> tuple[np.ndarray, np.ndarray]:
+            pixels = step.image.cpu().numpy()
+            s = scale * (spec.height // pixels.shape[2])
+            pending = None if final else ~step.done.cpu().numpy()
+            cells = render_images(pixels, spec.levels, s, pending, None if final else step.position)
+            r, j = step.position
+            where = "small image, " if step.stage == "small" else ""
+            title = f"Sample 1, {where}pixel (row {r}, col {j}): predictive distribution, sampled value marked"
+            dist = render_distribution(step.probs[0].cpu().numpy(), pixels[0, :, r, j].tolist(), title)
+            return tile(cells, cols), dist
+
+        def summary(_: Any) -> str:
+            what = f" of class {spec.class_names[y]!r}" if y is not None else ""
+            return (f"Generated {n} sample{'s' if n > 1 else ''}{what} with `{model_name}` in "
+                    f"{time.monotonic() - start:.1f} s (seed {seed}, temperature {temperature:g}).")
+
+        yield from self._stream(steps, spec, pace, progress, render, summary)
+
+    # -- Complete --
+    @user_errors
+    def complete(self, model_name: str, editor: Any, class_label: Any = None, mode: Any = "plain",
+                 particles: Any = 8, n: Any = 3, temperature: Any = 1.0, seed: Any = 0, pace: Any = 0.0,
+                 progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+        """Stream completions of the painted region: (original | completions, current distribution, status)."""
+        spec = self.registry.spec(model_name)
+        y = parse_class(class_label, spec)
+        smc = parse_mode(mode)
+        k = parse_int(particles, "Particles", 2, MAX_PARTICLES) if smc else 1
+        n = parse_int(n, "Number of completions", 1, MAX_COMPLETIONS)
+        temperature, seed, pace = parse_temperature(temperature), parse_seed(seed), parse_pace(pace)
+        background, layers = editor_parts(editor)
+        prepared = prepare_image(background, spec)
+        mask = extract_mask(layers, prepared, spec.height, spec.width)
+        if not mask.any():
+            raise gr.Error("The mask is empty: paint over the part of the image to regenerate with the brush.")
+        model = self.registry.load(model_name)
+        start = time.monotonic()
+        steps = pixelrnn.sample_steps(model, n, y=y, image=prepared.tensor(), mask=torch.from_numpy(mask),
+                                      temperature=temperature, seed=seed, every=1, particles=k)
+        scale = display_scale(spec.height, spec.width)
+        original = masked_original(prepared.pixels, spec.levels, mask, scale)
+
+        def render(step: pixelrnn.Step, final: bool) -> tuple[np.ndarray, np.ndarray]:
+            pixels = step.image.cpu().numpy()
+            f = spec.height // pixels.shape[2]
+            stage_mask = mask[::f, ::f] if f > 1 else mask
+            pending = None if final else stage_mask & ~step.done.cpu().numpy()
+            cells = render_images(pixels, spec.levels, scale * f, pending, None if final else step.position)
+            r, j = step.position
+            known = not stage_mask[r, j]
+            where = "small image, " if step.stage == "small" else ""
+            title = (f"Completion 1, {where}pixel (row {r}, col {j}): "
+                     + ("known pixel, scored" if known else "predictive distribution, sampled value marked"))
+            dist = render_distribution(step.probs[0].cpu().numpy(), pixels[0, :, r, j].tolist(), title)
+            return tile([original, *cells], min(n + 1, 5)), dist
+
+        def summary(step: Any) -> str:
+            how = f"context-aware (SMC, {k} particles each)" if smc else "plain"
+            text = (f"{n} {how} completion{'s' if n > 1 else ''} of {int(mask.sum())} pixels with `{model_name}` in "
+                    f"{time.monotonic() - start:.1f} s (seed {seed}). Left: the original, the region to regenerate "
+                    f"in red.")
+            if smc and step is not None and step.ess:
+                ess = torch.stack([e.float().cpu() for e in step.ess]).mean()
+                text += f" Mean effective sample size per row: {float(ess):.1f} of {k}."
+            if prepared.notes:
+                text += f" Input: {'; '.join(prepared.notes)}."
+            return text
+
+        yield from self._stream(steps, spec, pace, progress, render, summary)
+
+    # -- Inspect --
+    def _analysis(self, name: str, image: Any, class_label: Any) -> tuple[ModelSpec, Analysis]:
+        spec = self.registry.spec(name)
+        y = parse_class(class_label, spec, allow_auto=True)
+        prepared = prepare_image(image, spec)
+        model = self.registry.load(name)
+        key = (name, self.registry.version(name), hashlib.blake2b(prepared.pixels.tobytes()).hexdigest(), y)
+        with self._analyses_lock:
+            if key in self._analyses:
+                self._analyses.move_to_end(key)
+                return spec, self._analyses[key]
+        analysis = analyse(model, spec, prepared, y)
+        with self._analyses_lock:
+            self._analyses[key] = analysis
+            while len(self._analyses) > 16:
+                self._analyses.popitem(last=False)
+        return spec, analysis
+
+    def _nll_table(self, name: str, image: Any, spec: ModelSpec, analysis: Analysis) -> str:
+        rows = ["| model | architecture | NLL (nats) | bits/dim | note |", "|---|---|---|---|---|"]
+        for other, entry in self.registry.entries.items():
+            if entry.spec is None or entry.spec.fmt != spec.fmt:
+                continue
+            if other == name:
+                result = analysis
+            else:
+                try:
+                    _, result = self._analysis(other, image, None)
+                except gr.Error as err:
+                    rows.append(f"| `{other}` | {model_title(entry)} | – | – | {err.message} |")
+                    continue
+            note = ""
+            if result.posterior is not None:
+                best = int(result.posterior.argmax())
+                note = (f"given class {entry.spec.class_names[result.label]!r}; "
+                        f"-log p(x) = {result.marginal_nats:.1f} nats over all classes; "
+                        f"most likely class {entry.spec.class_names[best]!r} ({result.posterior[best]:.0%})")
+            if entry.spec.factor:
+                note = (note + "; " if note else "") + "maps: full-size model given the small image"
+            title = f"**`{other}`**" if other == name else f"`{other}`"
+            rows.append(f"| {title} | {model_title(entry)} | {result.nll_nats:.2f} | "
+                        f"{bits_per_dim(result.nll_nats, spec):.4f} | {note} |")
+        return "\n".join(rows)
+
+    @user_errors
+    def inspect(self, model_name: str, image: Any, class_label: Any = None) -> tuple:
+        """Likelihood of an image: (model's view, surprise map, entropy map, NLL table, distribution of the most
+        surprising pixel, its description, row, col)."""
+        spec, analysis = self._analysis(model_name, image, class_label)
+        scale = display_scale(spec.height, spec.width)
+        view = upscale(to_rgb(analysis.pixels, spec.levels), scale)
+        surprise = render_heatmap(analysis.maps["nll_bits"].sum(0), scale, "surprise, bits")
+        entropy = render_heatmap(analysis.maps["entropy_bits"].sum(0), scale, "entropy, bits")
+        table = self._nll_table(model_name, image, spec, analysis)
+        if analysis.notes:
+            table += f"\n\nInput: {'; '.join(analysis.notes)}."
+        r, c = np.unravel_index(int(analysis.maps["nll_bits"].sum(0).argmax()), (spec.height, spec.width))
+        dist, text = self._pixel_view(spec, analysis, int(r), int(c))
+        return view, surprise, entropy, table, dist, "Most surprising pixel. " + text, int(r), int(c)
+
+    def _pixel_view(self, spec: ModelSpec, analysis: Analysis, r: int, c: int) -> tuple[np.ndarray, str]:
+        probs = analysis.maps["probs"][:, :, r, c]  # (levels, C)
+        true = analysis.pixels[:, r, c].tolist()
+        title = f"Pixel (row {r}, col {c}): predictive distribution given the pixels before it, true value marked"
+        nll = analysis.maps["nll_bits"][:, r, c].sum()
+        entropy = analysis.maps["entropy_bits"][:, r, c].sum()
+        value = true[0] if spec.channels == 1 else "(" + ", ".join(str(v) for v in true) + ")"
+        text = (f"Pixel (row {r}, col {c}) = {value}: surprise {nll:.2f} bits, entropy of the prediction "
+                f"{entropy:.2f} bits.")
+        return render_distribution(probs, true, title), text
+
+    @user_errors
+    def pixel(self, model_name: str, image: Any, class_label: Any = None, row: Any = 0, col: Any = 0) -> tuple:
+        """The predictive distribution of one pixel (row, col in model pixels): (chart, description)."""
+        spec, analysis = self._analysis(model_name, image, class_label)
+        r = parse_int(row, "Row", 0, spec.height - 1)
+        c = parse_int(col, "Column", 0, spec.width - 1)
+        return self._pixel_view(spec, analysis, r, c)
+
+    def select_pixel(self, model_name: str, evt: gr.SelectData) -> tuple:
+        """A click on an Inspect image -> (row, col) in model pixels; skipped outside the image."""
+        try:
+            spec = self.registry.spec(model_name)
+        except gr.Error:
+            return gr.skip(), gr.skip()
+        where = click_to_pixel(evt.index, spec.height, spec.width, display_scale(spec.height, spec.width))
+        return (gr.skip(), gr.skip()) if where is None else where
+
+    # -- Models --
+    @user_errors
+    def model_card(self, model_name: str) -> tuple[str, np.ndarray | None]:
+        """(markdown card, samples image) of a model."""
+        return model_card(self.registry, model_name)
+
+
+def example_images() -> list[str]:
+    """Example images shipped in assets/ (screenshots excluded)."""
+    if not ASSETS_DIR.is_dir():
+        return []
+    return [str(p) for p in sorted(ASSETS_DIR.glob("*.png")) if not p.name.startswith("screenshot")]
