@@ -111,28 +111,32 @@ class _PixelCNNCache(_LayerCache):
 class _RowLSTMCache(_LayerCache):
     """A Row LSTM at one pixel: the previous row's states, this row's inputs (Sec. 3.1)."""
 
-    tensors = ("inputs", "h_row", "c_row", "c_above", "state_gates")
+    tensors = ("inputs", "h_row", "c_row", "c_above", "row_gates")
 
     def __init__(self, layer: RowLSTM, n: int, height: int, width: int, conditional: Tensor | None):
         super().__init__(*_bias(layer.input_to_state.bias, conditional))
         w = layer.input_to_state.masked_weight()  # (4h, 2h, 1, 3): taps left, centre, right (masked)
-        self.input_to_state = torch.cat([w[:, :, 0, 0], w[:, :, 0, 1]], dim=1).t().contiguous()  # (4h, [left|centre])
+        self.input_to_state = torch.cat([w[:, :, 0, 0], w[:, :, 0, 1]], dim=1).t().contiguous()  # [left | centre]
         self.state_to_state = layer.state_to_state
         self.inputs = w.new_zeros(n, width + 1, w.shape[1])  # this row's layer inputs, one zero column on the left
-        self.h_row = w.new_zeros(n, layer.hidden, width)
+        self.h_row = w.new_zeros(n, width, layer.hidden)
         self.c_row, self.c_above = torch.zeros_like(self.h_row), torch.zeros_like(self.h_row)
-        self.state_gates = self.state_to_state(self.h_row)  # (N, 4h, W): from the row above (zeros on row 0)
+        self.end_row_gates()
+
+    def end_row_gates(self) -> None:
+        """State-to-state gates from the finished row (zeros above row 0) plus the constant bias: (N, W, 4h)."""
+        self.row_gates = self.state_to_state(self.h_row.transpose(1, 2)).transpose(1, 2) + self.bias[:, None]
 
     def step(self, f: Tensor, r: int, j: int) -> Tensor:
         self.inputs[:, j + 1] = f
-        gates = torch.addmm(self.bias_at(r, j) + self.state_gates[:, :, j], self.inputs[:, j : j + 2].flatten(1),
-                            self.input_to_state)
-        h, self.c_row[:, :, j] = lstm_cell(gates, self.c_above[:, :, j])
-        self.h_row[:, :, j] = h
+        bias = self.row_gates[:, j] if self.bias_map is None else self.row_gates[:, j] + self.bias_map[:, :, r, j]
+        gates = torch.addmm(bias, self.inputs[:, j : j + 2].flatten(1), self.input_to_state)
+        h, self.c_row[:, j] = lstm_cell(gates, self.c_above[:, j])
+        self.h_row[:, j] = h
         return h
 
     def end_row(self) -> None:
-        self.state_gates = self.state_to_state(self.h_row)
+        self.end_row_gates()
         self.c_above, self.c_row = self.c_row, torch.zeros_like(self.c_row)
 
 
@@ -207,7 +211,9 @@ class CachedStepper:
         self.layers = [cache(layer, n, height, width, model.layer_biases[k](y, cond))
                        for k, layer in enumerate(model.layers)]
         self.residuals = [] if model.arch == "pixelcnn" else [(_matrix(m), m.bias) for m in model.residuals]
-        self.skips = [(_matrix(m), m.bias) for m in model.skips] if model.skip else []
+        if model.skip:  # the skip connections' sum as one matmul over all layers' outputs
+            self.skip_weight = torch.cat([_matrix(m) for m in model.skips])
+            self.skip_bias = torch.stack([m.bias for m in model.skips]).sum(0)
         self.head = [(_matrix(m), m.bias) for m in model.head]
 
     def _write(self, x: Tensor, r: int, start: int, stop: int) -> None:
@@ -220,14 +226,12 @@ class CachedStepper:
         self._write(x, r, max(j - 1, 0), j + 1)  # this pixel, and the left one's last channel
         window = self.pixels[:, :, r : r + 4, j : j + 7].flatten(1)
         f = torch.addmm(self.input.bias_at(r, j), window, self.input_weight)  # (N, 2h)
-        skip_sum = None
+        outputs = []
         for k, layer in enumerate(self.layers):
             out = layer.step(f, r, j)
             f = out if m.arch == "pixelcnn" else torch.addmm(f + self.residuals[k][1], out, self.residuals[k][0])
-            if m.skip:
-                skip_sum = torch.addmm(self.skips[k][1] if skip_sum is None else skip_sum + self.skips[k][1],
-                                       f, self.skips[k][0])
-        out = skip_sum if m.skip else f
+            outputs.append(f)
+        out = torch.addmm(self.skip_bias, torch.cat(outputs, 1), self.skip_weight) if m.skip else f
         (w0, b0), (w1, b1) = self.head
         logits = torch.addmm(b1, torch.addmm(b0, out.relu(), w0).relu_(), w1)
         return logits.view(-1, m.channels, m.levels).transpose(1, 2)  # (N, levels, C)
@@ -288,8 +292,8 @@ def _prepare(model: Model, n: int, y, image, mask, temperature: float, method: s
     if image.shape != (n, channels, height, width):
         raise ValueError(f"image must be ({channels}, {height}, {width}) or ({n}, {channels}, {height}, {width}), "
                          f"got {tuple(image.shape)}")
-    if image.is_floating_point() or int(image.min()) < 0 or int(image.max()) >= model_levels(model):
-        raise ValueError(f"image must hold integer levels in [0, {model_levels(model)})")
+    if image.is_floating_point() or int(image.min()) < 0 or int(image.max()) >= _levels(model):
+        raise ValueError(f"image must hold integer levels in [0, {_levels(model)})")
     mask = torch.ones(height, width, dtype=torch.bool) if mask is None else torch.as_tensor(mask)
     if mask.shape != (height, width) or mask.dtype != torch.bool:
         raise ValueError(f"mask must be a ({height}, {width}) bool tensor (True = to fill), got "
@@ -297,7 +301,7 @@ def _prepare(model: Model, n: int, y, image, mask, temperature: float, method: s
     return labels, image.long().clone(memory_format=torch.contiguous_format), mask.to(device)
 
 
-def model_levels(model: Model) -> int:
+def _levels(model: Model) -> int:
     return model.large.levels if isinstance(model, MultiScalePixelRNN) else model.levels
 
 
@@ -385,7 +389,11 @@ def sample_steps(model: Model, n: int = 1, y=None, image=None, mask=None, temper
                                large.width, device)
     if not isinstance(every, int) or every < 0:
         raise ValueError(f"every must be a non-negative integer, got {every!r}")
-    generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()  # non-deterministic, and leaves torch's global generator alone
+    else:
+        generator.manual_seed(seed)
     if particles > 1:
         x, labels = x.repeat_interleave(particles, 0), None if labels is None else labels.repeat_interleave(particles)
     with torch.inference_mode():

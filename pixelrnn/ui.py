@@ -401,7 +401,7 @@ def parse_mode(value: Any) -> bool:
     text = str(value or "plain").strip().lower()
     if text == "plain":
         return False
-    if text in ("smc", "context-aware", MODES[1]):
+    if text in ("smc", "context-aware", MODES[1].lower()):
         return True
     raise gr.Error(f"Completion mode must be {MODES[0]!r} or {MODES[1]!r} (got {value!r}).")
 
@@ -533,6 +533,12 @@ def render_distribution(probs: np.ndarray, marked: Iterable[int] | None = None, 
         if levels <= 16:
             for v in range(levels):
                 draw.text((left + (v + 0.5) * bar_w - 3, bottom + 2), str(v), fill=(90, 90, 90), font=font(10))
+                if bar_w >= 40:
+                    text = f"{p[v]:.3f}"
+                    height = (bottom - top) * min(p[v] / y_max, 1.0)
+                    y_text = bottom - height + 2 if height > 16 else bottom - height - 13
+                    draw.text((left + (v + 0.5) * bar_w - draw.textlength(text, font=font(11)) / 2, y_text), text,
+                              fill=(255, 255, 255) if height > 16 else (40, 40, 40), font=font(11))
         else:
             for v in (0, levels // 2, levels - 1):
                 draw.text((left + (v + 0.5) * bar_w - 6, bottom + 2), str(v), fill=(90, 90, 90), font=font(10))
@@ -631,6 +637,26 @@ class Pacer:
                 self.sleep(ahead)
 
 
+def thread_safe(steps: Iterable[Any], on_resume: Callable[[], None] | None = None) -> Iterator[Any]:
+    """Advance a sampler generator with every step inside torch.inference_mode() on the current thread.
+
+    Gradio resumes a streaming generator on whichever worker thread is free, but inference mode is
+    thread-local: the mode that pixelrnn.sample_steps enters before its first yield is not active on
+    the next thread (in-place updates of its tensors then fail) and stays on in the first one. Entering
+    it around each step, here, makes every resumption correct and restores each thread's state.
+    """
+    iterator = iter(steps)
+    while True:
+        if on_resume is not None:
+            on_resume()
+        with torch.inference_mode():
+            try:
+                step = next(iterator)
+            except StopIteration:
+                return
+        yield step
+
+
 def with_last(items: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
     """(item, is_last) pairs."""
     iterator = iter(items)
@@ -682,6 +708,7 @@ class ModelEntry:
     spec: ModelSpec | None = None  # None for a Hub model until it is loaded
     metrics: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    parameters: int | None = None
 
     @property
     def weights(self) -> Path | None:
@@ -708,8 +735,11 @@ class Registry:
                 continue
             metrics = _read_json(folder / METRICS)
             with torch.device("meta"):
-                spec = spec_of(cls(**config), metrics.get("dataset"))
-            self.entries[folder.name] = ModelEntry(folder.name, "local", str(folder), spec, metrics, config)
+                skeleton = cls(**config)
+            spec = spec_of(skeleton, metrics.get("dataset"))
+            parameters = sum(p.numel() for p in skeleton.parameters())
+            self.entries[folder.name] = ModelEntry(folder.name, "local", str(folder), spec, metrics, config,
+                                                   parameters)
         for repo_id in hub_ids:
             repo_id = repo_id.strip()
             if repo_id and repo_id not in self.entries:
@@ -773,6 +803,7 @@ class Registry:
                 folder = resolve(entry.location)
                 entry.metrics, entry.config = _read_json(folder / METRICS), _read_json(folder / "config.json")
             entry.spec = spec_of(model, entry.metrics.get("dataset"))
+            entry.parameters = sum(p.numel() for p in model.parameters())
             self._cache[entry.name] = (version, model)
             return model
 
@@ -894,7 +925,7 @@ def models_table(registry: Registry) -> str:
     for entry in registry.entries.values():
         metrics = entry.metrics
         dataset = DATASET_INFO.get(metrics.get("dataset"), (metrics.get("dataset") or "?",))[0]
-        params = f"{metrics['parameters']:,}" if isinstance(metrics.get("parameters"), int) else "?"
+        params = f"{entry.parameters:,}" if entry.parameters else "?"
         ours, paper = test_result(entry)
         wall = _number(metrics.get("wall_time_s"))
         training = f"{_duration(wall)} on {metrics.get('device', '?')}" if wall is not None else "?"
@@ -910,8 +941,11 @@ def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None]:
     spec, metrics, config = entry.spec, entry.metrics, entry.config
     ours, paper = test_result(entry)
     dataset = DATASET_INFO.get(metrics.get("dataset"), (metrics.get("dataset") or "unknown",))[0]
-    arch = f"{model_title(entry)}: {config.get('layers', '?')} layers, h = {config.get('hidden', '?')}"
-    params = metrics.get("parameters")
+    layers = config.get("layers", "?")
+    arch = f"{model_title(entry)}: {layers} layer{'' if layers == 1 else 's'}, h = {config.get('hidden', '?')}"
+    if spec and spec.factor:
+        arch += f", small image subsampled by {spec.factor}"
+    params = entry.parameters
     training = []
     for key, text in (("steps", "{:,.0f} steps"), ("epochs", "{:.2f} epochs"), ("batch_size", "batch {:.0f}")):
         if _number(metrics.get(key)) is not None:
@@ -955,12 +989,18 @@ def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None]:
 class Studio:
     """The app's endpoints as methods over a Registry; generators stream (image, distribution, status)."""
 
-    def __init__(self, registry: Registry):
-        self.registry = registry
+    def __init__(self, registry: Registry, cpu_threads: int = 1):
+        self.registry, self.cpu_threads = registry, cpu_threads
         self._analyses: OrderedDict[tuple, Analysis] = OrderedDict()
         self._analyses_lock = threading.Lock()
 
     # -- helpers --
+    def _threads(self) -> None:
+        """Sampling runs thousands of tiny ops: one CPU thread per request is faster than two contending ones
+        (intra-op threads on a busy machine can be 10-100x slower). The setting holds per worker thread."""
+        if self.registry.device == "cpu" and self.cpu_threads and torch.get_num_threads() != self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
+
     def class_update(self, name: Any, allow_auto: bool = False) -> dict:
         """Class dropdown for the chosen model: hidden for unconditional models."""
         try:
@@ -983,7 +1023,7 @@ class Studio:
         gate, total = FrameGate(), self._steps_total(spec)
         pacer = Pacer(total, pace)
         last = None
-        for k, (step, final) in enumerate(with_last(steps), start=1):
+        for k, (step, final) in enumerate(with_last(thread_safe(steps, self._threads)), start=1):
             pacer.wait(k)
             last = step
             if not gate.due(final):
@@ -999,6 +1039,7 @@ class Studio:
     def generate(self, model_name: str, class_label: Any = None, n: Any = 4, temperature: Any = 1.0, seed: Any = 0,
                  pace: Any = 0.0, progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
         """Stream n samples pixel by pixel: (image grid, current pixel's distribution, status)."""
+        self._threads()
         spec = self.registry.spec(model_name)
         y = parse_class(class_label, spec)
         n = parse_int(n, "Number of samples", 1, MAX_SAMPLES)
@@ -1033,6 +1074,7 @@ class Studio:
                  particles: Any = 8, n: Any = 3, temperature: Any = 1.0, seed: Any = 0, pace: Any = 0.0,
                  progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
         """Stream completions of the painted region: (original | completions, current distribution, status)."""
+        self._threads()
         spec = self.registry.spec(model_name)
         y = parse_class(class_label, spec)
         smc = parse_mode(mode)
@@ -1081,6 +1123,7 @@ class Studio:
 
     # -- Inspect --
     def _analysis(self, name: str, image: Any, class_label: Any) -> tuple[ModelSpec, Analysis]:
+        self._threads()
         spec = self.registry.spec(name)
         y = parse_class(class_label, spec, allow_auto=True)
         prepared = prepare_image(image, spec)
@@ -1153,6 +1196,7 @@ class Studio:
     @user_errors
     def pixel(self, model_name: str, image: Any, class_label: Any = None, row: Any = 0, col: Any = 0) -> tuple:
         """The predictive distribution of one pixel (row, col in model pixels): (chart, description)."""
+        self._threads()
         spec, analysis = self._analysis(model_name, image, class_label)
         r = parse_int(row, "Row", 0, spec.height - 1)
         c = parse_int(col, "Column", 0, spec.width - 1)
