@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
 # Retrains the shipped CPU checkpoints (2 CPU cores, two queues of one thread each).
-# Usage: bash checkpoints/train_cpu.sh [DATA_DIR]    (default: ../shared/data)
+# Usage: bash checkpoints/train_cpu.sh [DATA_DIR] [STAGE]   (default: ../shared/data, both stages)
+# Stage 1 trains every model; stage 2 resumes the Diagonal BiLSTM and the CIFAR-10 model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/data}
+stage=${2:-all}
 py=${PYTHON:-python}
+mkdir -p runs
 train() { OMP_NUM_THREADS=1 "$py" -m pixelrnn.train --data-dir "$data" --no-progress --batch-size 32 --lr 2e-3 "$@"; }
-(
-  train --arch diagonal_bilstm --dataset binarized_mnist --hidden 16 --layers 4 --minutes 14 \
-        --out checkpoints/binarized-mnist-diagonal-bilstm
-  train --arch pixelcnn --dataset binarized_mnist --hidden 16 --layers 8 --minutes 8 \
-        --out checkpoints/binarized-mnist-pixelcnn
-  train --arch row_lstm --dataset binarized_mnist --hidden 16 --layers 4 --factor 2 --minutes 8 \
-        --out checkpoints/binarized-mnist-multiscale-row-lstm
-) > runs/queue_a.log 2>&1 &
-(
-  train --arch row_lstm --dataset binarized_mnist --hidden 16 --layers 4 --minutes 8 \
-        --out checkpoints/binarized-mnist-row-lstm
-  train --arch row_lstm --dataset mnist --conditional --hidden 16 --layers 4 --minutes 10 \
-        --out checkpoints/mnist-row-lstm-conditional
-  train --arch pixelcnn --dataset cifar10 --conditional --cifar-parts a --hidden 32 --layers 6 --minutes 12 \
-        --out checkpoints/cifar10-pixelcnn-conditional
-) > runs/queue_b.log 2>&1 &
-wait
+diagonal=(--arch diagonal_bilstm --dataset binarized_mnist --hidden 16 --layers 4 --out checkpoints/binarized-mnist-diagonal-bilstm)
+cifar=(--arch pixelcnn --dataset cifar10 --conditional --cifar-parts a --hidden 32 --layers 6 --out checkpoints/cifar10-pixelcnn-conditional)
+if [ "$stage" = all ] || [ "$stage" = 1 ]; then
+  (
+    train "${diagonal[@]}" --minutes 14
+    train --arch pixelcnn --dataset binarized_mnist --hidden 16 --layers 8 --minutes 8 \
+          --out checkpoints/binarized-mnist-pixelcnn
+    train --arch row_lstm --dataset binarized_mnist --hidden 16 --layers 4 --factor 2 --minutes 8 \
+          --out checkpoints/binarized-mnist-multiscale-row-lstm
+  ) > runs/queue_a.log 2>&1 &
+  (
+    train --arch row_lstm --dataset binarized_mnist --hidden 16 --layers 4 --minutes 8 \
+          --out checkpoints/binarized-mnist-row-lstm
+    train --arch row_lstm --dataset mnist --conditional --hidden 16 --layers 4 --minutes 10 \
+          --out checkpoints/mnist-row-lstm-conditional
+    train "${cifar[@]}" --minutes 12
+  ) > runs/queue_b.log 2>&1 &
+  wait
+fi
+if [ "$stage" = all ] || [ "$stage" = 2 ]; then
+  train "${diagonal[@]}" --minutes 25 --resume > runs/queue_a2.log 2>&1 &
+  train "${cifar[@]}" --minutes 25 --resume > runs/queue_b2.log 2>&1 &
+  wait
+fi
