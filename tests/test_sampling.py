@@ -158,3 +158,23 @@ def test_smc_completion_uses_the_context_below_the_hole():
     ess = torch.stack(steps[-1].ess)  # (rows, images)
     assert ess.shape == (4, 32) and (ess > 0).all() and (ess <= 16 + 1e-4).all()
     assert ess[2].mean() < 12, "the first known row must separate the particles"
+
+
+def test_no_seed_gives_fresh_samples_and_leaves_the_global_generator_alone():
+    model = make("row_lstm", 1, 2, 4, 4)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    draws = [pixelrnn.sample(model, 8) for _ in range(3)]
+    assert torch.equal(torch.rand(3), expected)
+    assert not (torch.equal(draws[0], draws[1]) and torch.equal(draws[1], draws[2]))
+
+
+def test_multiscale_completion_keeps_known_pixels():
+    model = make("pixelcnn", 1, 2, 6, 6, factor=2)
+    image = torch.randint(0, 2, (1, 6, 6))
+    mask = torch.zeros(6, 6, dtype=torch.bool)
+    mask[2:5, 1:5] = True
+    out = pixelrnn.sample(model, 3, image=image, mask=mask, seed=2)
+    assert torch.equal(out[:, :, ~mask], image[:, ~mask].expand(3, -1, -1))
+    assert torch.equal(out, pixelrnn.sample(model, 3, image=image, mask=mask, seed=2, method="reference"))
