@@ -50,6 +50,7 @@ MAX_UPLOAD_PIXELS = 25_000_000  # 5000 x 5000: larger uploads are refused before
 MIN_SIDE = 4  # smallest accepted upload side, in pixels
 FRAME_INTERVAL_S = 1 / 20  # streamed frames: at most 20 updates per second
 CELL_PX = 168  # displayed size of one image (upscaled by an integer factor, nearest neighbour)
+INSPECT_PX = 224  # displayed size of the Inspect tab's image and maps
 GAP_PX = 4
 GAP_RGB = (229, 231, 235)
 PENDING_RGB = (128, 128, 140)  # pixels not sampled yet
@@ -429,9 +430,19 @@ def parse_class(value: Any, spec: ModelSpec, allow_auto: bool = False) -> int | 
 
 # --- rendering -------------------------------------------------------------------------------------------
 
-def display_scale(height: int, width: int) -> int:
-    """Integer upscaling factor that shows an image at about CELL_PX pixels."""
-    return max(1, CELL_PX // max(height, width))
+def display_scale(height: int, width: int, cell_px: int = CELL_PX) -> int:
+    """Integer upscaling factor that shows an image at about `cell_px` pixels."""
+    return max(1, cell_px // max(height, width))
+
+
+def grid_scale(height: int, width: int, n: int) -> int:
+    """Upscaling factor for a grid of n images: larger cells when there are few."""
+    return display_scale(height, width, 280 if n == 1 else 224 if n <= 4 else CELL_PX if n <= 9 else 140)
+
+
+def inspect_scale(height: int, width: int) -> int:
+    """Upscaling factor of the Inspect tab's images (clicks on them are mapped back with it)."""
+    return display_scale(height, width, INSPECT_PX)
 
 
 def upscale(array: np.ndarray, scale: int) -> np.ndarray:
@@ -1047,7 +1058,7 @@ class Studio:
         model = self.registry.load(model_name)
         start = time.monotonic()
         steps = pixelrnn.sample_steps(model, n, y=y, temperature=temperature, seed=seed, every=1)
-        scale = display_scale(spec.height, spec.width)
+        scale = grid_scale(spec.height, spec.width, n)
         cols = math.ceil(math.sqrt(n))
 
         def render(step: pixelrnn.Step, final: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -1171,7 +1182,7 @@ class Studio:
         """Likelihood of an image: (model's view, surprise map, entropy map, NLL table, distribution of the most
         surprising pixel, its description, row, col)."""
         spec, analysis = self._analysis(model_name, image, class_label)
-        scale = display_scale(spec.height, spec.width)
+        scale = inspect_scale(spec.height, spec.width)
         view = upscale(to_rgb(analysis.pixels, spec.levels), scale)
         surprise = render_heatmap(analysis.maps["nll_bits"].sum(0), scale, "surprise, bits")
         entropy = render_heatmap(analysis.maps["entropy_bits"].sum(0), scale, "entropy, bits")
@@ -1208,7 +1219,7 @@ class Studio:
             spec = self.registry.spec(model_name)
         except gr.Error:
             return gr.skip(), gr.skip()
-        where = click_to_pixel(evt.index, spec.height, spec.width, display_scale(spec.height, spec.width))
+        where = click_to_pixel(evt.index, spec.height, spec.width, inspect_scale(spec.height, spec.width))
         return (gr.skip(), gr.skip()) if where is None else where
 
     # -- Models --
