@@ -369,16 +369,10 @@ def _resample(stepper, x: Tensor, log_weights: Tensor, particles: int, generator
     return ess.float()
 
 
-def sample_steps(model: Model, n: int = 1, y=None, image=None, mask=None, temperature: float = 1.0,
-                 seed: int | None = None, method: str = "cached", every: int = 1,
-                 particles: int = 1) -> Iterator[Step]:
-    """Generate (or complete) n images, yielding a `Step` every `every` pixels and at the end.
-
-    image (C, H, W) or (n, C, H, W) with mask (H, W) bool, True = to fill: completion; known
-    pixels never change. particles > 1: context-aware completion by SMC, where each image
-    is the pick of `particles` particles weighted by all the known pixels (Step.ess).
-    The last Step's image is the result.
-    """
+def _sample_steps(model: Model, n: int = 1, y=None, image=None, mask=None, temperature: float = 1.0,
+                  seed: int | None = None, method: str = "cached", every: int = 1,
+                  particles: int = 1) -> Iterator[Step]:
+    """The sampler itself; see `sample_steps`."""
     model.eval()
     device = next(model.parameters()).device
     multiscale = isinstance(model, MultiScalePixelRNN)
@@ -396,20 +390,40 @@ def sample_steps(model: Model, n: int = 1, y=None, image=None, mask=None, temper
         generator.manual_seed(seed)
     if particles > 1:
         x, labels = x.repeat_interleave(particles, 0), None if labels is None else labels.repeat_interleave(particles)
-    with torch.inference_mode():
-        cond = None
-        if multiscale:  # Sec. 3.6: the small image first, then the full image given it
-            small, small_fill = model.downsample(x).clone(), model.downsample(fill)
-            for step in _generate(model.small, small, small_fill, labels, None, temperature, generator, method,
-                                  every, particles, "small"):
-                if every:
-                    yield _first_particles(step, n, particles)
-            x[..., :: model.factor, :: model.factor] = small
-            fill = fill.clone()
-            fill[:: model.factor, :: model.factor] = False  # the small image fixes those pixels
-            cond = model.condition(small)
-        for step in _generate(large, x, fill, labels, cond, temperature, generator, method, every, particles, "full"):
-            yield _first_particles(step, n, particles)
+    cond = None
+    if multiscale:  # Sec. 3.6: the small image first, then the full image given it
+        small, small_fill = model.downsample(x).clone(), model.downsample(fill)
+        for step in _generate(model.small, small, small_fill, labels, None, temperature, generator, method,
+                              every, particles, "small"):
+            if every:
+                yield _first_particles(step, n, particles)
+        x[..., :: model.factor, :: model.factor] = small
+        fill = fill.clone()
+        fill[:: model.factor, :: model.factor] = False  # the small image fixes those pixels
+        cond = model.condition(small)
+    for step in _generate(large, x, fill, labels, cond, temperature, generator, method, every, particles, "full"):
+        yield _first_particles(step, n, particles)
+
+
+def sample_steps(model: Model, n: int = 1, y=None, image=None, mask=None, temperature: float = 1.0,
+                 seed: int | None = None, method: str = "cached", every: int = 1,
+                 particles: int = 1) -> Iterator[Step]:
+    """Generate (or complete) n images, yielding a `Step` every `every` pixels and at the end.
+
+    image (C, H, W) or (n, C, H, W) with mask (H, W) bool, True = to fill: completion; known
+    pixels never change. particles > 1: context-aware completion by SMC, where each image
+    is the pick of `particles` particles weighted by all the known pixels (Step.ess).
+    The last Step's image is the result.
+    """
+    steps = _sample_steps(model, n, y, image, mask, temperature, seed, method, every, particles)
+    while True:
+        # grad mode is per thread and a consumer (Gradio) may resume us on another thread:
+        # switch autograd off around each step, not across the yields
+        with torch.no_grad():
+            step = next(steps, None)
+        if step is None:
+            return
+        yield step
 
 
 def _first_particles(step: Step, n: int, particles: int) -> Step:

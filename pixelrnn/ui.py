@@ -275,7 +275,9 @@ def prepare_image(source: Any, spec: ModelSpec, invert: str = "auto") -> Prepare
     width, height = image.size
     image, notes = to_8bit(image)
     if image.mode == "RGB" and spec.channels == 1:
-        notes.append("colour converted to grayscale")
+        rgb = np.asarray(image)
+        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
+            notes.append("colour converted to grayscale")
     elif image.mode == "L" and spec.channels == 3:
         notes.append("grayscale copied to R, G and B")
     image = image.convert("L" if spec.channels == 1 else "RGB")
@@ -507,7 +509,7 @@ def font(size: int = 13) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def render_distribution(probs: np.ndarray, marked: Iterable[int] | None = None, title: str = "",
-                        width: int = 520, panel_height: int = 86) -> np.ndarray:
+                        width: int = 600, panel_height: int = 86) -> np.ndarray:
     """Bar chart of a pixel's predictive distributions, one panel per channel.
 
     probs: (levels, C) probabilities; marked: one value per channel (the sampled or true value), drawn in
@@ -606,20 +608,28 @@ def click_to_pixel(index: Any, height: int, width: int, scale: int) -> tuple[int
 # --- streaming -------------------------------------------------------------------------------------------
 
 class FrameGate:
-    """Which streamed frames to send: at most one per `interval` seconds plus the final one, and never the
-    same value twice for an output (the browser breaks on a repeated image file): `fresh` gives gr.skip()."""
+    """Which streamed frames to send: the final one, and otherwise at most one per `interval` seconds, or
+    fewer when frames are costly (rendering + sending a frame may take at most 1 / (1 + headroom) of the
+    time, so a busy machine spends it on sampling); never the same value twice for an output (the browser
+    breaks on a repeated image file): `fresh` gives gr.skip()."""
 
-    def __init__(self, interval: float = FRAME_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
-        self.interval, self.clock = interval, clock
+    def __init__(self, interval: float = FRAME_INTERVAL_S, clock: Callable[[], float] = time.monotonic,
+                 headroom: float = 2.0):
+        self.interval, self.clock, self.headroom = interval, clock, headroom
         self.last: float | None = None
+        self.cost = 0.0  # smoothed seconds per frame
         self.sent: dict[str, bytes] = {}
 
     def due(self, final: bool = False) -> bool:
         now = self.clock()
-        if final or self.last is None or now - self.last >= self.interval:
+        if final or self.last is None or now - self.last >= max(self.interval, self.headroom * self.cost):
             self.last = now
             return True
         return False
+
+    def spent(self, seconds: float) -> None:
+        """Record what the last frame cost (rendering, and Gradio's work until the generator resumed)."""
+        self.cost = seconds if self.cost == 0 else 0.7 * self.cost + 0.3 * seconds
 
     def fresh(self, key: str, value: Any) -> Any:
         """`value`, or gr.skip() if it equals what was last sent for `key`."""
@@ -646,26 +656,6 @@ class Pacer:
             ahead = self.start + self.seconds * done / self.total - self.clock()
             if ahead > 0:
                 self.sleep(ahead)
-
-
-def thread_safe(steps: Iterable[Any], on_resume: Callable[[], None] | None = None) -> Iterator[Any]:
-    """Advance a sampler generator with every step inside torch.inference_mode() on the current thread.
-
-    Gradio resumes a streaming generator on whichever worker thread is free, but inference mode is
-    thread-local: the mode that pixelrnn.sample_steps enters before its first yield is not active on
-    the next thread (in-place updates of its tensors then fail) and stays on in the first one. Entering
-    it around each step, here, makes every resumption correct and restores each thread's state.
-    """
-    iterator = iter(steps)
-    while True:
-        if on_resume is not None:
-            on_resume()
-        with torch.inference_mode():
-            try:
-                step = next(iterator)
-            except StopIteration:
-                return
-        yield step
 
 
 def with_last(items: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
@@ -976,7 +966,7 @@ def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None]:
     else:
         where = f"Hugging Face Hub [`{entry.location}`](https://huggingface.co/{entry.location})"
     classes = f"{spec.num_classes} classes: {', '.join(spec.class_names)}" if spec and spec.num_classes else "none"
-    lines = [f"### {entry.name}", "", "| | |", "|---|---|",
+    lines = [f"| Model | `{entry.name}` |", "|---|---|",
              f"| Architecture | {arch} |",
              f"| Data | {dataset}, {spec.describe() if spec else '?'} |",
              f"| Conditioning | {classes} |",
@@ -1034,16 +1024,18 @@ class Studio:
         gate, total = FrameGate(), self._steps_total(spec)
         pacer = Pacer(total, pace)
         last = None
-        for k, (step, final) in enumerate(with_last(thread_safe(steps, self._threads)), start=1):
+        for k, (step, final) in enumerate(with_last(steps), start=1):
             pacer.wait(k)
             last = step
             if not gate.due(final):
                 continue
+            started = time.monotonic()
             image, dist = render(step, final)
             if not final and progress is not None:
                 progress(min(k / total, 1.0), desc=f"pixel {k} of {total}")
             yield (gate.fresh("image", image), gate.fresh("dist", dist),
                    gate.fresh("status", summary(last)) if final else gr.skip())
+            gate.spent(time.monotonic() - started)
 
     # -- Generate --
     @user_errors
@@ -1068,7 +1060,7 @@ class Studio:
             cells = render_images(pixels, spec.levels, s, pending, None if final else step.position)
             r, j = step.position
             where = "small image, " if step.stage == "small" else ""
-            title = f"Sample 1, {where}pixel (row {r}, col {j}): predictive distribution, sampled value marked"
+            title = f"Sample 1, {where}pixel (row {r}, col {j}); sampled value marked"
             dist = render_distribution(step.probs[0].cpu().numpy(), pixels[0, :, r, j].tolist(), title)
             return tile(cells, cols), dist
 
@@ -1113,8 +1105,8 @@ class Studio:
             r, j = step.position
             known = not stage_mask[r, j]
             where = "small image, " if step.stage == "small" else ""
-            title = (f"Completion 1, {where}pixel (row {r}, col {j}): "
-                     + ("known pixel, scored" if known else "predictive distribution, sampled value marked"))
+            title = (f"Completion 1, {where}pixel (row {r}, col {j}); "
+                     + ("known pixel, scored" if known else "sampled value marked"))
             dist = render_distribution(step.probs[0].cpu().numpy(), pixels[0, :, r, j].tolist(), title)
             return tile([original, *cells], min(n + 1, 5)), dist
 
@@ -1196,7 +1188,7 @@ class Studio:
     def _pixel_view(self, spec: ModelSpec, analysis: Analysis, r: int, c: int) -> tuple[np.ndarray, str]:
         probs = analysis.maps["probs"][:, :, r, c]  # (levels, C)
         true = analysis.pixels[:, r, c].tolist()
-        title = f"Pixel (row {r}, col {c}): predictive distribution given the pixels before it, true value marked"
+        title = f"Pixel (row {r}, col {c}) given the pixels before it; true value marked"
         nll = analysis.maps["nll_bits"][:, r, c].sum()
         entropy = analysis.maps["entropy_bits"][:, r, c].sum()
         value = true[0] if spec.channels == 1 else "(" + ", ".join(str(v) for v in true) + ")"
@@ -1227,6 +1219,11 @@ class Studio:
     def model_card(self, model_name: str) -> tuple[str, np.ndarray | None]:
         """(markdown card, samples image) of a model."""
         return model_card(self.registry, model_name)
+
+
+def stopped() -> str:
+    """Status shown when the Stop button cancels a stream."""
+    return "Stopped."
 
 
 def example_images() -> list[str]:

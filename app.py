@@ -1,0 +1,216 @@
+"""PixelRNN Studio: a Gradio demo of Pixel Recurrent Neural Networks (van den Oord et al., 2016).
+
+Wiring only; the logic is in pixelrnn/ui.py. Run `python app.py` (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
+are honoured). Models: folders with a config.json under $PIXELRNN_CHECKPOINTS (default checkpoints/),
+plus Hub repo ids in $PIXELRNN_HUB_MODELS (comma-separated), loaded on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from pixelrnn import ui
+
+try:  # ZeroGPU on Hugging Face Spaces; a no-op elsewhere
+    import spaces
+
+    gpu: Callable[[Callable], Callable] = spaces.GPU
+except ImportError:
+    def gpu(fn: Callable) -> Callable:
+        return fn
+
+PREFERRED = ("binarized-mnist-diagonal-bilstm", "binarized-mnist-row-lstm", "binarized-mnist-pixelcnn")
+CSS = """
+.pixelated img, .pixelated canvas { image-rendering: pixelated; }
+#gen-status, #cmp-status { min-height: 2.5em; }
+.caption p { margin: 0 !important; font-size: 0.9em; }
+"""
+INTRO = """# PixelRNN Studio
+Pixel Recurrent Neural Networks ([van den Oord et al., 2016](https://arxiv.org/abs/1601.06759)): every pixel is
+sampled from a distribution given all the pixels above and to its left. **Generate** new images pixel by pixel,
+**Complete** a region you paint, **Inspect** how surprising each pixel of an image is, and read the **Models**' cards.
+"""
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """launch() arguments the app needs (Gradio 6 takes css/theme at launch)."""
+    return {"css": CSS, "allowed_paths": [str(ui.ASSETS_DIR)], "max_file_size": "20mb",
+            "theme": gr.themes.Soft()}
+
+
+def _model_dropdown(registry: ui.Registry, elem_id: str, value: str | None) -> gr.Dropdown:
+    return gr.Dropdown(registry.names, value=value, label="Model", elem_id=elem_id)
+
+
+def _class_dropdown(studio: ui.Studio, model: str | None, elem_id: str, allow_auto: bool = False) -> gr.Dropdown:
+    update = studio.class_update(model, allow_auto) if model else {"choices": [], "value": None, "visible": False}
+    return gr.Dropdown(update["choices"], value=update["value"], visible=update["visible"], label="Class",
+                       elem_id=elem_id)
+
+
+def _default(registry: ui.Registry, fmt_filter: Callable[[ui.ModelSpec], bool]) -> str | None:
+    fitting = [n for n, e in registry.entries.items() if e.spec is not None and fmt_filter(e.spec)]
+    return registry.default([*PREFERRED, *fitting])
+
+
+def _image(caption: str, name: str, elem_id: str, **kwargs: Any) -> gr.Image:
+    """An output image under a caption (a label badge would cover the image's top left corner); `name` is
+    its label, which names it in the API."""
+    with gr.Column(min_width=160, variant="panel"):
+        gr.Markdown(f"**{caption}**", elem_classes=["caption"])
+        return gr.Image(label=name, show_label=False, format="png", interactive=False, elem_id=elem_id,
+                        elem_classes=["pixelated"], buttons=["download", "fullscreen"], **kwargs)
+
+
+def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] | None = None,
+               device: str | None = None) -> gr.Blocks:
+    """The PixelRNN Studio app; models from `checkpoints` (default $PIXELRNN_CHECKPOINTS or checkpoints/) and
+    `hub_models` (default $PIXELRNN_HUB_MODELS)."""
+    registry = ui.Registry.from_env(checkpoints, hub_models, device)
+    studio = ui.Studio(registry)
+    default = registry.default(PREFERRED)
+    examples = ui.example_images()
+
+    with gr.Blocks(title="PixelRNN Studio", delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(INTRO)
+        with gr.Tabs(elem_id="tabs"):
+            # --- Generate -------------------------------------------------------------------------------
+            with gr.Tab("Generate", id="generate", elem_id="tab-generate"), gr.Row():
+                with gr.Column(scale=1, min_width=280):
+                    gen_model = _model_dropdown(registry, "gen-model", default)
+                    gen_class = _class_dropdown(studio, default, "gen-class")
+                    gen_n = gr.Slider(1, ui.MAX_SAMPLES, value=4, step=1, label="Samples", elem_id="gen-n")
+                    gen_temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature",
+                                                elem_id="gen-temperature")
+                    gen_seed = gr.Number(0, precision=0, label="Seed (blank: random)", elem_id="gen-seed")
+                    gen_pace = gr.Slider(0, 10, value=3, step=0.5, label="Animation (s)", info="0: full speed",
+                                         elem_id="gen-pace")
+                    with gr.Row():
+                        gen_run = gr.Button("Generate", variant="primary", elem_id="gen-run")
+                        gen_stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
+                    gen_status = gr.Markdown(label="Status", elem_id="gen-status")
+                with gr.Column(scale=2):
+                    gen_image = _image("Samples (grey: not sampled yet; red outline: current pixel)", "Samples", "gen-image")
+                    gen_dist = _image("Current pixel: predictive distribution", "Distribution", "gen-dist")
+
+            # --- Complete -------------------------------------------------------------------------------
+            with gr.Tab("Complete", id="complete", elem_id="tab-complete"), gr.Row():
+                with gr.Column(scale=1, min_width=300):
+                    with gr.Row():
+                        cmp_model = _model_dropdown(registry, "cmp-model", default)
+                        cmp_class = _class_dropdown(studio, default, "cmp-class")
+                    cmp_editor = gr.ImageEditor(
+                        type="numpy", image_mode="RGBA", layers=False, transforms=(), format="png",
+                        sources=["upload", "clipboard"], brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"),
+                        eraser=gr.Eraser(), label="Paint the region to regenerate", elem_id="cmp-editor",
+                        elem_classes=["pixelated"], canvas_size=(400, 400), height=470)
+                    with gr.Row():
+                        cmp_run = gr.Button("Complete", variant="primary", elem_id="cmp-run")
+                        cmp_stop = gr.Button("Stop", variant="stop", elem_id="cmp-stop")
+                    if examples:
+                        gr.Examples([[p] for p in examples], [cmp_editor], label="Examples", elem_id="cmp-examples",
+                                    examples_per_page=12)
+                    gr.Markdown("Uploads are centre-cropped to the model's aspect ratio, resized and quantized to its "
+                                "levels (transparency becomes black; single-channel images with a light background "
+                                "are inverted, as MNIST digits are light on dark).", elem_classes=["caption"])
+                with gr.Column(scale=2):
+                    cmp_image = _image("Original (region to regenerate in red) | completions", "Completions", "cmp-image")
+                    cmp_status = gr.Markdown(label="Status", elem_id="cmp-status")
+                    cmp_dist = _image("Current pixel: predictive distribution", "Distribution", "cmp-dist")
+                    with gr.Accordion("Settings", open=True, elem_id="cmp-settings"):
+                        cmp_mode = gr.Radio(list(ui.MODES), value=ui.MODES[0], label="Completion",
+                                            info="context-aware: each completion is picked among particles weighted "
+                                                 "by how well they fit the known pixels below and right of the hole",
+                                            elem_id="cmp-mode")
+                        with gr.Row():
+                            cmp_particles = gr.Slider(2, ui.MAX_PARTICLES, value=8, step=1, label="Particles (SMC)",
+                                                      elem_id="cmp-particles")
+                            cmp_n = gr.Slider(1, ui.MAX_COMPLETIONS, value=3, step=1, label="Completions",
+                                              elem_id="cmp-n")
+                        with gr.Row():
+                            cmp_temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature",
+                                                        elem_id="cmp-temperature")
+                            cmp_seed = gr.Number(0, precision=0, label="Seed (blank: random)", elem_id="cmp-seed")
+                            cmp_pace = gr.Slider(0, 10, value=2, step=0.5, label="Animation (s)", info="0: full speed",
+                                                 elem_id="cmp-pace")
+
+            # --- Inspect --------------------------------------------------------------------------------
+            with gr.Tab("Inspect", id="inspect", elem_id="tab-inspect"), gr.Row():
+                with gr.Column(scale=1, min_width=280):
+                    insp_model = _model_dropdown(registry, "insp-model", default)
+                    insp_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
+                                          elem_id="insp-image", elem_classes=["pixelated"], height=300)
+                    if examples:
+                        gr.Examples([[p] for p in examples], [insp_image], label="Examples",
+                                    elem_id="insp-examples")
+                    insp_class = _class_dropdown(studio, default, "insp-class", allow_auto=True)
+                    insp_run = gr.Button("Inspect", variant="primary", elem_id="insp-run")
+                with gr.Column(scale=2):
+                    insp_table = gr.Markdown(label="Likelihoods", elem_id="insp-table")
+                    gr.Markdown("Click any pixel of these images to see its predictive distribution.")
+                    with gr.Row():
+                        insp_view = _image("The model's view", "View", "insp-view")
+                        insp_surprise = _image("Surprise, -log2 p (bits)", "Surprise", "insp-surprise")
+                        insp_entropy = _image("Entropy of the prediction (bits)", "Entropy", "insp-entropy")
+                    insp_row = gr.Number(label="Row", precision=0, visible=False, elem_id="insp-row")
+                    insp_col = gr.Number(label="Column", precision=0, visible=False, elem_id="insp-col")
+                    insp_pixel_text = gr.Markdown(label="Pixel text", elem_id="insp-pixel-text")
+                    insp_dist = _image("Pixel: predictive distribution (true value marked)", "Pixel distribution", "insp-dist")
+
+            # --- Models ---------------------------------------------------------------------------------
+            with gr.Tab("Models", id="models", elem_id="tab-models"):
+                gr.Markdown(ui.models_table(registry), elem_id="models-table")
+                card_model = _model_dropdown(registry, "card-model", default)
+                with gr.Row():
+                    card_text = gr.Markdown(label="Card", elem_id="card-text")
+                    card_samples = _image("Samples from training (samples.png)", "Samples", "card-samples", height=480)
+
+        # --- events -------------------------------------------------------------------------------------
+        for model, cls, auto, name in ((gen_model, gen_class, False, "classes_generate"),
+                                       (cmp_model, cmp_class, False, "classes_complete"),
+                                       (insp_model, insp_class, True, "classes_inspect")):
+            model.change(functools.partial(studio.class_update, allow_auto=auto), model, cls, api_name=name,
+                         api_visibility="undocumented", show_progress="hidden")
+
+        gen_event = gen_run.click(
+            gpu(studio.generate), [gen_model, gen_class, gen_n, gen_temperature, gen_seed, gen_pace],
+            [gen_image, gen_dist, gen_status], api_name="generate", preprocess=False, show_progress_on=[gen_status],
+            concurrency_id="sampling")
+        gen_stop.click(ui.stopped, None, gen_status, cancels=[gen_event], api_name="stop_generate",
+                       api_visibility="private", queue=False)
+
+        cmp_event = cmp_run.click(
+            gpu(studio.complete),
+            [cmp_model, cmp_editor, cmp_class, cmp_mode, cmp_particles, cmp_n, cmp_temperature, cmp_seed, cmp_pace],
+            [cmp_image, cmp_dist, cmp_status], api_name="complete", preprocess=False, show_progress_on=[cmp_status],
+            concurrency_id="sampling")
+        cmp_stop.click(ui.stopped, None, cmp_status, cancels=[cmp_event], api_name="stop_complete",
+                       api_visibility="private", queue=False)
+
+        insp_outputs = [insp_view, insp_surprise, insp_entropy, insp_table, insp_dist, insp_pixel_text, insp_row,
+                        insp_col]
+        gr.on([insp_run.click, insp_image.upload], gpu(studio.inspect), [insp_model, insp_image, insp_class],
+              insp_outputs, api_name="inspect", preprocess=False, show_progress_on=[insp_table])
+        for k, shown in enumerate((insp_view, insp_surprise, insp_entropy)):
+            shown.select(studio.select_pixel, [insp_model], [insp_row, insp_col], api_name=f"select_pixel_{k}",
+                         api_visibility="undocumented", show_progress="hidden", queue=False).then(
+                gpu(studio.pixel), [insp_model, insp_image, insp_class, insp_row, insp_col],
+                [insp_dist, insp_pixel_text], api_name="pixel" if k == 0 else f"pixel_{k}",
+                api_visibility="public" if k == 0 else "undocumented", preprocess=False, show_progress="hidden")
+
+        card_model.change(studio.model_card, card_model, [card_text, card_samples], api_name="model_card",
+                         preprocess=False)
+        if default:
+            demo.load(studio.model_card, card_model, [card_text, card_samples], api_name="model_card_on_load",
+                      api_visibility="undocumented")
+
+    return demo.queue(default_concurrency_limit=2, max_size=32)
+
+
+if __name__ == "__main__":
+    build_demo().launch(**launch_kwargs())

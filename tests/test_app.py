@@ -1,0 +1,283 @@
+"""The app over HTTP: gradio_client against app.build_demo() launched on 127.0.0.1 with tiny checkpoints."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from PIL import Image
+
+import app
+import pixelrnn
+from pixelrnn import ui
+
+GENERATE, COMPLETE, INSPECT, PIXEL, CARD = "/generate", "/complete", "/inspect", "/pixel", "/model_card"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    pixelrnn.build_model("row_lstm", 1, 2, 28, 28, hidden=4, layers=1).save_pretrained(root / "tiny-bin")
+    pixelrnn.build_model("pixelcnn", 3, 256, 32, 32, num_classes=10, hidden=6, layers=1).save_pretrained(
+        root / "tiny-rgb")
+    (root / "tiny-rgb" / "metrics.json").write_text('{"dataset": "cifar10", "arch": "pixelcnn"}')
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints):
+    demo = app.build_demo(checkpoints, hub_models=[], device="cpu")
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                **app.launch_kwargs())
+    yield f"http://127.0.0.1:{port}"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> Client:
+    return Client(server, download_files=False, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """Uploads: good images in several modes, masks, and bad files."""
+    d = tmp_path_factory.mktemp("uploads")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    out = {"rgb": d / "rgb.png", "gray": d / "gray.png", "rgba": d / "rgba.png", "palette": d / "p.png",
+           "g16": d / "g16.png", "tiny": d / "tiny.png", "text": d / "text.png", "truncated": d / "cut.png",
+           "bomb": d / "bomb.png", "mask": d / "mask.png", "empty_mask": d / "empty.png", "full_mask": d / "full.png"}
+    Image.fromarray(rgb).save(out["rgb"])
+    Image.fromarray(rgb[..., 0]).save(out["gray"])
+    Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (64, 64), dtype=np.uint8)])).save(out["rgba"])
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(out["palette"])
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(out["g16"])
+    Image.new("RGB", (1, 1)).save(out["tiny"])
+    out["text"].write_text("not an image at all")
+    out["truncated"].write_bytes(out["rgb"].read_bytes()[:300])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    out["bomb"].write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+                            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    mask = np.zeros((64, 64, 4), dtype=np.uint8)
+    mask[32:, :] = (255, 0, 0, 255)  # bottom half
+    Image.fromarray(mask).save(out["mask"])
+    Image.fromarray(np.zeros((64, 64, 4), dtype=np.uint8)).save(out["empty_mask"])
+    Image.fromarray(np.full((64, 64, 4), 255, dtype=np.uint8)).save(out["full_mask"])
+    return out
+
+
+def editor(background: Path, *layers: Path) -> dict:
+    return {"background": handle_file(str(background)), "layers": [handle_file(str(p)) for p in layers],
+            "composite": None}
+
+
+def fetch(server: str, value: dict) -> np.ndarray:
+    """Download an image output (FileData dict) -> (H, W, 3) uint8."""
+    response = httpx.get(value["url"], timeout=30)
+    response.raise_for_status()
+    return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+
+
+def last_values(frames: list[tuple]) -> list:
+    """The last non-empty value of each output over a stream."""
+    last = [None] * len(frames[0])
+    for frame in frames:
+        for k, value in enumerate(frame):
+            if value is not None:
+                last[k] = value
+    return last
+
+
+def expected_grid(model, n: int, seed: int, y: int | None = None) -> np.ndarray:
+    x = pixelrnn.sample(model, n, y=y, seed=seed).numpy()
+    return ui.tile(ui.render_images(x, model.levels, ui.grid_scale(model.height, model.width, n)),
+                   int(np.ceil(np.sqrt(n))))
+
+
+def test_api_lists_the_endpoints(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in (GENERATE, COMPLETE, INSPECT, PIXEL, CARD):
+        assert name in api
+    assert [p["parameter_name"] for p in api[GENERATE]["parameters"]] == [
+        "model_name", "class_label", "n", "temperature", "seed", "pace"]
+
+
+def test_generate_streams_frames_and_the_last_is_the_sample(server, client, checkpoints):
+    frames = list(client.submit("tiny-bin", None, 2, 1.0, 5, 1.0, api_name=GENERATE))
+    images = [f[0] for f in frames if f[0] is not None]
+    assert len(images) >= 5  # intermediate frames arrived
+    assert len({im["path"] for im in images}) == len(images)  # never the same image twice
+    final, dist, status = last_values(frames)
+    assert "Generated 2 samples" in status and "seed 5" in status
+    model = pixelrnn.load(str(checkpoints / "tiny-bin"))
+    torch.set_num_threads(1)
+    assert np.array_equal(fetch(server, final), expected_grid(model, 2, 5))
+    first = fetch(server, images[0])
+    assert (first == ui.PENDING_RGB).all(axis=2).mean() > 0.5  # the first frame is mostly still to sample
+    assert fetch(server, dist).shape[1] > 300
+
+
+def test_generate_class_conditional_by_name_or_index(server, client, checkpoints):
+    by_name = last_values(list(client.submit("tiny-rgb", "cat", 1, 1.0, 3, 0, api_name=GENERATE)))
+    by_index = last_values(list(client.submit("tiny-rgb", "3", 1, 1.0, 3, 0, api_name=GENERATE)))
+    assert np.array_equal(fetch(server, by_name[0]), fetch(server, by_index[0]))
+    assert "'cat'" in by_name[2]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("tiny-bin", None, 40, 1.0, 0, 0), "from 1 to 16"),
+    (("tiny-bin", None, 2, 0, 0, 0), "Temperature must be"),
+    (("tiny-bin", None, 2, -1, 0, 0), "Temperature must be"),
+    (("tiny-rgb", "11", 1, 1.0, 0, 0), "out of range"),
+    (("tiny-rgb", "zebra", 1, 1.0, 0, 0), "Unknown class"),
+    (("missing-model", None, 1, 1.0, 0, 0), "Unknown model"),
+])
+def test_generate_bad_arguments(client, args, message):
+    with pytest.raises(Exception, match=message):
+        client.predict(*args, api_name=GENERATE)
+
+
+def test_complete_plain_and_smc(server, client, files):
+    frames = list(client.submit("tiny-bin", editor(files["rgb"], files["mask"]), None, "plain", 4, 2, 1.0, 1, 0.5,
+                                api_name=COMPLETE))
+    final, _, status = last_values(frames)
+    assert len([f for f in frames if f[0] is not None]) >= 3 and "392 pixels" in status  # the bottom half
+    grid = fetch(server, final)
+    scale = ui.display_scale(28, 28)
+    assert grid.shape == (28 * scale, 3 * 28 * scale + 2 * ui.GAP_PX, 3)  # original | 2 completions
+    top = slice(0, 14 * scale)
+    completion = grid[:, 28 * scale + ui.GAP_PX: 2 * 28 * scale + ui.GAP_PX]
+    original = grid[:, : 28 * scale]
+    assert np.array_equal(completion[top], original[top])  # the unmasked top half is kept
+    frames = list(client.submit("tiny-rgb", editor(files["rgb"], files["mask"]), "cat", "context-aware (SMC)", 3, 1,
+                                1.0, 1, 0, api_name=COMPLETE))
+    assert "SMC, 3 particles" in last_values(frames)[2]
+
+
+@pytest.mark.parametrize("image", ["rgba", "palette", "g16", "gray", "rgb"])
+def test_complete_accepts_any_image_mode(client, files, image):
+    for model, label in (("tiny-rgb", "dog"), ("tiny-bin", None)):
+        status = client.predict(model, editor(files[image], files["mask"]), label, "plain", 2, 1, 1.0, 0, 0,
+                                api_name=COMPLETE)[2]
+        assert "completion" in status
+
+
+@pytest.mark.parametrize("background, mask, message", [
+    ("rgb", "empty_mask", "mask is empty"),
+    ("rgb", None, "mask is empty"),
+    ("text", "mask", "not an image"),
+    ("truncated", "mask", "truncated or corrupt"),
+    ("tiny", "mask", "only 1x1 pixels"),
+    ("bomb", "mask", "too large"),
+    ("rgb", "text", "not an image"),
+])
+def test_complete_bad_uploads(client, files, background, mask, message):
+    layers = [files[mask]] if mask else []
+    with pytest.raises(Exception, match=message):
+        client.predict("tiny-bin", editor(files[background], *layers), None, "plain", 2, 1, 1.0, 0, 0,
+                       api_name=COMPLETE)
+
+
+def test_complete_bad_arguments(client, files):
+    with pytest.raises(Exception, match="from 1 to 8"):
+        client.predict("tiny-bin", editor(files["rgb"], files["mask"]), None, "plain", 2, 9, 1.0, 0, 0,
+                       api_name=COMPLETE)
+    with pytest.raises(Exception, match="Particles"):
+        client.predict("tiny-bin", editor(files["rgb"], files["mask"]), None, "context-aware (SMC)", 99, 1, 1.0, 0,
+                       0, api_name=COMPLETE)
+    with pytest.raises(Exception, match="No image"):
+        client.predict("tiny-bin", {"background": None, "layers": [], "composite": None}, None, "plain", 2, 1, 1.0,
+                       0, 0, api_name=COMPLETE)
+
+
+def test_full_mask_equals_generation(server, client, files, checkpoints):
+    final = client.predict("tiny-bin", editor(files["rgb"], files["full_mask"]), None, "plain", 2, 1, 1.0, 21, 0,
+                           api_name=COMPLETE)[0]
+    scale = ui.display_scale(28, 28)
+    completion = fetch(server, final)[:, 28 * scale + ui.GAP_PX:]
+    torch.set_num_threads(1)
+    expected = pixelrnn.sample(pixelrnn.load(str(checkpoints / "tiny-bin")), 1, seed=21).numpy()
+    assert np.array_equal(completion, ui.render_images(expected, 2, scale)[0])
+
+
+def test_inspect_and_pixel(server, client, files):
+    view, surprise, entropy, table, dist, text, row, _ = client.predict(
+        "tiny-bin", handle_file(str(files["rgb"])), None, api_name=INSPECT)
+    scale = ui.inspect_scale(28, 28)
+    assert fetch(server, view).shape == (28 * scale, 28 * scale, 3)
+    assert fetch(server, surprise).shape == (28 * scale + ui.LEGEND_PX, 28 * scale, 3)
+    assert fetch(server, entropy).shape == (28 * scale + ui.LEGEND_PX, 28 * scale, 3)
+    assert "tiny-bin" in table and "bits/dim" in table and "Most surprising" in text and 0 <= row < 28
+    dist, text = client.predict("tiny-bin", handle_file(str(files["rgb"])), None, 4, 7, api_name=PIXEL)
+    assert "row 4, col 7" in text and fetch(server, dist).ndim == 3
+    table = client.predict("tiny-rgb", handle_file(str(files["palette"])), ui.AUTO_CLASS, api_name=INSPECT)[3]
+    assert "most likely class" in table
+    with pytest.raises(Exception, match="not an image"):
+        client.predict("tiny-bin", handle_file(str(files["text"])), None, api_name=INSPECT)
+    with pytest.raises(Exception, match="Column"):
+        client.predict("tiny-bin", handle_file(str(files["rgb"])), None, 0, 99, api_name=PIXEL)
+
+
+def test_model_card(client):
+    card, _ = client.predict("tiny-rgb", api_name=CARD)
+    assert "PixelCNN" in card and "CIFAR-10" in card and "3.14 bits/dim" in card and "cpu" in card
+    with pytest.raises(Exception, match="Unknown model"):
+        client.predict("../../etc", api_name=CARD)
+
+
+def test_eight_concurrent_clients_get_their_own_samples(server, checkpoints):
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def one(seed: int) -> None:
+        try:
+            c = Client(server, download_files=False, verbose=False)
+            final = last_values(list(c.submit("tiny-bin", None, 2, 1.0, seed, 0, api_name=GENERATE)))[0]
+            results[seed] = fetch(server, final)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=one, args=(100 + k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 8
+    torch.set_num_threads(1)
+    model = pixelrnn.load(str(checkpoints / "tiny-bin"))
+    for seed, image in results.items():
+        assert np.array_equal(image, expected_grid(model, 2, seed)), seed
+
+
+@pytest.mark.parametrize("path", ["/file=/etc/passwd", "/gradio_api/file=/etc/passwd",
+                                  "/gradio_api/file=" + str(Path(app.__file__).resolve()),
+                                  "/gradio_api/file=" + str(Path(app.__file__).resolve().parent / "pixelrnn/ui.py"),
+                                  "/gradio_api/file=../../../../etc/passwd"])
+def test_files_outside_the_app_are_refused(server, path):
+    response = httpx.get(server + path, timeout=10)
+    assert response.status_code in (403, 404) and "root:" not in response.text and "import" not in response.text
+
+
+def test_example_assets_are_served(server):
+    asset = ui.ASSETS_DIR / "mnist_7.png"
+    response = httpx.get(f"{server}/gradio_api/file={asset}", timeout=10)
+    assert response.status_code == 200 and response.content[:4] == b"\x89PNG"

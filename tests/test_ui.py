@@ -1,0 +1,448 @@
+"""Pure-function tests of pixelrnn/ui.py: uploads, masks, rendering, throttling, click mapping, registry, endpoints."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pixelrnn
+from pixelrnn import ui
+
+BIN = ui.ModelSpec("row_lstm", 1, 2, 28, 28)
+RGB = ui.ModelSpec("pixelcnn", 3, 256, 32, 32, 10, class_names=tuple("abcdefghij"))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> Path:
+    """Tiny untrained checkpoints: binarized 1x28x28, class-conditional RGB 3x32x32, multi-scale binarized."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    pixelrnn.build_model("row_lstm", 1, 2, 28, 28, hidden=4, layers=1).save_pretrained(root / "tiny-bin")
+    pixelrnn.build_model("pixelcnn", 3, 256, 32, 32, num_classes=10, hidden=6, layers=1).save_pretrained(
+        root / "tiny-rgb")
+    (root / "tiny-rgb" / "metrics.json").write_text('{"dataset": "cifar10", "arch": "pixelcnn", "unit": "bits/dim", '
+                                                     '"test_bits_per_dim": 5.5, "wall_time_s": 30, "device": "cpu"}')
+    pixelrnn.build_model("row_lstm", 1, 2, 28, 28, hidden=4, layers=1, factor=2).save_pretrained(root / "tiny-ms")
+    (root / "no-config").mkdir()
+    (root / "bad-config").mkdir()
+    (root / "bad-config" / "config.json").write_text('{"arch": "nope"}')
+    (root / "no-weights").mkdir()
+    (root / "no-weights" / "config.json").write_text((root / "tiny-bin" / "config.json").read_text())
+    return root
+
+
+@pytest.fixture(scope="module")
+def studio(checkpoints) -> ui.Studio:
+    return ui.Studio(ui.Registry(checkpoints, device="cpu"))
+
+
+def save(image: Image.Image, path: Path, **kwargs) -> Path:
+    image.save(path, **kwargs)
+    return path
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares width x height but holds almost no data (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+# --- decoding and conversion -----------------------------------------------------------------------
+
+def test_modes_convert_to_model_format(tmp_path):
+    gradient = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # 64x64, left dark, right light
+    rgb = np.stack([gradient, gradient[::-1], np.full_like(gradient, 200)], axis=2)
+    rgba = np.dstack([rgb, np.full_like(gradient, 255)])
+    rgba[:, :8, 3] = 0  # transparent left edge
+    sources = {
+        "rgb": save(Image.fromarray(rgb), tmp_path / "rgb.png"),
+        "rgba": save(Image.fromarray(rgba), tmp_path / "rgba.png"),
+        "gray": save(Image.fromarray(gradient), tmp_path / "gray.png"),
+        "palette": save(Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE), tmp_path / "p.png"),
+        "16bit": save(Image.fromarray(gradient.astype(np.uint16) * 257), tmp_path / "g16.png"),
+        "jpeg": save(Image.fromarray(rgb), tmp_path / "rgb.jpg", quality=95),
+        "bw": save(Image.fromarray(gradient > 127), tmp_path / "bw.png"),
+    }
+    for name, path in sources.items():
+        for spec in (BIN, RGB):
+            prepared = ui.prepare_image(str(path), spec)
+            assert prepared.pixels.shape == (spec.channels, spec.height, spec.width), name
+            assert prepared.pixels.dtype == np.int64
+            assert prepared.pixels.min() >= 0 and prepared.pixels.max() < spec.levels, name
+    # 16-bit keeps its brightness: the same as the 8-bit image
+    assert np.array_equal(ui.prepare_image(sources["16bit"], RGB).pixels, ui.prepare_image(sources["gray"], RGB).pixels)
+    assert any("8 bits" in n for n in ui.prepare_image(sources["16bit"], RGB).notes)
+    # transparency becomes black
+    prepared = ui.prepare_image(sources["rgba"], RGB)
+    assert prepared.pixels[:, :, :3].max() == 0 and any("black" in n for n in prepared.notes)
+    assert any("grayscale copied" in n for n in ui.prepare_image(sources["gray"], RGB).notes)
+    assert any("colour converted" in n for n in ui.prepare_image(sources["rgb"], BIN).notes)
+
+
+def test_binarization_threshold_and_levels():
+    assert ui.quantize(np.array([0, 127, 128, 255]), 2).tolist() == [0, 0, 1, 1]
+    assert ui.quantize(np.array([0, 255]), 256).tolist() == [0, 255]
+    assert ui.quantize(np.array([0, 63, 64, 255]), 4).tolist() == [0, 0, 1, 3]
+    assert ui.levels_to_uint8(np.array([0, 1]), 2).tolist() == [0, 255]
+
+
+def test_aspect_is_kept_by_centre_crop(tmp_path):
+    assert ui.center_crop_box(64, 32, 28, 28) == (16, 0, 48, 32)
+    assert ui.center_crop_box(30, 90, 32, 32) == (0, 30, 30, 60)
+    wide = np.zeros((32, 96), dtype=np.uint8)
+    wide[:, 32:64] = 255  # only the centre third is white
+    prepared = ui.prepare_image(save(Image.fromarray(wide), tmp_path / "wide.png"), BIN, invert="no")
+    assert prepared.pixels.all() and prepared.crop_box == (32, 0, 64, 32)
+
+
+def test_light_background_is_inverted_for_single_channel_models():
+    prepared = ui.prepare_image(ui.ASSETS_DIR / "drawn_4.png", BIN)
+    assert any("inverted" in n for n in prepared.notes)
+    assert prepared.pixels[0, 0, 0] == 0 and prepared.pixels.sum() > 20
+    assert not any("inverted" in n for n in ui.prepare_image(ui.ASSETS_DIR / "mnist_7.png", BIN).notes)
+
+
+def test_upscaled_examples_round_trip_exactly():
+    """A nearest-upscaled 28x28 image comes back pixel for pixel (box filter)."""
+    source = np.asarray(Image.open(ui.ASSETS_DIR / "mnist_7.png"))[::8, ::8]
+    prepared = ui.prepare_image(ui.ASSETS_DIR / "mnist_7.png", ui.ModelSpec("row_lstm", 1, 256, 28, 28))
+    assert np.array_equal(prepared.pixels[0], source)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("tiny", "only 1x1 pixels"),
+    ("truncated", "truncated or corrupt"),
+    ("text", "not an image"),
+    ("bomb", "too large"),
+    ("big", "too large"),
+    ("missing", "no longer on the server"),
+    ("none", "No image"),
+])
+def test_bad_uploads_give_clear_errors(tmp_path, case, message):
+    if case == "tiny":
+        source = save(Image.new("RGB", (1, 1)), tmp_path / "tiny.png")
+    elif case == "truncated":
+        full = save(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)),
+                    tmp_path / "full.png")
+        source = tmp_path / "truncated.png"
+        source.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    elif case == "text":
+        source = tmp_path / "notes.png"
+        source.write_text("this is not an image")
+    elif case == "bomb":
+        source = png_header_only(tmp_path / "bomb.png", 20000, 20000)
+    elif case == "big":
+        source = png_header_only(tmp_path / "big.png", 6000, 6000)  # under PIL's limit, over the app's
+    elif case == "missing":
+        source = {"path": str(tmp_path / "gone.png")}
+    else:
+        source = None
+    with pytest.raises(gr.Error, match=message):
+        ui.prepare_image(source, RGB)
+
+
+# --- masks ----------------------------------------------------------------------------------------------
+
+def painted_layer(size: tuple[int, int], box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """An RGBA brush layer (h, w, 4), painted red inside box (left, top, right, bottom)."""
+    layer = np.zeros((size[1], size[0], 4), dtype=np.uint8)
+    if box:
+        left, top, right, bottom = box
+        layer[top:bottom, left:right] = (255, 0, 0, 255)
+    return layer
+
+
+def test_mask_any_coverage_and_alignment():
+    prepared = ui.PreparedImage(np.zeros((1, 28, 28), dtype=np.int64), (224, 224), (0, 0, 224, 224))
+    mask = ui.extract_mask([painted_layer((224, 224), (80, 16, 81, 17))], prepared, 28, 28)  # one pixel
+    assert mask.sum() == 1 and mask[2, 10]
+    mask = ui.extract_mask([painted_layer((224, 224), (0, 112, 224, 224))], prepared, 28, 28)  # bottom half
+    assert mask[14:].all() and not mask[:14].any()
+    assert not ui.extract_mask([painted_layer((224, 224), None)], prepared, 28, 28).any()
+    assert not ui.extract_mask([], prepared, 28, 28).any()
+    # a layer of another size is stretched onto the image; a layer without alpha counts non-zero pixels
+    assert ui.extract_mask([painted_layer((112, 112), (0, 56, 112, 112))], prepared, 28, 28)[14:].all()
+    gray = np.zeros((224, 224), dtype=np.uint8)
+    gray[:, :112] = 255
+    assert ui.extract_mask([gray], prepared, 28, 28)[:, :14].all()
+
+
+def test_mask_follows_the_crop():
+    prepared = ui.PreparedImage(np.zeros((1, 28, 28), dtype=np.int64), (300, 200), (50, 0, 250, 200))
+    mask = ui.extract_mask([painted_layer((300, 200), (0, 0, 50, 200))], prepared, 28, 28)  # cropped away
+    assert not mask.any()
+    mask = ui.extract_mask([painted_layer((300, 200), (50, 0, 51, 200))], prepared, 28, 28)  # first kept column
+    assert mask[:, 0].all() and mask.sum() == 28
+
+
+def test_pool_any_upsamples_too():
+    small = np.zeros((4, 4), dtype=bool)
+    small[1, 2] = True
+    pooled = ui.pool_any(small, 28, 28)
+    assert pooled.sum() == 49 and pooled[7:14, 14:21].all()
+
+
+def test_editor_parts():
+    assert ui.editor_parts({"background": "a.png", "layers": ["m.png"], "composite": "c.png"}) == ("a.png", ["m.png"])
+    assert ui.editor_parts({"background": None, "layers": [], "composite": "c.png"}) == ("c.png", [])
+    for empty in (None, {"background": None, "layers": [], "composite": None}):
+        with pytest.raises(gr.Error, match="No image"):
+            ui.editor_parts(empty)
+
+
+# --- arguments ------------------------------------------------------------------------------------------
+
+def test_argument_checks():
+    assert ui.parse_int("4", "n", 1, 16) == 4 and ui.parse_int(4.0, "n", 1, 16) == 4
+    for bad in (0, 17, 2.5, "x", None):
+        with pytest.raises(gr.Error, match="from 1 to 16"):
+            ui.parse_int(bad, "Number of samples", 1, 16)
+    for bad in (0, -1, "nan", "inf", None, 11):
+        with pytest.raises(gr.Error, match="Temperature"):
+            ui.parse_temperature(bad)
+    assert ui.parse_temperature("0.5") == 0.5
+    assert 0 <= ui.parse_seed(None) < 2**32 and ui.parse_seed("") >= 0 and ui.parse_seed(7) == 7
+    assert ui.parse_class(None, BIN) is None
+    assert ui.parse_class("c", RGB) == 2 and ui.parse_class(3, RGB) == 3 and ui.parse_class("9", RGB) == 9
+    assert ui.parse_class(ui.AUTO_CLASS, RGB, allow_auto=True) is None
+    for bad, message in ((10, "out of range"), (-1, "out of range"), ("zebra", "Unknown class"), (None, "choose")):
+        with pytest.raises(gr.Error, match=message):
+            ui.parse_class(bad, RGB)
+    assert ui.parse_mode("plain") is False and ui.parse_mode(ui.MODES[1]) is True
+    with pytest.raises(gr.Error, match="Completion mode"):
+        ui.parse_mode("magic")
+    with pytest.raises(gr.Error, match="Animation"):
+        ui.parse_pace(-1)
+
+
+# --- rendering, clicks, throttling ----------------------------------------------------------------------
+
+def test_rendering_shapes():
+    scale = ui.display_scale(28, 28)
+    cells = ui.render_images(np.zeros((3, 1, 28, 28), dtype=np.int64), 2, scale,
+                             pending=np.ones((28, 28), dtype=bool), cursor=(0, 0))
+    assert len(cells) == 3 and cells[0].shape == (28 * scale, 28 * scale, 3)
+    assert tuple(cells[0][scale // 2, scale // 2]) == ui.PENDING_RGB and tuple(cells[0][0, 0]) == ui.CURSOR_RGB
+    grid = ui.tile(cells, 2)
+    assert grid.shape == (2 * 28 * scale + ui.GAP_PX, 2 * 28 * scale + ui.GAP_PX, 3)
+    dist = ui.render_distribution(np.full((256, 3), 1 / 256), [0, 128, 255], "title")
+    assert dist.ndim == 3 and dist.shape[2] == 3 and dist.shape[0] > 3 * 60
+    heat = ui.render_heatmap(np.arange(28 * 28, dtype=float).reshape(28, 28), scale, "bits")
+    assert heat.shape == (28 * scale + ui.LEGEND_PX, 28 * scale, 3)
+    assert ui.colormap(np.array([0.0, 1.0]), 1.0).tolist() == [list(ui.VIRIDIS[0]), list(ui.VIRIDIS[-1])]
+
+
+def test_click_to_pixel():
+    scale = ui.inspect_scale(28, 28)
+    assert ui.click_to_pixel([0, 0], 28, 28, scale) == (0, 0)
+    assert ui.click_to_pixel([scale * 5 + 1, scale * 3 + scale - 1], 28, 28, scale) == (3, 5)  # [x, y] -> (row, col)
+    assert ui.click_to_pixel([28 * scale - 1, 28 * scale - 1], 28, 28, scale) == (27, 27)
+    assert ui.click_to_pixel([10, 28 * scale + 5], 28, 28, scale) is None  # the colour bar under a map
+    assert ui.click_to_pixel([-1, 3], 28, 28, scale) is None
+    assert ui.click_to_pixel(None, 28, 28, scale) is None
+
+
+def test_frame_gate_throttles_and_never_repeats():
+    now = [0.0]
+    gate = ui.FrameGate(interval=0.05, clock=lambda: now[0])
+    sent = []
+    for k in range(100):  # 1 s of steps every 10 ms
+        now[0] = k * 0.01
+        if gate.due(final=k == 99):
+            sent.append(k)
+    assert sent[0] == 0 and sent[-1] == 99 and 19 <= len(sent) <= 22
+    assert all(b - a >= 5 for a, b in itertools.pairwise(sent[:-1]))
+    gate.spent(0.1)  # costly frames: at most one per 0.2 s (frames take <= 1/3 of the time)
+    now[0] = 2.0
+    assert gate.due()
+    now[0] = 2.15
+    assert not gate.due()
+    now[0] = 2.21
+    assert gate.due() and gate.due(final=True)
+    image = np.zeros((4, 4, 3), dtype=np.uint8)
+    assert gate.fresh("image", image) is image
+    assert isinstance(gate.fresh("image", image.copy()), type(gr.skip()))  # identical content: skipped
+    assert gate.fresh("dist", image) is image  # another output
+    changed = image.copy()
+    changed[0, 0] = 1
+    assert gate.fresh("image", changed) is changed
+
+
+def test_sampler_resumes_on_other_threads(studio):
+    """Gradio resumes streaming generators on any worker thread: every step must still run without autograd."""
+    model = studio.registry.load("tiny-bin")
+    steps = pixelrnn.sample_steps(model, 1, seed=4, every=97)
+    first, rest, errors = next(steps), [], []
+
+    def finish() -> None:
+        try:
+            rest.extend(steps)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    thread.join()
+    assert not errors and first.done.sum() == 97 and rest[-1].done.all()
+    assert not first.image.requires_grad and not rest[-1].probs.requires_grad
+    assert torch.equal(rest[-1].image, pixelrnn.sample(model, 1, seed=4))
+    assert not torch.is_inference_mode_enabled()
+
+
+def test_pacer_and_with_last():
+    now, slept = [0.0], []
+    pacer = ui.Pacer(100, 2.0, clock=lambda: now[0], sleep=slept.append)
+    pacer.wait(50)
+    assert slept == [pytest.approx(1.0)]
+    now[0] = 5.0
+    pacer.wait(60)  # behind schedule: no sleep
+    assert len(slept) == 1
+    assert list(ui.with_last([1, 2, 3])) == [(1, False), (2, False), (3, True)]
+    assert list(ui.with_last([])) == []
+
+
+# --- registry and endpoints ---------------------------------------------------------------------------
+
+def test_registry_discovery_and_lazy_cached_loading(checkpoints, studio):
+    registry = studio.registry
+    assert registry.names == ["no-weights", "tiny-bin", "tiny-ms", "tiny-rgb"]  # no-config, bad-config skipped
+    fresh = ui.Registry(checkpoints, device="cpu")
+    assert fresh._cache == {}  # nothing loaded at discovery
+    assert fresh.load("tiny-bin") is fresh.load("tiny-bin")
+    assert fresh.spec("tiny-rgb").class_names[3] == "cat" and fresh.spec("tiny-ms").factor == 2
+    assert fresh.default() == "tiny-bin"
+    with pytest.raises(gr.Error, match="no weights yet"):
+        fresh.load("no-weights")
+    with pytest.raises(gr.Error, match="Unknown model"):
+        fresh.load("../etc")
+    env = ui.Registry.from_env(hub_ids=[])
+    assert env.root == ui.REPO_ROOT / "checkpoints"
+
+
+def test_hub_models_are_listed_at_once_and_loaded_lazily(checkpoints, tmp_path, monkeypatch):
+    fakehub = pytest.importorskip("fakehub")
+    from huggingface_hub import constants
+
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    files = {p.name: p.read_bytes() for p in (checkpoints / "tiny-rgb").iterdir() if p.is_file()}
+    with fakehub.FakeHub({"user/tiny-rgb": files}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("PIXELRNN_HUB_MODELS", "user/tiny-rgb, user/missing")
+        registry = ui.Registry.from_env(checkpoints, device="cpu")
+        assert registry.names[-2:] == ["user/tiny-rgb", "user/missing"] and hub.count() == 0  # nothing fetched yet
+        studio = ui.Studio(registry)
+        card, _ = studio.model_card("user/tiny-rgb")
+        assert "Hugging Face Hub" in card and "CIFAR-10" in card and registry.spec("user/tiny-rgb").num_classes == 10
+        assert "Generated 1 sample of class 'cat'" in final_frame(list(
+            studio.generate("user/tiny-rgb", "cat", 1, 1.0, 0, 0, progress=None)))[2]
+        with pytest.raises(gr.Error, match="Cannot load model 'user/missing'"):
+            registry.load("user/missing")
+
+
+def final_frame(frames: list[tuple]) -> tuple:
+    """The last value sent for each output of a stream of (image, dist, status) updates."""
+    last = [None, None, None]
+    for frame in frames:
+        for k, value in enumerate(frame):
+            if not isinstance(value, type(gr.skip())):
+                last[k] = value
+    return tuple(last)
+
+
+def test_generate_streams_and_matches_direct_sampling(studio):
+    frames = list(studio.generate("tiny-bin", None, 3, 1.0, 11, 0.3, progress=None))
+    assert len(frames) >= 3
+    images = [f[0] for f in frames if isinstance(f[0], np.ndarray)]
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(images))
+    image, dist, status = final_frame(frames)
+    expected = pixelrnn.sample(studio.registry.load("tiny-bin"), 3, seed=11)
+    scale = ui.grid_scale(28, 28, 3)
+    assert np.array_equal(image, ui.tile(ui.render_images(expected.numpy(), 2, scale), 2))
+    assert "Generated 3 samples" in status and "seed 11" in status and dist.ndim == 3
+
+
+def test_generate_multiscale_and_conditional(studio):
+    frames = list(studio.generate("tiny-ms", None, 1, 1.0, 0, 0, progress=None))
+    assert final_frame(frames)[0].shape == (280, 280, 3)
+    frames = list(studio.generate("tiny-rgb", "cat", 1, 1.0, 5, 0, progress=None))
+    expected = pixelrnn.sample(studio.registry.load("tiny-rgb"), 1, y=3, seed=5)
+    expected_image = ui.render_images(expected.numpy(), 256, ui.grid_scale(32, 32, 1))[0]
+    assert np.array_equal(final_frame(frames)[0], expected_image)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("tiny-bin", None, 17, 1.0, 0, 0), "from 1 to 16"),
+    (("tiny-bin", None, 2, 0, 0, 0), "Temperature"),
+    (("tiny-rgb", 10, 2, 1.0, 0, 0), "out of range"),
+    (("tiny-rgb", None, 2, 1.0, 0, 0), "class-conditional"),
+    (("nope", None, 2, 1.0, 0, 0), "Unknown model"),
+])
+def test_generate_bad_arguments(studio, args, message):
+    with pytest.raises(gr.Error, match=message):
+        list(studio.generate(*args, progress=None))
+
+
+def test_complete_full_mask_equals_generation_and_empty_mask_errors(studio):
+    background = np.asarray(Image.open(ui.ASSETS_DIR / "mnist_7.png").convert("RGBA"))
+    full = {"background": background, "layers": [painted_layer((224, 224), (0, 0, 224, 224))], "composite": None}
+    image, _, status = final_frame(list(studio.complete("tiny-bin", full, None, "plain", 4, 2, 1.0, 9, 0,
+                                                        progress=None)))
+    expected = pixelrnn.sample(studio.registry.load("tiny-bin"), 2, seed=9)
+    scale = ui.display_scale(28, 28)
+    original = ui.masked_original(ui.prepare_image(background, BIN).pixels, 2, np.ones((28, 28), bool), scale)
+    assert np.array_equal(image, ui.tile([original, *ui.render_images(expected.numpy(), 2, scale)], 3))
+    assert "784 pixels" in status
+    empty = {"background": background, "layers": [painted_layer((224, 224), None)], "composite": None}
+    with pytest.raises(gr.Error, match="mask is empty"):
+        list(studio.complete("tiny-bin", empty, None, "plain", 4, 2, 1.0, 9, 0, progress=None))
+
+
+def test_complete_keeps_known_pixels_with_smc(studio):
+    background = np.asarray(Image.open(ui.ASSETS_DIR / "cifar_cat.png").convert("RGBA"))
+    editor = {"background": background, "layers": [painted_layer((256, 256), (64, 64, 192, 192))]}
+    frames = list(studio.complete("tiny-rgb", editor, "cat", ui.MODES[1], 3, 2, 1.0, 1, 0, progress=None))
+    image, _, status = final_frame(frames)
+    assert "SMC, 3 particles" in status and "effective sample size" in status
+    scale = ui.display_scale(32, 32)
+    known = ui.upscale(ui.to_rgb(ui.prepare_image(background, RGB).pixels, 256), scale)
+    cell = image[:, 32 * scale + ui.GAP_PX: 2 * 32 * scale + ui.GAP_PX]  # first completion
+    assert np.array_equal(cell[: 8 * scale], known[: 8 * scale])  # rows above the hole are unchanged
+
+
+def test_inspect_and_pixel(studio):
+    view, surprise, _, table, dist, text, row, _ = studio.inspect("tiny-bin", ui.ASSETS_DIR / "mnist_7.png")
+    scale = ui.inspect_scale(28, 28)
+    assert view.shape == (28 * scale, 28 * scale, 3) and surprise.shape[0] == 28 * scale + ui.LEGEND_PX
+    assert "tiny-ms" in table and "no-weights" in table and "bits/dim" in table  # every model of the same format
+    assert "tiny-rgb" not in table and "Most surprising pixel" in text and 0 <= row < 28
+    dist, text = studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 3, 4)
+    assert "row 3, col 4" in text and dist.ndim == 3
+    with pytest.raises(gr.Error, match="Row"):
+        studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 28, 0)
+    _, _, _, table, *_ = studio.inspect("tiny-rgb", ui.ASSETS_DIR / "cifar_cat.png", ui.AUTO_CLASS)
+    assert "most likely class" in table
+
+
+def test_model_card(studio):
+    card, samples = studio.model_card("tiny-rgb")
+    assert "PixelCNN" in card and "3.14 bits/dim" in card and "5.500 bits/dim" in card and "Running on | cpu" in card
+    assert samples is None
+    assert "no model.safetensors" in studio.model_card("no-weights")[0]
+    assert "tiny-ms" in ui.models_table(studio.registry)
