@@ -311,7 +311,8 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> PixelR
 
 # --- model card ------------------------------------------------------------------------------------
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object from path, or {} if it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -348,7 +349,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder")
-    config, metrics = _read_json(folder / CONFIG), _read_json(folder / METRICS)
+    config, metrics = read_json(folder / CONFIG), read_json(folder / METRICS)
     arch = str(metrics.get("arch") or config.get("arch") or "unknown")
     arch_name = ARCH_NAMES.get(arch, arch)
     factor = config.get("factor") or metrics.get("multiscale_factor")

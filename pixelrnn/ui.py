@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import json
 import logging
 import math
 import os
@@ -34,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 import pixelrnn
 from pixelrnn.data import CIFAR10_CLASSES, MNIST_CLASSES
-from pixelrnn.hub import ARCH_NAMES, DATASET_INFO, METRICS, PAPER_RESULTS, SAMPLES, WEIGHTS, read_config
+from pixelrnn.hub import ARCH_NAMES, DATASET_INFO, METRICS, PAPER_RESULTS, SAMPLES, WEIGHTS, read_config, read_json
 from pixelrnn.model import Model, MultiScalePixelRNN
 
 log = logging.getLogger(__name__)
@@ -691,14 +690,6 @@ def spec_of(model: Model, dataset: str | None = None) -> ModelSpec:
                      class_names(large.num_classes, dataset))
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 @dataclass
 class ModelEntry:
     """A model the app can offer: a local checkpoint folder or a Hub repo id (loaded lazily)."""
@@ -734,7 +725,7 @@ class Registry:
             except pixelrnn.CheckpointError as err:
                 log.warning("skipping %s: %s", folder, err)
                 continue
-            metrics = _read_json(folder / METRICS)
+            metrics = read_json(folder / METRICS)
             with torch.device("meta"):
                 skeleton = cls(**config)
             spec = spec_of(skeleton, metrics.get("dataset"))
@@ -802,7 +793,7 @@ class Registry:
                 from pixelrnn.hub import resolve
 
                 folder = resolve(entry.location)
-                entry.metrics, entry.config = _read_json(folder / METRICS), _read_json(folder / "config.json")
+                entry.metrics, entry.config = read_json(folder / METRICS), read_json(folder / "config.json")
             entry.spec = spec_of(model, entry.metrics.get("dataset"))
             entry.parameters = sum(p.numel() for p in model.parameters())
             self._cache[entry.name] = (version, model)

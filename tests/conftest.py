@@ -1,5 +1,12 @@
+import contextlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import torch
+
+import pixelrnn
 
 
 @pytest.fixture(autouse=True)
@@ -17,3 +24,33 @@ def fit(model, images, steps=150, lr=2e-2, y=None):
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def save_tiny_checkpoints(root: Path, rgb: bool = True) -> Path:
+    """Tiny untrained checkpoints under root: binarized 1x28x28 ("tiny-bin") and class-conditional RGB 3x32x32."""
+    torch.manual_seed(0)
+    pixelrnn.build_model("row_lstm", 1, 2, 28, 28, hidden=4, layers=1).save_pretrained(root / "tiny-bin")
+    if rgb:
+        pixelrnn.build_model("pixelcnn", 3, 256, 32, 32, num_classes=10, hidden=6, layers=1).save_pretrained(
+            root / "tiny-rgb")
+        (root / "tiny-rgb" / "metrics.json").write_text(
+            '{"dataset": "cifar10", "arch": "pixelcnn", "unit": "bits/dim", "test_bits_per_dim": 5.5, '
+            '"wall_time_s": 30, "device": "cpu"}')
+    return root
+
+
+@contextlib.contextmanager
+def running_app(checkpoints: Path) -> Iterator[str]:
+    """app.build_demo() on the given checkpoints, served on a free 127.0.0.1 port: yields its URL."""
+    import app
+
+    demo = app.build_demo(checkpoints, hub_models=[], device="cpu")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                **app.launch_kwargs())
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        demo.close()

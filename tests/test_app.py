@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import struct
 import threading
 import zlib
@@ -13,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import running_app, save_tiny_checkpoints
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -23,31 +23,15 @@ from pixelrnn import ui
 GENERATE, COMPLETE, INSPECT, PIXEL, CARD = "/generate", "/complete", "/inspect", "/pixel", "/model_card"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    pixelrnn.build_model("row_lstm", 1, 2, 28, 28, hidden=4, layers=1).save_pretrained(root / "tiny-bin")
-    pixelrnn.build_model("pixelcnn", 3, 256, 32, 32, num_classes=10, hidden=6, layers=1).save_pretrained(
-        root / "tiny-rgb")
-    (root / "tiny-rgb" / "metrics.json").write_text('{"dataset": "cifar10", "arch": "pixelcnn"}')
-    return root
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"))
 
 
 @pytest.fixture(scope="module")
 def server(checkpoints):
-    demo = app.build_demo(checkpoints, hub_models=[], device="cpu")
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                **app.launch_kwargs())
-    yield f"http://127.0.0.1:{port}"
-    demo.close()
+    with running_app(checkpoints) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,11 @@ Screenshots go to tests/screenshots/ (gitignored). Skipped when /usr/bin/chromiu
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import running_app, save_tiny_checkpoints
 
-import app
-import pixelrnn
 from pixelrnn import ui
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -26,23 +23,10 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    pixelrnn.build_model("row_lstm", 1, 2, 28, 28, hidden=4, layers=1).save_pretrained(root / "tiny-bin")
-    demo = app.build_demo(root, hub_models=[], device="cpu")
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                **app.launch_kwargs())
-    yield f"http://127.0.0.1:{port}"
-    demo.close()
+    with running_app(save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"), rgb=False)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

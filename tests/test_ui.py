@@ -12,6 +12,7 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_checkpoints
 from PIL import Image
 
 import pixelrnn
@@ -24,13 +25,7 @@ RGB = ui.ModelSpec("pixelcnn", 3, 256, 32, 32, 10, class_names=tuple("abcdefghij
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> Path:
     """Tiny untrained checkpoints: binarized 1x28x28, class-conditional RGB 3x32x32, multi-scale binarized."""
-    root = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    pixelrnn.build_model("row_lstm", 1, 2, 28, 28, hidden=4, layers=1).save_pretrained(root / "tiny-bin")
-    pixelrnn.build_model("pixelcnn", 3, 256, 32, 32, num_classes=10, hidden=6, layers=1).save_pretrained(
-        root / "tiny-rgb")
-    (root / "tiny-rgb" / "metrics.json").write_text('{"dataset": "cifar10", "arch": "pixelcnn", "unit": "bits/dim", '
-                                                     '"test_bits_per_dim": 5.5, "wall_time_s": 30, "device": "cpu"}')
+    root = save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"))
     pixelrnn.build_model("row_lstm", 1, 2, 28, 28, hidden=4, layers=1, factor=2).save_pretrained(root / "tiny-ms")
     (root / "no-config").mkdir()
     (root / "bad-config").mkdir()
