@@ -17,26 +17,20 @@ from torch import Tensor
 from tqdm import tqdm
 
 from pixelrnn.hub import load
+from pixelrnn.images import tile, to_rgb, upscale
 from pixelrnn.model import MultiScalePixelRNN
 from pixelrnn.sampling import sample_steps
 
-
-def to_uint8(images: Tensor, levels: int) -> np.ndarray:
-    """Integer levels (n, C, H, W) -> uint8 (n, H, W, C) in 0..255."""
-    return (images.cpu().double() * (255 / (levels - 1))).round().byte().permute(0, 2, 3, 1).numpy()
+WHITE = (255, 255, 255)
 
 
 def image_grid(images: Tensor, levels: int, columns: int, scale: int = 2, gap: int = 2) -> Image.Image:
-    """(n, C, H, W) integer levels -> one RGB PIL image, `columns` per row, nearest-upscaled."""
-    pixels = to_uint8(images, levels)
-    n, height, width, _ = pixels.shape
-    rows = math.ceil(n / columns)
-    grid = np.full((rows * (height + gap) + gap, columns * (width + gap) + gap, 3), 255, dtype=np.uint8)
-    for k, image in enumerate(pixels):
-        r, c = divmod(k, columns)
-        grid[gap + r * (height + gap) : gap + r * (height + gap) + height,
-             gap + c * (width + gap) : gap + c * (width + gap) + width] = image  # grey broadcasts to RGB
-    return Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    """(n, C, H, W) integer levels -> one RGB PIL image, `columns` per row, nearest-upscaled, on white."""
+    cells = [upscale(image, scale) for image in to_rgb(images.cpu().numpy(), levels)]
+    border = gap * scale
+    grid = np.pad(tile(cells, columns, border, WHITE), ((border, border), (border, border), (0, 0)),
+                  constant_values=255)
+    return Image.fromarray(grid)
 
 
 def main(argv: list[str] | None = None) -> Path:

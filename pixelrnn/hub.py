@@ -320,11 +320,13 @@ def read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _number(value: Any) -> float | None:
+def as_number(value: Any) -> float | None:
+    """A JSON number as float; None for anything else (booleans included)."""
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """'42 s', '17 min' or '3.5 h'."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 2 * 3600:
@@ -359,11 +361,11 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
     dataset_name, dataset_id = DATASET_INFO.get(dataset, (dataset, None)) if dataset else (None, None)
     name = repo_id or folder.resolve().name
 
-    nats, bpd = _number(metrics.get("test_nll_nats")), _number(metrics.get("test_bits_per_dim"))
+    nats, bpd = as_number(metrics.get("test_nll_nats")), as_number(metrics.get("test_bits_per_dim"))
     unit = metrics.get("unit")
     if unit not in ("nats", "bits/dim"):
         unit = "nats" if dataset == "binarized_mnist" or bpd is None else "bits/dim"
-    value = nats if unit == "nats" else (bpd if bpd is not None else _number(metrics.get(f"test_{unit}")))
+    value = nats if unit == "nats" else (bpd if bpd is not None else as_number(metrics.get(f"test_{unit}")))
     digits = 2 if unit == "nats" else 3
     unit_label = "nats/image" if unit == "nats" else "bits/dim"
 
@@ -427,14 +429,14 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
     lines.append("")
 
     training = []
-    if _number(metrics.get("steps")) is not None:
+    if as_number(metrics.get("steps")) is not None:
         training.append(f"{int(metrics['steps']):,} steps")
-    if _number(metrics.get("epochs")) is not None:
+    if as_number(metrics.get("epochs")) is not None:
         training.append(f"{metrics['epochs']:.2f} epochs")
-    if _number(metrics.get("batch_size")) is not None:
+    if as_number(metrics.get("batch_size")) is not None:
         training.append(f"batch size {int(metrics['batch_size'])}")
-    if _number(metrics.get("wall_time_s")) is not None:
-        training.append(f"{_duration(metrics['wall_time_s'])} of training")
+    if as_number(metrics.get("wall_time_s")) is not None:
+        training.append(f"{format_duration(metrics['wall_time_s'])} of training")
     if metrics.get("device"):
         training.append(f"on {metrics['device']}")
     if isinstance(metrics.get("train_images"), int):

@@ -444,18 +444,21 @@ def sample(model: Model, n: int = 1, y=None, image=None, mask=None, temperature:
 
 
 @torch.no_grad()
-def likelihood_maps(model: PixelRNN, image: Tensor, y=None) -> dict[str, Tensor]:
+def likelihood_maps(model: Model, image: Tensor, y=None) -> dict[str, Tensor]:
     """One teacher-forced pass over image (C, H, W) -> per-pixel maps.
 
     nll_bits (C, H, W): -log2 p(x_sub-pixel | past); entropy_bits (C, H, W): entropy of each
     predictive distribution; probs (levels, C, H, W): every sub-pixel's distribution.
-    nll_bits.sum() * ln 2 == -model.log_prob(image).
+    nll_bits.sum() * ln 2 == -model.log_prob(image). For a Multi-Scale model: the maps of the
+    full image given its small image (the small image's own NLL is not in them).
     """
     model.eval()
     device = next(model.parameters()).device
-    labels, x, _ = _prepare(model, 1, y, image, None, 1.0, "reference", model.channels, *image.shape[-2:],
-                            device=device)
-    log_probs = torch.log_softmax(model(x, labels).float(), dim=1)[0]  # (levels, C, H, W)
+    large = model.large if isinstance(model, MultiScalePixelRNN) else model
+    labels, x, _ = _prepare(model, 1, y, image, None, 1.0, "reference", large.channels, large.height, large.width,
+                            device)
+    cond = model.condition(model.downsample(x)) if isinstance(model, MultiScalePixelRNN) else None
+    log_probs = torch.log_softmax(large(x, labels, cond).float(), dim=1)[0]  # (levels, C, H, W)
     nll = -log_probs.gather(0, x[0][None])[0] / math.log(2)
     entropy = -(log_probs.exp() * log_probs).sum(0) / math.log(2)
     return {"nll_bits": nll, "entropy_bits": entropy, "probs": log_probs.exp()}

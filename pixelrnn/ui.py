@@ -33,7 +33,19 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 import pixelrnn
 from pixelrnn.data import CIFAR10_CLASSES, MNIST_CLASSES
-from pixelrnn.hub import ARCH_NAMES, DATASET_INFO, METRICS, PAPER_RESULTS, SAMPLES, WEIGHTS, read_config, read_json
+from pixelrnn.hub import (
+    ARCH_NAMES,
+    DATASET_INFO,
+    METRICS,
+    PAPER_RESULTS,
+    SAMPLES,
+    WEIGHTS,
+    as_number,
+    format_duration,
+    read_config,
+    read_json,
+)
+from pixelrnn.images import tile, to_rgb, upscale
 from pixelrnn.model import Model, MultiScalePixelRNN
 
 log = logging.getLogger(__name__)
@@ -50,8 +62,6 @@ MIN_SIDE = 4  # smallest accepted upload side, in pixels
 FRAME_INTERVAL_S = 1 / 20  # streamed frames: at most 20 updates per second
 CELL_PX = 168  # displayed size of one image (upscaled by an integer factor, nearest neighbour)
 INSPECT_PX = 224  # displayed size of the Inspect tab's image and maps
-GAP_PX = 4
-GAP_RGB = (229, 231, 235)
 PENDING_RGB = (128, 128, 140)  # pixels not sampled yet
 MASK_RGB = np.array([255, 40, 40])  # tint of the region to regenerate
 CURSOR_RGB = (255, 40, 40)
@@ -219,11 +229,6 @@ def quantize(array: np.ndarray, levels: int) -> np.ndarray:
     if levels == 2:
         return (array >= 128).astype(np.int64)
     return array * levels // 256
-
-
-def levels_to_uint8(x: np.ndarray, levels: int) -> np.ndarray:
-    """Integer levels -> 8-bit values (0 -> 0, levels-1 -> 255)."""
-    return np.rint(np.asarray(x, dtype=np.float64) * (255.0 / (levels - 1))).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -444,30 +449,6 @@ def grid_scale(height: int, width: int, n: int) -> int:
 def inspect_scale(height: int, width: int) -> int:
     """Upscaling factor of the Inspect tab's images (clicks on them are mapped back with it)."""
     return display_scale(height, width, INSPECT_PX)
-
-
-def upscale(array: np.ndarray, scale: int) -> np.ndarray:
-    """Nearest-neighbour upscaling of (H, W, ...) by an integer factor."""
-    return array.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else array
-
-
-def to_rgb(pixels: np.ndarray, levels: int) -> np.ndarray:
-    """(..., C, H, W) levels -> (..., H, W, 3) uint8."""
-    array = np.moveaxis(levels_to_uint8(pixels, levels), -3, -1)
-    return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array
-
-
-def tile(cells: list[np.ndarray], cols: int, gap: int = GAP_PX) -> np.ndarray:
-    """Equal-size (h, w, 3) cells -> one image, `cols` per row, separated by `gap` pixels."""
-    h, w = cells[0].shape[:2]
-    rows = math.ceil(len(cells) / cols)
-    cols = min(cols, len(cells))
-    canvas = np.empty((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, 3), dtype=np.uint8)
-    canvas[:] = GAP_RGB
-    for k, cell in enumerate(cells):
-        r, c = divmod(k, cols)
-        canvas[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = cell
-    return canvas
 
 
 def draw_cursor(cell: np.ndarray, position: tuple[int, int], scale: int) -> None:
@@ -813,20 +794,8 @@ def class_log_likelihoods(model: Model, x: torch.Tensor, num_classes: int) -> to
 
 
 def maps_of(model: Model, x: torch.Tensor, y: int | None) -> dict[str, np.ndarray]:
-    """Per-sub-pixel NLL and entropy (bits) and distributions; for a Multi-Scale model those of its large
-    model given the small image."""
-    if isinstance(model, MultiScalePixelRNN):
-        with torch.inference_mode():
-            xb = x[None]
-            labels = None if y is None else torch.tensor([y], device=x.device)
-            cond = model.condition(model.downsample(xb))
-            log_probs = torch.log_softmax(model.large(xb, labels, cond).float(), dim=1)[0]
-            nll = -log_probs.gather(0, xb[0][None])[0] / math.log(2)
-            entropy = -(log_probs.exp() * log_probs).sum(0) / math.log(2)
-            maps = {"nll_bits": nll, "entropy_bits": entropy, "probs": log_probs.exp()}
-    else:
-        maps = pixelrnn.likelihood_maps(model, x, y=y)
-    return {k: v.detach().float().cpu().numpy() for k, v in maps.items()}
+    """Per-sub-pixel NLL and entropy (bits) and distributions, as numpy arrays."""
+    return {k: v.float().cpu().numpy() for k, v in pixelrnn.likelihood_maps(model, x, y=y).items()}
 
 
 @dataclass
@@ -860,30 +829,14 @@ def analyse(model: Model, spec: ModelSpec, prepared: PreparedImage, y: int | Non
     return Analysis(prepared.pixels, y, nll, maps_of(model, x, y), posterior, marginal, list(prepared.notes))
 
 
-def bits_per_dim(nats: float, spec: ModelSpec) -> float:
-    return nats / (spec.channels * spec.height * spec.width * math.log(2))
-
-
 # --- model cards -----------------------------------------------------------------------------------------
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
 
 def test_result(entry: ModelEntry) -> tuple[str, str]:
     """(this checkpoint's test NLL, the paper's figure for the same architecture and data) as text."""
     metrics = entry.metrics
     dataset = metrics.get("dataset")
     unit = metrics.get("unit") if metrics.get("unit") in ("nats", "bits/dim") else None
-    nats, bpd = _number(metrics.get("test_nll_nats")), _number(metrics.get("test_bits_per_dim"))
+    nats, bpd = as_number(metrics.get("test_nll_nats")), as_number(metrics.get("test_bits_per_dim"))
     unit = unit or ("nats" if dataset == "binarized_mnist" else "bits/dim")
     value = nats if unit == "nats" else bpd
     ours = "not evaluated yet" if value is None else f"{value:.2f} nats" if unit == "nats" else f"{value:.3f} bits/dim"
@@ -919,8 +872,8 @@ def models_table(registry: Registry) -> str:
         dataset = DATASET_INFO.get(metrics.get("dataset"), (metrics.get("dataset") or "?",))[0]
         params = f"{entry.parameters:,}" if entry.parameters else "?"
         ours, paper = test_result(entry)
-        wall = _number(metrics.get("wall_time_s"))
-        training = f"{_duration(wall)} on {metrics.get('device', '?')}" if wall is not None else "?"
+        wall = as_number(metrics.get("wall_time_s"))
+        training = f"{format_duration(wall)} on {metrics.get('device', '?')}" if wall is not None else "?"
         rows.append(f"| `{entry.name}` | {model_title(entry)} | {dataset} | {params} | {ours} | {paper} | {training} |")
     return "\n".join(rows)
 
@@ -940,10 +893,10 @@ def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None]:
     params = entry.parameters
     training = []
     for key, text in (("steps", "{:,.0f} steps"), ("epochs", "{:.2f} epochs"), ("batch_size", "batch {:.0f}")):
-        if _number(metrics.get(key)) is not None:
+        if as_number(metrics.get(key)) is not None:
             training.append(text.format(metrics[key]))
-    if _number(metrics.get("wall_time_s")) is not None:
-        training.append(_duration(metrics["wall_time_s"]))
+    if as_number(metrics.get("wall_time_s")) is not None:
+        training.append(format_duration(metrics["wall_time_s"]))
     if metrics.get("device"):
         training.append(f"on {metrics['device']}")
     if entry.source == "local":
@@ -1157,7 +1110,7 @@ class Studio:
                 note = (note + "; " if note else "") + "maps: full-size model given the small image"
             title = f"**`{other}`**" if other == name else f"`{other}`"
             rows.append(f"| {title} | {model_title(entry)} | {result.nll_nats:.2f} | "
-                        f"{bits_per_dim(result.nll_nats, spec):.4f} | {note} |")
+                        f"{pixelrnn.bits_per_dim(result.nll_nats, spec.channels * spec.height * spec.width):.4f} | {note} |")
         return "\n".join(rows)
 
     @user_errors

@@ -19,6 +19,7 @@ from PIL import Image
 import app
 import pixelrnn
 from pixelrnn import ui
+from pixelrnn.images import GAP_PX
 
 GENERATE, COMPLETE, INSPECT, PIXEL, CARD = "/generate", "/complete", "/inspect", "/pixel", "/model_card"
 
@@ -147,9 +148,9 @@ def test_complete_plain_and_smc(server, client, files):
     assert len([f for f in frames if f[0] is not None]) >= 3 and "392 pixels" in status  # the bottom half
     grid = fetch(server, final)
     scale = ui.display_scale(28, 28)
-    assert grid.shape == (28 * scale, 3 * 28 * scale + 2 * ui.GAP_PX, 3)  # original | 2 completions
+    assert grid.shape == (28 * scale, 3 * 28 * scale + 2 * GAP_PX, 3)  # original | 2 completions
     top = slice(0, 14 * scale)
-    completion = grid[:, 28 * scale + ui.GAP_PX: 2 * 28 * scale + ui.GAP_PX]
+    completion = grid[:, 28 * scale + GAP_PX: 2 * 28 * scale + GAP_PX]
     original = grid[:, : 28 * scale]
     assert np.array_equal(completion[top], original[top])  # the unmasked top half is kept
     frames = list(client.submit("tiny-rgb", editor(files["rgb"], files["mask"]), "cat", "context-aware (SMC)", 3, 1,
@@ -197,7 +198,7 @@ def test_full_mask_equals_generation(server, client, files, checkpoints):
     final = client.predict("tiny-bin", editor(files["rgb"], files["full_mask"]), None, "plain", 2, 1, 1.0, 21, 0,
                            api_name=COMPLETE)[0]
     scale = ui.display_scale(28, 28)
-    completion = fetch(server, final)[:, 28 * scale + ui.GAP_PX:]
+    completion = fetch(server, final)[:, 28 * scale + GAP_PX:]
     torch.set_num_threads(1)
     expected = pixelrnn.sample(pixelrnn.load(str(checkpoints / "tiny-bin")), 1, seed=21).numpy()
     assert np.array_equal(completion, ui.render_images(expected, 2, scale)[0])

@@ -17,6 +17,7 @@ from PIL import Image
 
 import pixelrnn
 from pixelrnn import ui
+from pixelrnn.images import GAP_PX, levels_to_uint8
 
 BIN = ui.ModelSpec("row_lstm", 1, 2, 28, 28)
 RGB = ui.ModelSpec("pixelcnn", 3, 256, 32, 32, 10, class_names=tuple("abcdefghij"))
@@ -91,7 +92,7 @@ def test_binarization_threshold_and_levels():
     assert ui.quantize(np.array([0, 127, 128, 255]), 2).tolist() == [0, 0, 1, 1]
     assert ui.quantize(np.array([0, 255]), 256).tolist() == [0, 255]
     assert ui.quantize(np.array([0, 63, 64, 255]), 4).tolist() == [0, 0, 1, 3]
-    assert ui.levels_to_uint8(np.array([0, 1]), 2).tolist() == [0, 255]
+    assert levels_to_uint8(np.array([0, 1]), 2).tolist() == [0, 255]
 
 
 def test_aspect_is_kept_by_centre_crop(tmp_path):
@@ -232,7 +233,7 @@ def test_rendering_shapes():
     assert len(cells) == 3 and cells[0].shape == (28 * scale, 28 * scale, 3)
     assert tuple(cells[0][scale // 2, scale // 2]) == ui.PENDING_RGB and tuple(cells[0][0, 0]) == ui.CURSOR_RGB
     grid = ui.tile(cells, 2)
-    assert grid.shape == (2 * 28 * scale + ui.GAP_PX, 2 * 28 * scale + ui.GAP_PX, 3)
+    assert grid.shape == (2 * 28 * scale + GAP_PX, 2 * 28 * scale + GAP_PX, 3)
     dist = ui.render_distribution(np.full((256, 3), 1 / 256), [0, 128, 255], "title")
     assert dist.ndim == 3 and dist.shape[2] == 3 and dist.shape[0] > 3 * 60
     heat = ui.render_heatmap(np.arange(28 * 28, dtype=float).reshape(28, 28), scale, "bits")
@@ -417,7 +418,7 @@ def test_complete_keeps_known_pixels_with_smc(studio):
     assert "SMC, 3 particles" in status and "effective sample size" in status
     scale = ui.display_scale(32, 32)
     known = ui.upscale(ui.to_rgb(ui.prepare_image(background, RGB).pixels, 256), scale)
-    cell = image[:, 32 * scale + ui.GAP_PX: 2 * 32 * scale + ui.GAP_PX]  # first completion
+    cell = image[:, 32 * scale + GAP_PX: 2 * 32 * scale + GAP_PX]  # first completion
     assert np.array_equal(cell[: 8 * scale], known[: 8 * scale])  # rows above the hole are unchanged
 
 
