@@ -178,3 +178,12 @@ def test_multiscale_completion_keeps_known_pixels():
     out = pixelrnn.sample(model, 3, image=image, mask=mask, seed=2)
     assert torch.equal(out[:, :, ~mask], image[:, ~mask].expand(3, -1, -1))
     assert torch.equal(out, pixelrnn.sample(model, 3, image=image, mask=mask, seed=2, method="reference"))
+
+
+def test_multiscale_likelihood_maps_are_the_full_image_given_the_small_one():
+    model = make("row_lstm", 1, 2, 6, 6, factor=2)
+    image = torch.randint(0, 2, (1, 6, 6))
+    maps = pixelrnn.likelihood_maps(model, image)
+    x = image[None]
+    full_given_small = model.large.log_prob(x, None, model.condition(model.downsample(x)))[0]
+    assert math.isclose(maps["nll_bits"].sum().item() * math.log(2), -full_given_small.item(), rel_tol=1e-6)
