@@ -47,9 +47,11 @@ def main(argv: list[str] | None = None) -> Path:
     large = model.large if isinstance(model, MultiScalePixelRNN) else model
     labels = [None] if large.num_classes is None else [args.label] if args.label is not None else \
         list(range(large.num_classes))
+    total = large.height * large.width  # progress records: one per pixel, the small image's first
+    if isinstance(model, MultiScalePixelRNN):
+        total += model.small.height * model.small.width
     images = []
     for label in labels:
-        total = large.height * large.width * (2 if isinstance(model, MultiScalePixelRNN) else 1)
         steps = sample_steps(model, args.n, y=label, temperature=args.temperature, seed=args.seed, every=1)
         for step in tqdm(steps, total=total, desc=f"class {label}" if label is not None else "sampling"):
             pass

@@ -117,8 +117,10 @@ class PixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn", tags=HU
             raise ValueError(f"x must be (B, {self.channels}, H, W), got shape {tuple(x.shape)}")
         if x.is_floating_point() or x.is_complex():
             raise ValueError(f"x must hold integer pixel levels in [0, {self.levels}), got dtype {x.dtype}")
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.levels):
-            raise ValueError(f"x values must lie in [0, {self.levels}), got [{int(x.min())}, {int(x.max())}]")
+        if x.numel():
+            low, high = (int(v) for v in torch.aminmax(x))  # one pass, one host sync
+            if low < 0 or high >= self.levels:
+                raise ValueError(f"x values must lie in [0, {self.levels}), got [{low}, {high}]")
         if self.num_classes is None:
             if y is not None:
                 raise ValueError("this model is unconditional: pass y=None")

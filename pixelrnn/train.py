@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, binarize, load_split
 from pixelrnn.generate import image_grid
-from pixelrnn.hub import load, write_model_card
+from pixelrnn.hub import write_model_card
 from pixelrnn.model import ARCHS, DEFAULT_LAYERS, Model, bits_per_dim, build_model
 from pixelrnn.sampling import sample
 
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     state = {"step": 0, "epoch": 0.0, "wall_time_s": 0.0, "history": []}
     args.out.mkdir(parents=True, exist_ok=True)
     if args.resume and (args.out / "training_state.json").exists():
-        model.load_state_dict(load(str(args.out)).state_dict())
+        model.load_state_dict(load_file(args.out / "model.safetensors"))
         state = load_training_state(args.out, optimizer)
     trained = DistributedDataParallel(LogProb(model)) if world > 1 else LogProb(model)
 
@@ -226,10 +226,12 @@ def main(argv: list[str] | None = None) -> dict:
             state["history"].append({"step": state["step"], f"test_{unit}": in_unit(quick)})
             if is_main:
                 bar.write(f"step {state['step']}: test {in_unit(quick):.3f} {unit} (first {args.eval_images} images)")
-        out_of_time = torch.tensor(float(time.time() - started > budget_s), device=device)
-        if world > 1:
-            dist.all_reduce(out_of_time, op=dist.ReduceOp.MAX)
-        if out_of_time.item():
+        out_of_time = time.time() - started > budget_s
+        if world > 1:  # every process stops at the same step
+            flag = torch.tensor(float(out_of_time), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        if out_of_time:
             break
     bar.close()
     state["wall_time_s"] = earlier_s + time.time() - started
