@@ -42,8 +42,10 @@ from pixelrnn.hub import (
     WEIGHTS,
     as_number,
     format_duration,
+    load_folder,
     read_config,
     read_json,
+    resolve,
 )
 from pixelrnn.images import tile, to_rgb, upscale
 from pixelrnn.model import Model, MultiScalePixelRNN
@@ -767,13 +769,11 @@ class Registry:
             if cached is not None and cached[0] == version:
                 return cached[1]
             try:
-                model = pixelrnn.load(entry.location, device=self.device)
+                folder = resolve(entry.location)  # the Hub is asked once; its files are then local
+                model = load_folder(folder, device=self.device)
             except (pixelrnn.CheckpointError, OSError) as err:
                 raise gr.Error(f"Cannot load model {name!r}: {err}") from err
             if entry.source == "hub":
-                from pixelrnn.hub import resolve
-
-                folder = resolve(entry.location)
                 entry.metrics, entry.config = read_json(folder / METRICS), read_json(folder / "config.json")
             entry.spec = spec_of(model, entry.metrics.get("dataset"))
             entry.parameters = sum(p.numel() for p in model.parameters())
