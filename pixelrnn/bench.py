@@ -12,14 +12,21 @@ forward pass at every step); the line says so.
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import pixelrnn
 from pixelrnn.model import DEFAULT_LAYERS
 from pixelrnn.sampling import sample_steps
-from pixelrnn.train import autocast, device_name
+from pixelrnn.train import LogProb, TrainStep, device_name
 
 SHAPES = {  # name: (channels, levels, height, width, paper hidden, paper layers for recurrent models)
     "mnist": (1, 2, 28, 28, 16, 7),
@@ -41,30 +48,70 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory of the last measurement, or the process's peak RSS so far on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+def baseline_images_per_s(baseline: Path, shape: str, batch: int, args: argparse.Namespace) -> dict[str, float]:
+    """Run the benchmark of an older checkout (e.g. `git worktree add /tmp/old <commit>`) on the same configs.
+
+    -> images/s per architecture, from its printed lines.
+    """
+    command = [sys.executable, "-m", "pixelrnn.bench", "train", "--archs", *args.archs, "--shapes", shape,
+               "--batch", str(batch), "--warmup", "1", "--iters", str(args.iters), "--device", args.device,
+               "--out-hidden", str(args.out_hidden)]
+    baseline = baseline.resolve()
+    env = {**os.environ, "PYTHONPATH": str(baseline)}
+    out = subprocess.run(command, cwd=baseline, env=env, capture_output=True, text=True, timeout=3600,
+                         check=True).stdout
+    found = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\w+\s+(\w+)\s.*?([\d.]+) images/s", out, re.MULTILINE)}
+    if set(found) != set(args.archs):
+        raise RuntimeError(f"the baseline benchmark printed no images/s for some architectures:\n{out}")
+    return found
+
+
 def bench_train(args: argparse.Namespace, device: torch.device) -> None:
-    print(f"training throughput on {device_name(device)}, batch {args.batch}, "
-          f"{'bf16 autocast' if device.type == 'cuda' else 'float32'}")
+    graph = device.type == "cuda"
+    bf16 = device.type == "cuda"
+    print(f"training step (forward, backward, clip, Adam, EMA) on {device_name(device)}; "
+          f"{'bf16 autocast, CUDA graph' if graph else 'float32, eager'}; median of {args.iters} steps")
+    if args.baseline:
+        print(f"baseline: {args.baseline} (same config, its own benchmark, eager)")
+    print(f"{'shape':6s} {'arch':16s} {'params':>9s} {'batch':>5s} {'images/s':>10s} {'baseline':>9s} {'ratio':>6s} "
+          f"{'peak MB':>8s}")
     for shape in args.shapes:
-        for arch in args.archs:
-            model = build(arch, shape, args, device)
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-            channels, levels, height, width, *_ = SHAPES[shape]
-            x = torch.randint(0, levels, (args.batch, channels, height, width), device=device)
-            times = []
-            for _ in range(args.warmup + args.iters):
-                sync(device)
-                start = time.perf_counter()
-                with autocast(device):
-                    loss = -model.log_prob(x).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                sync(device)
-                times.append(time.perf_counter() - start)
-            per_batch = min(times[args.warmup :])
-            params = sum(p.numel() for p in model.parameters())
-            print(f"{shape:6s} {arch:16s} h={model.hidden:<4d} layers={len(model.layers):<3d} "
-                  f"{params:>10,d} params  {args.batch / per_batch:9.1f} images/s")
+        for batch in args.batch:
+            old = baseline_images_per_s(args.baseline, shape, batch, args) if args.baseline else {}
+            for arch in args.archs:
+                model = build(arch, shape, args, device)
+                channels, levels, height, width, *_ = SHAPES[shape]
+                lr = torch.tensor(1e-4, device=device) if graph else 1e-4
+                optimizer = torch.optim.Adam(model.parameters(), lr=lr, capturable=graph)
+                ema = [p.detach().clone() for p in model.parameters()]
+                x = torch.randint(0, levels, (batch, channels, height, width), device=device)
+                options = argparse.Namespace(clip=1.0, ema=0.999)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                step = TrainStep(LogProb(model), model, optimizer, ema, options, channels * height * width, x, None,
+                                 device, graph, bf16)
+                times = []
+                for _ in range(args.warmup + args.iters):
+                    sync(device)
+                    start = time.perf_counter()
+                    step()
+                    sync(device)
+                    times.append(time.perf_counter() - start)
+                images_per_s = batch / statistics.median(times[args.warmup :])
+                params = sum(p.numel() for p in model.parameters())
+                memory = peak_memory_mb(device)
+                before = old.get(arch)
+                old_text = f"{before:9.1f} {images_per_s / before:5.1f}x" if before else f"{'-':>9s} {'-':>6s}"
+                print(f"{shape:6s} {arch:16s} {params:>9,d} {batch:>5d} {images_per_s:>10.1f} {old_text} "
+                      f"{memory:>8.0f}", flush=True)
+                del step, model, optimizer, ema
 
 
 def time_sampling(model: pixelrnn.PixelRNN, n: int, method: str, max_steps: int, device: torch.device) -> float:
@@ -103,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hidden", type=int, default=0, help="override the paper's h")
     p.add_argument("--layers", type=int, default=0, help="override the paper's depth")
     p.add_argument("--out-hidden", type=int, default=64)
-    p.add_argument("--batch", type=int, default=16, help="train: batch size")
+    p.add_argument("--batch", type=int, nargs="+", default=[16], help="train: batch sizes")
+    p.add_argument("--baseline", type=Path, help="train: an older checkout to measure side by side (its own bench)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="sample: batch sizes")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)

@@ -67,6 +67,7 @@ class PixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn", tags=HU
         out_hidden: int = 64,
         skip: bool = True,
         cond_channels: int = 0,
+        dropout: float = 0.0,
     ):
         super().__init__()
         if arch not in ARCHS:
@@ -79,18 +80,20 @@ class PixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn", tags=HU
             _check_positive(num_classes=num_classes)
         if not isinstance(cond_channels, int) or cond_channels < 0:
             raise ValueError(f"cond_channels must be a non-negative integer, got {cond_channels!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         if hidden < channels:
             raise ValueError(f"hidden ({hidden}) must be at least channels ({channels}) for the colour groups")
         self.arch, self.channels, self.levels = arch, channels, levels
         self.height, self.width, self.num_classes = height, width, num_classes
-        self.hidden, self.skip, self.cond_channels = hidden, skip, cond_channels
+        self.hidden, self.skip, self.cond_channels, self.dropout = hidden, skip, cond_channels, dropout
 
         features = 2 * hidden
         groups = channel_groups(features, channels)
         self.input_conv = MaskedConv2d(torch.arange(channels), groups, (7, 7), "A")
         self.input_bias = ConditionalBias(features, num_classes, cond_channels)
         if arch == "pixelcnn":
-            self.layers = nn.ModuleList(PixelCNNBlock(features, channels) for _ in range(layers))
+            self.layers = nn.ModuleList(PixelCNNBlock(features, channels, dropout=dropout) for _ in range(layers))
             bias_features = hidden
         else:
             recurrent = RowLSTM if arch == "row_lstm" else DiagonalBiLSTM
@@ -136,7 +139,8 @@ class PixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn", tags=HU
 
     def forward(self, x: Tensor, y: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
         """x: (B, C, H, W) integer levels -> logits (B, levels, C, H, W)."""
-        self.check_inputs(x, y, cond)
+        if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):  # checks sync; a CUDA graph cannot
+            self.check_inputs(x, y, cond)
         features = self.input_conv(scale_pixels(x, self.levels, self.input_conv.weight.dtype))  # (B, 2h, H, W)
         bias = self.input_bias(y, cond)
         if bias is not None:
@@ -147,7 +151,8 @@ class PixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn", tags=HU
             if self.arch == "pixelcnn":
                 features = layer(features, bias)
             else:
-                features = features + self.residuals[k](layer(features, bias))
+                hidden_out = F.dropout(layer(features, bias), self.dropout, self.training)  # (B, h, H, W)
+                features = features + self.residuals[k](hidden_out)
             if self.skip:
                 skip_sum = skip_sum + self.skips[k](features)
         out = skip_sum if self.skip else features
@@ -155,10 +160,14 @@ class PixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn", tags=HU
         batch, _, height, width = logits.shape
         return logits.view(batch, self.channels, self.levels, height, width).transpose(1, 2)
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
-        """log p(x) in nats per image, (B,)."""
+    def log_prob(self, x: Tensor, y: Tensor | None = None, cond: Tensor | None = None,
+                 keep: Tensor | None = None) -> Tensor:
+        """log p(x) in nats per image, (B,); `keep` (H, W) bool scores only those pixels."""
         logits = self(x, y, cond).float()
-        return -F.cross_entropy(logits, x.long(), reduction="none").flatten(1).sum(1)
+        log_probs = -F.cross_entropy(logits, x.long(), reduction="none")  # (B, C, H, W)
+        if keep is not None:
+            log_probs = log_probs * keep
+        return log_probs.flatten(1).sum(1)
 
 
 class MultiScalePixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn", tags=HUB_TAGS, license="mit"):
@@ -166,8 +175,10 @@ class MultiScalePixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn
 
     `small` is an unconditional PixelRNN on the image subsampled by `factor` (every
     factor-th pixel); `large` models the full image with the small one, upsampled by a
-    learned deconvolution, as a bias in every layer. log_prob is the joint
-    log p(small) + log p(full | small) of the pair.
+    learned deconvolution, as a bias in every layer. The small image fixes every
+    factor-th pixel of the full one, so log p(x) = log p(small) + log p(other pixels | small):
+    the large model scores only the pixels that the small image leaves open, exactly what
+    the sampler draws.
     """
 
     def __init__(
@@ -184,6 +195,7 @@ class MultiScalePixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn
         out_hidden: int = 64,
         skip: bool = True,
         cond_channels: int = 16,
+        dropout: float = 0.0,
     ):
         super().__init__()
         _check_positive(factor=factor, cond_channels=cond_channels)
@@ -191,7 +203,7 @@ class MultiScalePixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn
             raise ValueError(f"factor must be >= 2 and divide height and width ({height}x{width}), got {factor}")
         self.factor = factor
         shared = {"arch": arch, "channels": channels, "levels": levels, "num_classes": num_classes, "hidden": hidden,
-                      "layers": layers, "out_hidden": out_hidden, "skip": skip}
+                      "layers": layers, "out_hidden": out_hidden, "skip": skip, "dropout": dropout}
         self.small = PixelRNN(height=height // factor, width=width // factor, **shared)
         self.large = PixelRNN(height=height, width=width, cond_channels=cond_channels, **shared)
         self.upsample = nn.Sequential(
@@ -213,10 +225,17 @@ class MultiScalePixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn
         small = self.downsample(x)
         return self.small(small, y), self.large(x, y, self.condition(small))
 
+    def open_pixels(self, height: int, width: int, device: torch.device | None = None) -> Tensor:
+        """(H, W) bool: the pixels of the full image that the small image does not fix."""
+        keep = torch.ones(height, width, dtype=torch.bool, device=device)
+        keep[:: self.factor, :: self.factor] = False
+        return keep
+
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Joint log p(small, full) in nats per image, (B,)."""
+        """log p(x) = log p(small) + log p(open pixels | small) in nats per image, (B,)."""
         small = self.downsample(x)
-        return self.small.log_prob(small, y) + self.large.log_prob(x, y, self.condition(small))
+        keep = self.open_pixels(*x.shape[2:], device=x.device)
+        return self.small.log_prob(small, y) + self.large.log_prob(x, y, self.condition(small), keep)
 
 
 Model = PixelRNN | MultiScalePixelRNN

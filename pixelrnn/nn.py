@@ -67,6 +67,11 @@ def lstm_cell(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
     return ofi[:, :h] * torch.tanh(cell), cell
 
 
+def cell_dtype(gates: Tensor) -> torch.dtype:
+    """LSTM cell states stay in float32 (or float64) when the gates are bf16 under autocast."""
+    return torch.promote_types(gates.dtype, torch.float32)
+
+
 class RowLSTM(nn.Module):
     """Row LSTM (Sec. 3.1): processes the map row by row, top to bottom.
 
@@ -83,11 +88,12 @@ class RowLSTM(nn.Module):
         self.state_to_state = nn.Conv1d(hidden, 4 * hidden, kernel, padding=kernel // 2)
 
     def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        gates_in = self.input_to_state(x)  # (B, 4h, H, W)
+        gates_in = self.input_to_state(x)  # (B, 4h, H, W), computed for the whole map at once
         if bias is not None:
             gates_in = gates_in + bias
         batch, _, height, width = gates_in.shape
-        h = c = gates_in.new_zeros(batch, self.hidden, width)
+        h = gates_in.new_zeros(batch, self.hidden, width)
+        c = gates_in.new_zeros(batch, self.hidden, width, dtype=cell_dtype(gates_in))
         rows = []
         for r in range(height):
             h, c = lstm_cell(gates_in[:, :, r] + self.state_to_state(h), c)
@@ -133,36 +139,47 @@ class DiagonalBiLSTM(nn.Module):
         self.state_to_state = nn.Parameter(torch.randn(2, 4 * hidden, 2 * hidden) / (2 * hidden) ** 0.5)
         self.state_bias = nn.Parameter(torch.zeros(2, 4 * hidden, 1))
 
+    def column_kernel(self) -> tuple[Tensor, Tensor]:
+        """state_to_state as one grouped conv1d down a skewed column, both directions at once.
+
+        -> (weight (8h, h, 2), bias (8h,)); tap 0 reads h(i-1, j) (above), tap 1 reads h(i, j-1) (left).
+        """
+        h = self.hidden
+        weight = self.state_to_state.view(2, 4 * h, 2, h).permute(0, 1, 3, 2).reshape(8 * h, h, 2)
+        return weight, self.state_bias.reshape(8 * h)
+
     def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         gates_in = self.input_to_state(x)  # (B, 8h, H, W); a 1x1 conv commutes with mirroring
         if bias is not None:
             gates_in = gates_in + bias
         forward_in, reverse_in = gates_in.chunk(2, dim=1)
-        both_in = skew(torch.stack([forward_in, reverse_in.flip(-1)]))  # (2, B, 4h, H, W+H-1)
-        _, batch, _, height, skewed_width = both_in.shape
-        width = skewed_width - height + 1
+        both_in = skew(torch.cat([forward_in, reverse_in.flip(-1)], dim=1))  # (B, 8h, H, W+H-1): [fwd; rev]
+        batch, _, height, skewed_width = both_in.shape
+        columns_in = both_in.permute(3, 0, 1, 2).contiguous()  # (W+H-1, B, 8h, H): one column per step
+        width, hidden = skewed_width - height + 1, self.hidden
+        weight, state_bias = self.column_kernel()
         # cells outside the image keep a zero state, like a convolution's zero padding
         valid = skew(both_in.new_ones(height, width))  # (H, W+H-1)
-        h = c = both_in.new_zeros(2, batch, self.hidden, height)
+        h = both_in.new_zeros(batch, 2 * hidden, height)  # [forward h; reverse h] of the previous column
+        c = both_in.new_zeros(2 * batch, hidden, height, dtype=cell_dtype(both_in))
         columns = []
         for t in range(skewed_width):
-            h_above = F.pad(h, (1, 0))[..., :-1]  # h(i-1, j): the previous column, one cell down
-            above_and_left = torch.cat([h_above, h], dim=2)  # (2, B, 2h, H)
-            gates = both_in[..., t] + torch.einsum("dgk,dbkh->dbgh", self.state_to_state, above_and_left)
-            gates = gates + self.state_bias[:, None]
-            h, c = lstm_cell(gates.flatten(0, 1), c.flatten(0, 1))
-            h = (h * valid[:, t]).unflatten(0, (2, batch))
-            c = (c * valid[:, t]).unflatten(0, (2, batch))
+            # F.pad puts a zero state above row 0, so tap 0 at row i reads h(i-1) and tap 1 reads h(i)
+            gates = F.conv1d(F.pad(h, (1, 0)), weight, state_bias, groups=2) + columns_in[t]  # (B, 8h, H)
+            h, c = lstm_cell(gates.reshape(2 * batch, 4 * hidden, height), c)
+            h, c = h * valid[:, t], c * valid[:, t]
+            h = h.reshape(batch, 2 * hidden, height)
             columns.append(h)
-        both_out = unskew(torch.stack(columns, dim=-1))  # (2, B, h, H, W)
-        return both_out[0] + shift_down(both_out[1].flip(-1))
+        both_out = unskew(torch.stack(columns, dim=-1))  # (B, 2h, H, W)
+        return both_out[:, :hidden] + shift_down(both_out[:, hidden:].flip(-1))
 
 
 class PixelCNNBlock(nn.Module):
     """PixelCNN residual block (Sec. 3.5, Figure 5): 2h -> 1x1 h -> 3x3 mask B -> 1x1 2h, + input."""
 
-    def __init__(self, features: int, channels: int, kernel: int = 3):
+    def __init__(self, features: int, channels: int, kernel: int = 3, dropout: float = 0.0):
         super().__init__()
+        self.dropout = dropout
         groups_2h, groups_h = channel_groups(features, channels), channel_groups(features // 2, channels)
         self.reduce = MaskedConv2d(groups_2h, groups_h, (1, 1), "B")
         self.conv = MaskedConv2d(groups_h, groups_h, (kernel, kernel), "B")
@@ -172,7 +189,7 @@ class PixelCNNBlock(nn.Module):
         t = self.conv(F.relu(self.reduce(F.relu(x))))
         if bias is not None:
             t = t + bias
-        return x + self.expand(F.relu(t))
+        return x + self.expand(F.dropout(F.relu(t), self.dropout, self.training))
 
 
 class ConditionalBias(nn.Module):

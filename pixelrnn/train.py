@@ -44,6 +44,7 @@ class LogProb(torch.nn.Module):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, help="JSON file of defaults (keys: these options' names); flags override")
     p.add_argument("--arch", choices=ARCHS, default="diagonal_bilstm")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="binarized_mnist")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder with the .npz files")
@@ -51,35 +52,69 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conditional", action="store_true", help="class-conditional (mnist, cifar10)")
     p.add_argument("--cifar-parts", default="abcd", help="which CIFAR-10 train quarters to load")
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training images")
-    p.add_argument("--hidden", type=int, default=16, help="h: recurrent state size (layers carry 2h)")
+    p.add_argument("--hidden", type=int, default=None, help="h: recurrent state size (default: the paper's size)")
     p.add_argument("--layers", type=int, default=None, help="default: the paper's depth for --arch")
-    p.add_argument("--out-hidden", type=int, default=64)
+    p.add_argument("--out-hidden", type=int, default=None, help="output layer width (default per dataset)")
     p.add_argument("--no-skip", action="store_true", help="no skip connections to the output")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout on each layer's residual branch")
+    p.add_argument("--hflip", action="store_true", help="mirror each training image left-right with probability 1/2")
     p.add_argument("--factor", type=int, default=0, help="Multi-Scale PixelRNN: subsampling factor (e.g. 2)")
     p.add_argument("--batch-size", type=int, default=16, help="global batch (split across processes)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="after warm-up: cosine decay to --min-lr over the run, or constant")
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--min-lr", type=float, default=0.02, help="cosine: final lr as a fraction of --lr")
+    p.add_argument("--ema", type=float, default=0.999, help="decay of the weights' moving average (0: none)")
     p.add_argument("--optimizer", choices=("adam", "rmsprop"), default="adam")
-    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
-    p.add_argument("--epochs", type=float, default=1000.0)
-    p.add_argument("--minutes", type=float, default=0.0, help="training time budget (0: none)")
-    p.add_argument("--max-steps", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=500, help="steps between quick test evaluations")
-    p.add_argument("--eval-images", type=int, default=500, help="test images per quick evaluation")
+    p.add_argument("--clip", type=float, default=1.0,
+                   help="gradient norm clip, on the gradient of the loss in nats per sub-pixel (0: none)")
+    p.add_argument("--epochs", type=float, default=1000.0, help="length of the run when neither --max-steps "
+                   "nor --hours is given")
+    p.add_argument("--max-steps", type=int, default=0, help="length of the run (and of the lr schedule) in steps")
+    p.add_argument("--hours", type=float, default=0.0,
+                   help="length of the run (and of the lr schedule) in training hours, across resumes")
+    p.add_argument("--minutes", type=float, default=0.0, help="time budget of this call (0: none); --resume goes on")
+    p.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement (0: never)")
+    p.add_argument("--eval-every", type=int, default=500, help="steps between validation evaluations")
+    p.add_argument("--eval-images", type=int, default=2000, help="random validation images per evaluation (0: all)")
     p.add_argument("--test-limit", type=int, default=0, help="final evaluation on the first N only (0: all)")
     p.add_argument("--samples", type=int, default=16, help="samples drawn into samples.png (0: none)")
     p.add_argument("--out", type=Path, default=Path("runs/model"))
     p.add_argument("--resume", action="store_true", help="continue from OUT's training state")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast for training (default: on for CUDA); evaluation is always float32")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
+                   help="CUDA: capture the whole training step once and replay it (single process)")
     p.add_argument("--no-progress", action="store_true")
+    pre, _ = p.parse_known_args(argv)
+    if pre.config is not None:
+        config = json.loads(pre.config.read_text())
+        known = {a.dest for a in p._actions}
+        unknown = sorted(set(config) - known - {"hardware", "notes"})
+        if unknown:
+            raise SystemExit(f"{pre.config}: unknown keys {unknown}")
+        p.set_defaults(**{k: v for k, v in config.items() if k in known})
     return p.parse_args(argv)
+
+
+PAPER_HIDDEN = {"binarized_mnist": 16, "mnist": 16, "cifar10": 128}  # h of Sec. 5
+
+
+def default_out_hidden(channels: int, levels: int) -> int:
+    """Output layer width: 64 for a Bernoulli; 128 features per colour for a 256-way softmax."""
+    return 64 if levels == 2 else 128 * channels
 
 
 def model_kwargs(args: argparse.Namespace, levels: int) -> dict:
     info = DATASETS[args.dataset]
     kwargs = {"arch": args.arch, "channels": info.channels, "levels": levels, "height": info.height, "width": info.width,
-                  "num_classes": info.num_classes if args.conditional else None, "hidden": args.hidden,
-                  "layers": args.layers or DEFAULT_LAYERS[args.arch], "out_hidden": args.out_hidden, "skip": not args.no_skip}
+                  "num_classes": info.num_classes if args.conditional else None,
+                  "hidden": args.hidden or PAPER_HIDDEN[args.dataset], "layers": args.layers or DEFAULT_LAYERS[args.arch],
+                  "out_hidden": args.out_hidden or default_out_hidden(info.channels, levels), "skip": not args.no_skip,
+                  "dropout": args.dropout}
     if args.factor:
         kwargs["factor"] = args.factor
     return kwargs
@@ -94,53 +129,145 @@ def device_name(device: torch.device) -> str:
 @torch.no_grad()
 def evaluate(model: Model, images: Tensor, labels: Tensor | None, batch_size: int, device: torch.device,
              rank: int = 0, world: int = 1, progress: bool = False) -> float:
-    """Mean NLL in nats per image over `images`, sharded across processes."""
+    """Mean NLL in nats per image over `images`, in float32 (no autocast), sharded across processes."""
+    was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of NLL, count]
     shard = range(rank * batch_size, len(images), world * batch_size)
     for start in tqdm(shard, desc="eval", leave=False, disable=not progress):
         x = images[start : start + batch_size].to(device)
         y = None if labels is None else labels[start : start + batch_size].to(device)
-        with autocast(device):
-            nll = -model.log_prob(x, y)
+        nll = -model.log_prob(x, y)
         total += torch.stack([nll.double().sum(), torch.tensor(float(len(x)), device=device)])
     if world > 1:
         dist.all_reduce(total)
-    model.train()
+    model.train(was_training)
     return (total[0] / total[1]).item()
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPU (the recurrent loops are launch-bound, not precision-bound)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPU; the cache must be off inside a CUDA graph capture."""
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
-def save_training_state(out: Path, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Optimizer tensors to safetensors, counters to JSON: resuming never unpickles anything."""
+def learning_rate(args: argparse.Namespace, step: int, progress: float) -> float:
+    """Linear warm-up over --warmup-steps, then constant or cosine decay to --min-lr * --lr at progress 1."""
+    warm = min(1.0, (step + 1) / max(1, args.warmup_steps))
+    if args.schedule == "constant":
+        return args.lr * warm
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return args.lr * warm * (args.min_lr + (1 - args.min_lr) * cosine)
+
+
+class TrainStep:
+    """forward + backward + clip + optimizer + EMA on static batch buffers.
+
+    On CUDA (one process) the whole step is captured once as a CUDA graph and replayed:
+    the recurrent layers launch thousands of tiny kernels per step, and a replay launches
+    them all at once. Elsewhere it runs eagerly. The loss is nats per sub-pixel, so --clip
+    is independent of image size.
+    """
+
+    def __init__(self, trained: torch.nn.Module, model: Model, optimizer: torch.optim.Optimizer,
+                 ema: list[Tensor] | None, args: argparse.Namespace, dims: int, x: Tensor, y: Tensor | None,
+                 device: torch.device, graph: bool, bf16: bool):
+        self.trained, self.optimizer, self.ema, self.args, self.dims = trained, optimizer, ema, args, dims
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.x, self.y, self.device, self.bf16 = x, y, device, bf16
+        self.graph = None
+        if graph:
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):  # warm-up on a side stream, as capture requires
+                for _ in range(3):
+                    self._step()
+            torch.cuda.current_stream(device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(self.graph):
+                self.loss, self.grad_norm = self._step()
+        else:
+            self.loss = self.grad_norm = None
+
+    def _step(self) -> tuple[Tensor, Tensor]:
+        with autocast(self.device, self.bf16):
+            loss = -self.trained(self.x, self.y).mean() / self.dims  # nats per sub-pixel
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.clip or math.inf)
+        self.optimizer.step()
+        if self.ema is not None:
+            torch._foreach_lerp_(self.ema, self.params, 1.0 - self.args.ema)
+        if self.graph is None:
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), grad_norm.detach()
+
+    def __call__(self) -> tuple[Tensor, Tensor]:
+        """One step on the current contents of x and y -> (loss in nats/sub-pixel, gradient norm)."""
+        if self.graph is not None:
+            self.graph.replay()
+            return self.loss, self.grad_norm
+        return self._step()
+
+
+def save_training_state(out: Path, optimizer: torch.optim.Optimizer, state: dict,
+                        weights: dict[str, Tensor]) -> None:
+    """Optimizer tensors and the current (raw and EMA) weights to safetensors, counters to JSON:
+    resuming never unpickles anything."""
     opt = optimizer.state_dict()
-    tensors, scalars = {}, {}
+    tensors, scalars = {f"weights.{k}": v.detach().contiguous().cpu() for k, v in weights.items()}, {}
     for index, param_state in opt["state"].items():
         for key, value in param_state.items():
             if torch.is_tensor(value) and value.dim() > 0:
                 tensors[f"{index}.{key}"] = value.contiguous().cpu()
             else:
                 scalars[f"{index}.{key}"] = float(value)
+    groups = [{k: (float(v) if torch.is_tensor(v) else v) for k, v in g.items()} for g in opt["param_groups"]]
     save_file(tensors, out / "training_state.safetensors")
     (out / "training_state.json").write_text(json.dumps({**state, "optimizer_scalars": scalars,
-                                                         "param_groups": opt["param_groups"]}, indent=1))
+                                                         "param_groups": groups}, indent=1))
 
 
-def load_training_state(out: Path, optimizer: torch.optim.Optimizer) -> dict:
+def load_training_state(out: Path, optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, Tensor]]:
+    """-> (counters, weights saved by save_training_state: "model.*" raw, "ema.*" averaged)."""
     state = json.loads((out / "training_state.json").read_text())
     tensors = load_file(out / "training_state.safetensors")
+    weights = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("weights.")}
     per_param: dict[int, dict] = {}
-    for name, value in [*tensors.items(), *state.pop("optimizer_scalars").items()]:
+    optimizer_tensors = [(k, v) for k, v in tensors.items() if not k.startswith("weights.")]
+    for name, value in [*optimizer_tensors, *state.pop("optimizer_scalars").items()]:
         index, key = name.split(".", 1)
         per_param.setdefault(int(index), {})[key] = torch.tensor(value) if key == "step" else value
-    optimizer.load_state_dict({"state": per_param, "param_groups": state.pop("param_groups")})
-    return state
+    groups = state.pop("param_groups")
+    lrs = [g["lr"] for g in optimizer.param_groups]  # keep this optimizer's lr objects (a tensor under a graph)
+    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    return state, weights
+
+
+def split_validation(dataset: str, args: argparse.Namespace) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    """-> (train x, train y, validation x, validation y).
+
+    binarized MNIST has its own validation split; MNIST holds out its last 5,000 training
+    images; CIFAR-10 the last 1,250 of each training quarter (5,000 over the four).
+    """
+    if dataset == "binarized_mnist":
+        train_x, train_y = load_split(dataset, "train", args.data_dir)
+        valid_x, valid_y = load_split(dataset, "valid", args.data_dir)
+        return train_x, train_y, valid_x, valid_y
+    if dataset == "mnist":
+        x, y = load_split(dataset, "train", args.data_dir)
+        held = min(5000, max(1, len(x) // 10))
+        return x[:-held], y[:-held], x[-held:], y[-held:]
+    parts = [load_split(dataset, "train", args.data_dir, (part,)) for part in args.cifar_parts]
+    held = [min(1250, max(1, len(x) // 10)) for x, _ in parts]
+    train_x = torch.cat([x[: len(x) - n] for (x, _), n in zip(parts, held)])
+    train_y = torch.cat([y[: len(y) - n] for (_, y), n in zip(parts, held)])
+    valid_x = torch.cat([x[len(x) - n :] for (x, _), n in zip(parts, held)])
+    valid_y = torch.cat([y[len(y) - n :] for (_, y), n in zip(parts, held)])
+    return train_x, train_y, valid_x, valid_y
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -156,6 +283,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
     is_main = rank == 0
     torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    bf16 = device.type == "cuda" if args.bf16 is None else args.bf16
+    use_graph = args.cuda_graph and device.type == "cuda" and world == 1
 
     info = DATASETS[args.dataset]
     if args.conditional and info.num_classes is None:
@@ -163,69 +294,115 @@ def main(argv: list[str] | None = None) -> dict:
     if args.binarize and args.dataset != "mnist":
         raise SystemExit("--binarize applies to --dataset mnist only")
     levels = 2 if args.binarize else info.levels
-    train_x, train_y = load_split(args.dataset, "train", args.data_dir, tuple(args.cifar_parts))
+    train_x, train_y, valid_x, valid_y = split_validation(args.dataset, args)
     test_x, test_y = load_split(args.dataset, "test", args.data_dir)
     if args.train_limit:
         train_x, train_y = train_x[: args.train_limit], None if train_y is None else train_y[: args.train_limit]
     if args.test_limit:
         test_x, test_y = test_x[: args.test_limit], None if test_y is None else test_y[: args.test_limit]
-    if args.binarize:  # a fixed binarization of the test set, a fresh one of every training batch
+    if args.binarize:  # fixed binarizations of the held-out sets, a fresh one of every training batch
+        valid_x = binarize(valid_x, torch.Generator().manual_seed(4321))
         test_x = binarize(test_x, torch.Generator().manual_seed(1234))
     if not args.conditional:
-        train_y = test_y = None
+        train_y = valid_y = test_y = None
+    # the whole training set lives on the device as uint8; batches are gathered by random index there
+    train_x = train_x.to(device)
+    train_y = None if train_y is None else train_y.to(device)
+    eval_pick = torch.randperm(len(valid_x), generator=torch.Generator().manual_seed(99))
+    if args.eval_images:
+        eval_pick = eval_pick[: args.eval_images]  # a fixed random subset: the splits are sorted by digit
+    quick_x, quick_y = valid_x[eval_pick], None if valid_y is None else valid_y[eval_pick]
 
     model = build_model(**model_kwargs(args, levels)).to(device)
     if device.type == "cuda" and args.arch == "pixelcnn":
         model = model.to(memory_format=torch.channels_last)
     parameters = sum(p.numel() for p in model.parameters())
-    optimizer = (torch.optim.Adam if args.optimizer == "adam" else torch.optim.RMSprop)(model.parameters(), lr=args.lr)
-    state = {"step": 0, "epoch": 0.0, "wall_time_s": 0.0, "history": []}
+    lr = torch.tensor(args.lr, device=device) if use_graph else args.lr  # a graph reads the lr from the device
+    if args.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, capturable=use_graph)
+    else:
+        optimizer = torch.optim.RMSprop(model.parameters(), lr=lr, capturable=use_graph)
+    names = [name for name, _ in model.named_parameters()]
+    ema = [p.detach().clone() for p in model.parameters()] if args.ema else None
+    state = {"step": 0, "epoch": 0.0, "wall_time_s": 0.0, "history": [], "best": None, "bad_evals": 0}
     args.out.mkdir(parents=True, exist_ok=True)
     if args.resume and (args.out / "training_state.json").exists():
-        model.load_state_dict(load_file(args.out / "model.safetensors"))
-        state = load_training_state(args.out, optimizer)
+        state, weights = load_training_state(args.out, optimizer)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(weights[f"model.{name}"] if f"model.{name}" in weights else weights.get(name, p))
+            if ema is not None:
+                for name, e in zip(names, ema):
+                    e.copy_(weights.get(f"ema.{name}", dict(model.named_parameters())[name]))
+    best = None  # state dict of the best evaluated weights, on every process
+    if state["best"] is not None and state["best"].get("valid_images") != len(valid_x):
+        state["best"] = None  # the validation set changed (other CIFAR quarters): compare afresh
+    if args.resume and state["best"] is not None and (args.out / "best.safetensors").exists():
+        best = load_file(args.out / "best.safetensors", device=str(device))
     trained = DistributedDataParallel(LogProb(model)) if world > 1 else LogProb(model)
 
     dims = info.channels * info.height * info.width
     unit = "nats" if levels == 2 and info.channels == 1 else "bits/dim"
     in_unit = (lambda nats: nats) if unit == "nats" else (lambda nats: bits_per_dim(nats, dims))
-    steps_per_epoch = len(train_x) // args.batch_size
+    steps_per_epoch = max(1, len(train_x) // args.batch_size)
     local = args.batch_size // world
     budget_s = args.minutes * 60 if args.minutes else math.inf
-    max_steps = args.max_steps or int(args.epochs * steps_per_epoch)
+    max_steps = args.max_steps or (0 if args.hours else int(args.epochs * steps_per_epoch))
+
+    def progress() -> float:
+        by_steps = state["step"] / max_steps if max_steps else 0.0
+        by_time = state["wall_time_s"] / (args.hours * 3600) if args.hours else 0.0
+        return max(by_steps, by_time)
+
     if is_main:
-        print(f"{args.arch} on {args.dataset}: {parameters:,} parameters, {len(train_x)} train / {len(test_x)} test "
-              f"images, batch {args.batch_size} on {world} x {device_name(device)}")
-    started, earlier_s = time.time(), state["wall_time_s"]  # --minutes budgets this run; wall time accumulates
-    bar = tqdm(total=max_steps, initial=state["step"], disable=not is_main or args.no_progress, desc="train")
-    order = torch.empty(0, dtype=torch.long)
+        print(f"{args.arch} on {args.dataset}: {parameters:,} parameters, {len(train_x)} train / {len(valid_x)} "
+              f"validation / {len(test_x)} test images, batch {args.batch_size} on {world} x {device_name(device)}"
+              f"{', bf16' if bf16 else ''}{', CUDA graph' if use_graph else ''}")
+    x_batch = torch.zeros(local, info.channels, info.height, info.width, dtype=torch.uint8, device=device)
+    y_batch = None if train_y is None else torch.zeros(local, dtype=torch.long, device=device)
+    generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + state["step"] * world + rank)
+
+    def next_batch() -> None:
+        index = torch.randint(len(train_x), (local,), device=device, generator=generator)
+        x = train_x[index]
+        if args.binarize:  # dynamic binarization, on the device
+            x = (torch.rand(x.shape, device=device, generator=generator) * 255 < x).to(torch.uint8)
+        if args.hflip:
+            flip = torch.rand(local, 1, 1, 1, device=device, generator=generator) < 0.5
+            x = torch.where(flip, x.flip(-1), x)
+        x_batch.copy_(x)
+        if y_batch is not None:
+            y_batch.copy_(train_y[index])
+
+    def weights() -> dict[str, Tensor]:
+        saved = {f"model.{k}": v for k, v in model.state_dict().items()}
+        if ema is not None:
+            saved.update({f"ema.{name}": e for name, e in zip(names, ema)})
+        return saved
+
+    def set_weights(which: str) -> dict[str, Tensor]:
+        """Swap the EMA weights in (which="ema") or restore the raw ones; -> the raw weights."""
+        raw = [p.detach().clone() for p in model.parameters()]
+        if which == "ema" and ema is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(list(model.parameters()), ema)
+        return dict(zip(names, raw))
+
+    next_batch()
+    step_fn = TrainStep(trained, model, optimizer, ema, args, dims, x_batch, y_batch, device, use_graph, bf16)
+    started, earlier_s = time.time(), state["wall_time_s"]  # --minutes budgets this call; wall time accumulates
+    bar = tqdm(total=max_steps or None, initial=state["step"], disable=not is_main or args.no_progress, desc="train")
     model.train()
-    while state["step"] < max_steps:
-        epoch, position = divmod(state["step"], steps_per_epoch)
-        if position == 0 or len(order) == 0:  # same shuffle on every process, reproducible on resume
-            order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(args.seed + epoch))
-        batch = order[position * args.batch_size : (position + 1) * args.batch_size][rank * local : (rank + 1) * local]
-        x = train_x[batch]
-        if args.binarize:
-            x = binarize(x, torch.Generator().manual_seed(args.seed * 1_000_003 + state["step"]))
-        x = x.to(device, non_blocking=True)
-        y = None if train_y is None else train_y[batch].to(device)
-        with autocast(device):
-            loss = -trained(x, y).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        optimizer.step()
-        state["step"] += 1
-        state["epoch"] = state["step"] / steps_per_epoch
-        bar.update()
-        bar.set_postfix({unit: f"{in_unit(loss.item()):.3f}", "epoch": f"{state['epoch']:.2f}"})
-        if args.eval_every and state["step"] % args.eval_every == 0:
-            quick = evaluate(model, test_x[: args.eval_images], None if test_y is None else test_y[: args.eval_images],
-                             64, device, rank, world)
-            state["history"].append({"step": state["step"], f"test_{unit}": in_unit(quick)})
-            if is_main:
-                bar.write(f"step {state['step']}: test {in_unit(quick):.3f} {unit} (first {args.eval_images} images)")
+    stopped = "budget"
+    running = []  # (loss, grad norm) tensors since the last log, read in one sync
+    while True:
+        state["wall_time_s"] = earlier_s + time.time() - started
+        if progress() >= 1:
+            stopped = "done"
+            break
+        if args.patience and state["bad_evals"] >= args.patience:
+            stopped = "early stop"
+            break
         out_of_time = time.time() - started > budget_s
         if world > 1:  # every process stops at the same step
             flag = torch.tensor(float(out_of_time), device=device)
@@ -233,34 +410,98 @@ def main(argv: list[str] | None = None) -> dict:
             out_of_time = bool(flag.item())
         if out_of_time:
             break
+        rate = learning_rate(args, state["step"], progress())
+        for group in optimizer.param_groups:
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(rate)
+            else:
+                group["lr"] = rate
+        next_batch()
+        loss, grad_norm = step_fn()
+        running.append(torch.stack([loss, grad_norm]))
+        state["step"] += 1
+        state["epoch"] = state["step"] * args.batch_size / len(train_x)
+        bar.update()
+        if state["step"] % 50 == 0 or (args.eval_every and state["step"] % args.eval_every == 0):
+            mean_loss, mean_norm = torch.stack(running).float().mean(0).tolist()
+            running.clear()
+            bar.set_postfix({unit: f"{in_unit(mean_loss * dims):.3f}", "grad": f"{mean_norm:.3g}",
+                             "lr": f"{rate:.2e}", "epoch": f"{state['epoch']:.2f}"})
+        if args.eval_every and state["step"] % args.eval_every == 0:
+            record = {"step": state["step"], "images": state["step"] * args.batch_size,
+                      "hours": round(state["wall_time_s"] / 3600, 4), "lr": rate,
+                      "train_loss": in_unit(mean_loss * dims), "grad_norm": mean_norm}
+            for which in ("raw", "ema") if ema is not None else ("raw",):
+                raw = set_weights(which)
+                record[f"valid_{which}"] = in_unit(evaluate(model, quick_x, quick_y, 500, device, rank, world))
+                with torch.no_grad():
+                    torch._foreach_copy_(list(model.parameters()), list(raw.values()))
+            best_now = min(v for k, v in record.items() if k.startswith("valid_"))
+            if state["best"] is None or best_now < state["best"]["valid"]:
+                which = "ema" if record.get("valid_ema", math.inf) <= record["valid_raw"] else "raw"
+                state["best"] = {"valid": best_now, "step": state["step"], "weights": which,
+                                 "valid_images": len(valid_x)}
+                state["bad_evals"] = 0
+                raw = set_weights(which)
+                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if is_main:
+                    save_file({k: v.contiguous().cpu() for k, v in best.items()}, args.out / "best.safetensors")
+                with torch.no_grad():
+                    torch._foreach_copy_(list(model.parameters()), list(raw.values()))
+            else:
+                state["bad_evals"] += 1
+            state["history"].append(record)
+            if is_main:
+                bar.write(f"step {state['step']}: valid {record['valid_raw']:.3f}"
+                          + (f" (EMA {record['valid_ema']:.3f})" if "valid_ema" in record else "")
+                          + f" {unit} on {len(quick_x)} validation images; train {record['train_loss']:.3f}")
+                save_training_state(args.out, optimizer, {k: state[k] for k in STATE_KEYS}, weights())
     bar.close()
     state["wall_time_s"] = earlier_s + time.time() - started
-
-    test_nll = evaluate(model, test_x, test_y, 64, device, rank, world, progress=is_main and not args.no_progress)
+    if is_main:
+        save_training_state(args.out, optimizer, {k: state[k] for k in STATE_KEYS}, weights())
+    finished = stopped != "budget"
+    # the model that ships: the best evaluated weights (raw or EMA), else the current EMA
+    if best is not None:
+        model.load_state_dict(best)
+    elif ema is not None:
+        set_weights("ema")
+    model.eval()
+    valid_nll = evaluate(model, valid_x, valid_y, 500, device, rank, world, progress=is_main and not args.no_progress)
     metrics = {
         "dataset": args.dataset + ("_dynamic_binarized" if args.binarize else ""),
         "arch": args.arch, "multiscale_factor": args.factor or None, "parameters": parameters,
-        "test_nll_nats": test_nll, "test_bits_per_dim": bits_per_dim(test_nll, dims),
-        "unit": unit, f"test_{unit}": in_unit(test_nll), "test_images": len(test_x),
-        "train_images": len(train_x), "steps": state["step"], "epochs": state["epoch"],
-        "batch_size": args.batch_size, "wall_time_s": round(state["wall_time_s"], 1),
-        "device": f"{world} x {device_name(device)}", "history": state["history"],
+        "unit": unit, "valid_nll_nats": valid_nll, f"valid_{unit}": in_unit(valid_nll), "valid_images": len(valid_x),
+        "train_images": len(train_x), "images_seen": state["step"] * args.batch_size,
+        "steps": state["step"], "epochs": state["epoch"], "batch_size": args.batch_size,
+        "wall_time_s": round(state["wall_time_s"], 1), "hours": round(state["wall_time_s"] / 3600, 3),
+        "device": f"{world} x {device_name(device)}", "finished": finished, "stopped": stopped,
+        "selected": state["best"], "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                                              if k not in ("resume", "no_progress", "out", "data_dir", "config")},
+        "history": state["history"],
     }
+    if finished:  # the test split is evaluated once, at the end
+        test_nll = evaluate(model, test_x, test_y, 500, device, rank, world, progress=is_main and not args.no_progress)
+        metrics.update({"test_nll_nats": test_nll, "test_bits_per_dim": bits_per_dim(test_nll, dims),
+                        f"test_{unit}": in_unit(test_nll), "test_images": len(test_x)})
     if is_main:
         model.save_pretrained(args.out)
-        save_training_state(args.out, optimizer, {k: state[k] for k in ("step", "epoch", "wall_time_s", "history")})
         (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        if args.samples:
+        if args.samples and finished:
             y = None if not args.conditional else torch.arange(args.samples, device=device) % info.num_classes
             images = sample(model, args.samples, y=y, seed=args.seed)
             image_grid(images, levels, columns=math.ceil(args.samples**0.5)).save(args.out / "samples.png")
         write_model_card(args.out)
-        print(f"test NLL {test_nll:.2f} nats/image = {bits_per_dim(test_nll, dims):.4f} bits/dim "
-              f"on {len(test_x)} test images after {state['step']} steps ({state['epoch']:.2f} epochs, "
-              f"{state['wall_time_s']:.0f} s); saved to {args.out}")
+        result = (f"test NLL {in_unit(metrics['test_nll_nats']):.3f} {unit} on {len(test_x)} test images"
+                  if finished else f"not finished ({progress():.0%}): validation only")
+        print(f"{result}; validation {in_unit(valid_nll):.3f} {unit} after {state['step']} steps "
+              f"({state['epoch']:.2f} epochs, {state['wall_time_s']:.0f} s); saved to {args.out}")
     if world > 1:
         dist.destroy_process_group()
     return metrics
+
+
+STATE_KEYS = ("step", "epoch", "wall_time_s", "history", "best", "bad_evals")
 
 
 if __name__ == "__main__":
