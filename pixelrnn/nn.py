@@ -50,6 +50,7 @@ class MaskedConv2d(nn.Conv2d):
 
     def __init__(self, in_groups: Tensor, out_groups: Tensor, kernel: tuple[int, int], mask_type: str):
         super().__init__(len(in_groups), len(out_groups), kernel, padding=(kernel[0] // 2, kernel[1] // 2))
+        self.mask_type = mask_type
         self.register_buffer("mask", causal_mask(out_groups, in_groups, kernel, mask_type), persistent=False)
 
     def masked_weight(self) -> Tensor:
@@ -61,10 +62,9 @@ class MaskedConv2d(nn.Conv2d):
 
 def lstm_cell(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
     """Gates [o, f, i, g] stacked on dim 1 -> (h, c): c = f*c_prev + i*g, h = o*tanh(c) (Eq. 3)."""
-    h = gates.shape[1] // 4
-    ofi = torch.sigmoid(gates[:, : 3 * h])  # one sigmoid for the three gates, one tanh for g
-    cell = torch.addcmul(ofi[:, h : 2 * h] * cell, ofi[:, 2 * h :], torch.tanh(gates[:, 3 * h :]))
-    return ofi[:, :h] * torch.tanh(cell), cell
+    o, f, i, g = gates.unflatten(1, (4, -1)).unbind(1)  # unbind: one gradient copy, not one per gate
+    cell = torch.addcmul(torch.sigmoid(f) * cell, torch.sigmoid(i), torch.tanh(g))
+    return torch.sigmoid(o) * torch.tanh(cell), cell
 
 
 def cell_dtype(gates: Tensor) -> torch.dtype:
@@ -91,29 +91,32 @@ class RowLSTM(nn.Module):
         gates_in = self.input_to_state(x)  # (B, 4h, H, W), computed for the whole map at once
         if bias is not None:
             gates_in = gates_in + bias
-        batch, _, height, width = gates_in.shape
+        batch, _, _, width = gates_in.shape
         h = gates_in.new_zeros(batch, self.hidden, width)
         c = gates_in.new_zeros(batch, self.hidden, width, dtype=cell_dtype(gates_in))
         rows = []
-        for r in range(height):
-            h, c = lstm_cell(gates_in[:, :, r] + self.state_to_state(h), c)
+        for row_in in gates_in.unbind(2):  # unbind: one gradient copy for all rows, not one per row
+            h, c = lstm_cell(row_in + self.state_to_state(h), c)
             rows.append(h)
         return torch.stack(rows, dim=2)  # (B, h, H, W)
 
 
 def skew(x: Tensor) -> Tensor:
-    """(..., H, W) -> (..., H, W+H-1): row r shifted right by r (Sec. 3.2, Figure 3)."""
-    *lead, height, width = x.shape
-    flat = F.pad(x, (0, height)).reshape(*lead, height * (width + height))
-    return flat[..., : height * (width + height - 1)].reshape(*lead, height, width + height - 1)
+    """(H, W, ...) -> (H, W+H-1, ...): row r shifted right by r, zeros elsewhere (Sec. 3.2, Figure 3).
+
+    Rows and columns lead so that a column of the skewed map is a block of whole feature vectors.
+    """
+    height, width, *rest = x.shape
+    padded = torch.cat([x, x.new_zeros(height, height, *rest)], dim=1)  # (H, W+H, ...)
+    return padded.flatten(0, 1)[: height * (width + height - 1)].view(height, width + height - 1, *rest)
 
 
 def unskew(x: Tensor) -> Tensor:
-    """Inverse of `skew`: (..., H, W+H-1) -> (..., H, W)."""
-    *lead, height, skewed_width = x.shape
+    """Inverse of `skew`: (H, W+H-1, ...) -> (H, W, ...)."""
+    height, skewed_width, *rest = x.shape
     width = skewed_width - height + 1
-    flat = F.pad(x.reshape(*lead, height * skewed_width), (0, height))
-    return flat.reshape(*lead, height, width + height)[..., :width]
+    flat = torch.cat([x.flatten(0, 1), x.new_zeros(height, *rest)])  # row r starts r places further along
+    return flat.view(height, skewed_width + 1, *rest)[:, :width]
 
 
 def shift_down(x: Tensor) -> Tensor:
@@ -127,7 +130,8 @@ class DiagonalBiLSTM(nn.Module):
     Input-to-state: 1x1 mask-B convolution. State-to-state: a 2x1 convolution down a
     column of the skewed map, so cell (i, j) reads (i-1, j) and (i, j-1). The second
     direction runs on the mirrored map; its output is shifted down one row before it is
-    added, so the current row's future never leaks. Both directions run in one loop.
+    added, so the current row's future never leaks. Both directions run in one loop, and
+    each step computes only the rows that the skewed column covers.
     """
 
     def __init__(self, in_features: int, hidden: int, channels: int):
@@ -139,38 +143,42 @@ class DiagonalBiLSTM(nn.Module):
         self.state_to_state = nn.Parameter(torch.randn(2, 4 * hidden, 2 * hidden) / (2 * hidden) ** 0.5)
         self.state_bias = nn.Parameter(torch.zeros(2, 4 * hidden, 1))
 
-    def column_kernel(self) -> tuple[Tensor, Tensor]:
-        """state_to_state as one grouped conv1d down a skewed column, both directions at once.
+    def state_matrices(self) -> tuple[Tensor, Tensor]:
+        """state_to_state for both directions at once -> (from above, from the left), each (2h, 8h).
 
-        -> (weight (8h, h, 2), bias (8h,)); tap 0 reads h(i-1, j) (above), tap 1 reads h(i, j-1) (left).
+        Block-diagonal: rows [forward h; reverse h] -> columns [forward gates; reverse gates].
         """
         h = self.hidden
-        weight = self.state_to_state.view(2, 4 * h, 2, h).permute(0, 1, 3, 2).reshape(8 * h, h, 2)
-        return weight, self.state_bias.reshape(8 * h)
+        above, left = self.state_to_state[:, :, :h], self.state_to_state[:, :, h:]  # (2, 4h, h) each
+        return torch.block_diag(above[0].t(), above[1].t()), torch.block_diag(left[0].t(), left[1].t())
 
     def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        gates_in = self.input_to_state(x)  # (B, 8h, H, W); a 1x1 conv commutes with mirroring
+        batch, _, height, width = x.shape
+        hidden = self.hidden
+        # input-to-state for the whole map, laid out (H, W, B, 8h); the state bias joins the conv's bias
+        w_in = self.input_to_state.masked_weight()[:, :, 0, 0]  # (8h, 2h)
+        gates_in = F.linear(x.permute(2, 3, 0, 1), w_in, self.input_to_state.bias + self.state_bias.flatten())
         if bias is not None:
-            gates_in = gates_in + bias
-        forward_in, reverse_in = gates_in.chunk(2, dim=1)
-        both_in = skew(torch.cat([forward_in, reverse_in.flip(-1)], dim=1))  # (B, 8h, H, W+H-1): [fwd; rev]
-        batch, _, height, skewed_width = both_in.shape
-        columns_in = both_in.permute(3, 0, 1, 2).contiguous()  # (W+H-1, B, 8h, H): one column per step
-        width, hidden = skewed_width - height + 1, self.hidden
-        weight, state_bias = self.column_kernel()
-        # cells outside the image keep a zero state, like a convolution's zero padding
-        valid = skew(both_in.new_ones(height, width))  # (H, W+H-1)
-        h = both_in.new_zeros(batch, 2 * hidden, height)  # [forward h; reverse h] of the previous column
-        c = both_in.new_zeros(2 * batch, hidden, height, dtype=cell_dtype(both_in))
+            gates_in = gates_in + bias.permute(2, 3, 0, 1)
+        forward_in, reverse_in = gates_in.chunk(2, dim=-1)
+        both_in = skew(torch.cat([forward_in, reverse_in.flip(1)], dim=-1))  # (H, W+H-1, B, 8h): [fwd; rev]
+        w_above, w_left = self.state_matrices()
+        h = x.new_zeros(height, batch, 2 * hidden, dtype=gates_in.dtype)  # [forward h; reverse h] per row
+        c = x.new_zeros(height, batch, 2 * hidden, dtype=cell_dtype(gates_in))  # cell state stays float32
         columns = []
-        for t in range(skewed_width):
-            # F.pad puts a zero state above row 0, so tap 0 at row i reads h(i-1) and tap 1 reads h(i)
-            gates = F.conv1d(F.pad(h, (1, 0)), weight, state_bias, groups=2) + columns_in[t]  # (B, 8h, H)
-            h, c = lstm_cell(gates.reshape(2 * batch, 4 * hidden, height), c)
-            h, c = h * valid[:, t], c * valid[:, t]
-            h = h.reshape(batch, 2 * hidden, height)
+        for t, column_in in enumerate(both_in.unbind(1)):  # unbind: one gradient copy, not one per column
+            lo, hi = max(0, t - width + 1), min(t, height - 1)  # the rows this column of the skewed map covers
+            n = hi - lo + 1
+            # cells outside the image have a zero state, like a convolution's zero padding
+            above = h[lo - 1 : hi] if lo > 0 else F.pad(h[:hi], (0, 0, 0, 0, 1, 0))  # h(i-1, j)
+            gates = torch.addmm(column_in[lo : hi + 1].reshape(n * batch, 8 * hidden),
+                                h[lo : hi + 1].reshape(n * batch, 2 * hidden), w_left)  # + h(i, j-1)
+            gates = torch.addmm(gates, above.reshape(n * batch, 2 * hidden), w_above)
+            h_new, c_new = lstm_cell(gates.view(n * batch * 2, 4 * hidden), c[lo : hi + 1].reshape(-1, hidden))
+            h = F.pad(h_new.view(n, batch, 2 * hidden), (0, 0, 0, 0, lo, height - 1 - hi))
+            c = F.pad(c_new.view(n, batch, 2 * hidden), (0, 0, 0, 0, lo, height - 1 - hi))
             columns.append(h)
-        both_out = unskew(torch.stack(columns, dim=-1))  # (B, 2h, H, W)
+        both_out = unskew(torch.stack(columns, dim=1)).permute(2, 3, 0, 1)  # (B, 2h, H, W)
         return both_out[:, :hidden] + shift_down(both_out[:, hidden:].flip(-1))
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import pixelrnn
+from pixelrnn.nn import MaskedConv2d
 
 THRESHOLD = 1e-9  # a logit "changed" if it moved by more than this (float64 arithmetic)
 
@@ -132,3 +133,104 @@ def test_multiscale_large_model_is_causal_given_the_small_image():
     deps = dependencies(Large(), 3, 6, 6, 256)
     assert not torch.triu(deps).any()
     assert deps[index(3, 6, 2, 2, 1), index(3, 6, 2, 2, 0)]
+
+
+def receptive_field(arch: str, channels: int, height: int, width: int, layers: int) -> torch.Tensor:
+    """The exact dependency set [k_out, k_in] that the paper's layer stack implies, derived symbolically.
+
+    Each feature map position carries, per colour group g, the set of input sub-pixels it can
+    depend on (a bool vector over k_in); every layer of Sec. 3 is applied as set union:
+    7x7 mask A; Row LSTM (1x3 mask-B input-to-state, 1x3 unmasked state-to-state from the row
+    above); Diagonal BiLSTM (1x1 mask B, states from (i-1, j) and (i, j-1), the mirrored stream
+    from (i-1, j) and (i, j+1) shifted down one row); PixelCNN block (1x1, 3x3 mask B, 1x1);
+    residual and skip connections; a 1x1 mask-B head. Independent of the model code.
+    """
+    n = channels * height * width
+    deps = torch.zeros(height, width, channels, n, dtype=torch.bool)  # [row, col, group, k_in]
+    groups = range(channels)
+
+    def below_or_same_group(t):  # a 1x1 mask-B layer: group g sees groups <= g at the same position
+        return t.cumsum(2) > 0
+
+    for r in range(height):  # 7x7 mask A: rows above, the left of this row, earlier channels of this pixel
+        for j in range(width):
+            for dr in range(-3, 1):
+                for dj in range(-3, 4):
+                    rr, jj = r + dr, j + dj
+                    if not (0 <= rr < height and 0 <= jj < width) or (dr == 0 and dj > 0):
+                        continue
+                    for g in groups:
+                        for c in groups:
+                            if dr < 0 or dj < 0 or c < g:
+                                deps[r, j, g, index(channels, width, rr, jj, c)] = True
+    features, skip = deps, torch.zeros_like(deps)
+    for _ in range(layers):
+        if arch == "pixelcnn":
+            reduced, conv = below_or_same_group(features), torch.zeros_like(features)
+            for r in range(height):
+                for j in range(width):
+                    seen = reduced[max(r - 1, 0) : r, max(j - 1, 0) : j + 2].flatten(0, 1).any(0).any(0)
+                    if j > 0:
+                        seen = seen | reduced[r, j - 1].any(0)
+                    conv[r, j] = seen | reduced[r, j]  # reduced is already cumulative over groups
+            features = features | below_or_same_group(conv)
+        else:
+            gates_in = below_or_same_group(features)
+            hidden = torch.zeros_like(features)
+            if arch == "row_lstm":
+                for r in range(height):
+                    for j in range(width):
+                        state = gates_in[r, j] | (gates_in[r, j - 1].any(0) if j > 0 else False)
+                        if r > 0:
+                            state = state | hidden[r - 1, max(j - 1, 0) : j + 2].any(0).any(0) | hidden[r - 1, j]
+                        hidden[r, j] = state
+            else:
+                forward, reverse = torch.zeros_like(features), torch.zeros_like(features)
+                for r in range(height):
+                    for j in range(width):
+                        forward[r, j] = gates_in[r, j] | (forward[r - 1, j].any(0) if r > 0 else False) | (
+                            forward[r, j - 1].any(0) | forward[r, j - 1] if j > 0 else False)
+                    for j in reversed(range(width)):
+                        reverse[r, j] = gates_in[r, j] | (reverse[r - 1, j].any(0) if r > 0 else False) | (
+                            reverse[r, j + 1].any(0) | reverse[r, j + 1] if j + 1 < width else False)
+                hidden = forward.clone()
+                hidden[1:] |= reverse[:-1]  # the mirrored stream, shifted down one row
+            features = features | below_or_same_group(hidden)  # residual: 1x1 mask B, added
+        skip = skip | below_or_same_group(features)
+    out = below_or_same_group(below_or_same_group(skip))  # head: two 1x1 mask-B layers
+    return out.reshape(n, n)  # k_out = (r * W + j) * C + c, the output group of channel c is c
+
+
+@pytest.mark.parametrize("arch", pixelrnn.ARCHS)
+@pytest.mark.parametrize("channels,levels,height,width,layers", [(1, 2, 5, 12, 2), (3, 256, 4, 11, 3), (1, 2, 8, 5, 1)])
+def test_dependencies_are_exactly_the_paper_receptive_field(arch, channels, levels, height, width, layers):
+    """Row LSTM: its triangle, row by row; PixelCNN: its blind spot; Diagonal BiLSTM: the whole past
+    (less the one exception of test_diagonal_bilstm_sees_the_whole_past). Too much or too little fails."""
+    model = make(arch, channels, levels, height, width, layers=layers)
+    deps = dependencies(model, channels, height, width, levels)
+    expected = receptive_field(arch, channels, height, width, layers)
+    missing, extra = (expected & ~deps).nonzero().tolist(), (deps & ~expected).nonzero().tolist()
+    assert not missing and not extra, f"missing {missing[:5]} extra {extra[:5]} ([k_out, k_in])"
+
+
+@pytest.mark.parametrize("arch", pixelrnn.ARCHS)
+def test_every_masked_layer_but_the_first_uses_mask_b(arch):
+    """Mask A only in the 7x7 input conv (Sec. 3.4); a mask A elsewhere keeps causality but wastes capacity."""
+    model = make(arch, 3, 256, 6, 6, factor=2)
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, MaskedConv2d)}
+    assert len(convs) > 10
+    for name, conv in convs.items():
+        assert conv.mask_type == ("A" if name.endswith("input_conv") else "B"), name
+        if conv.mask_type == "B":  # every output feature sees its own group at the centre
+            assert conv.mask[:, :, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2].any(1).all(), name
+
+
+@pytest.mark.parametrize("arch", pixelrnn.ARCHS)
+@pytest.mark.parametrize("hparams", [{}, {"num_classes": 3}, {"factor": 2}])
+def test_every_parameter_gets_a_gradient(arch, hparams):
+    """Catches a layer that is built but never used (a dropped skip, bias or stream)."""
+    model = make(arch, 3, 256, 6, 6, **hparams)
+    y = torch.tensor([0, 2]) if "num_classes" in hparams else None
+    model.log_prob(torch.randint(0, 256, (2, 3, 6, 6)), y).sum().backward()
+    unused = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not unused, unused

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # One stage of the GPU training session that produced the shipped checkpoints (one H100, three calls of
 # under 10 minutes each; files outside $OUT survive between calls only while the machine stays warm).
-#   bash configs/gpu_session.sh STAGE DATA_FOLDER
+#   bash configs/gpu/session.sh STAGE DATA_FOLDER
 # STAGE 1: benchmark, then start the five MNIST runs. STAGE 2: resume them and start CIFAR-10 (quarters a, b).
 # STAGE 3: resume everything to the end of each config's --hours (CIFAR now also on quarter c); final test
 # evaluation and samples. DATA_FOLDER: the .npz files carried with this call, added to what earlier calls left.
 # Every run trains from its config; all run at once on the GPU under CUDA MPS (each is launch-bound).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 stage=$1
 work=/tmp/pixelrnn
 mkdir -p "$work/data" "$work/runs" "${OUT:=$work/out}"
@@ -39,7 +39,7 @@ monitor=$!
 
 train() {  # name, extra flags...
   local name=$1; shift
-  local flags=(--config "configs/$name.json" --data-dir "$work/data" --out "$work/runs/$name" --resume --no-progress
+  local flags=(--config "configs/gpu/$name.json" --data-dir "$work/data" --out "$work/runs/$name" --resume --no-progress
                --minutes "${minutes[$stage]}" "$@")
   { $py -m pixelrnn.train "${flags[@]}" || $py -m pixelrnn.train "${flags[@]}" --no-cuda-graph; } \
     >> "$work/runs/$name.log" 2>&1
