@@ -159,3 +159,92 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert math.isclose(m1["test_nll_nats"], m2["test_nll_nats"], rel_tol=1e-4)
+
+
+def recipe(**overrides):
+    from pixelrnn.train import parse_args
+
+    args = parse_args(["--lr", "1e-2", "--warmup-steps", "10", "--min-lr", "0.1"])
+    vars(args).update(overrides)
+    return args
+
+
+def test_learning_rate_warms_up_then_follows_the_cosine_to_min_lr():
+    from pixelrnn.train import learning_rate
+
+    args = recipe()
+    assert math.isclose(learning_rate(args, 0, 0.0), 1e-3)  # step 1 of 10
+    assert math.isclose(learning_rate(args, 9, 0.0), 1e-2)
+    assert math.isclose(learning_rate(args, 100, 0.5), 1e-2 * (0.1 + 0.9 * 0.5))
+    assert math.isclose(learning_rate(args, 100, 1.0), 1e-3)
+    assert math.isclose(learning_rate(recipe(schedule="constant"), 100, 1.0), 1e-2)
+
+
+def test_train_step_clips_the_per_sub_pixel_gradient_and_updates_the_moving_average():
+    from pixelrnn.train import LogProb, TrainStep
+
+    model = pixelrnn.build_model("row_lstm", 1, 2, 5, 5, hidden=4, layers=1)
+    x = torch.randint(0, 2, (4, 1, 5, 5))
+    loss = -model.log_prob(x).mean() / 25
+    expected_norm = torch.nn.utils.get_total_norm(torch.autograd.grad(loss, list(model.parameters())))
+    before = [p.detach().clone() for p in model.parameters()]
+    ema = [p.clone() for p in before]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    step = TrainStep(LogProb(model), model, optimizer, ema, recipe(clip=1e-3, ema=0.9), 25, x, None,
+                     torch.device("cpu"), graph=False, bf16=False)
+    loss_value, grad_norm = step()
+    assert math.isclose(loss_value.item(), loss.item(), rel_tol=1e-6)
+    assert math.isclose(grad_norm.item(), expected_norm.item(), rel_tol=1e-5)  # the norm before clipping
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    assert math.isclose(moved.item(), 1e-3, rel_tol=1e-3), "SGD with lr 1 moves by exactly the clipped norm"
+    for e, b, p in zip(ema, before, model.parameters()):
+        torch.testing.assert_close(e, 0.9 * b + 0.1 * p.detach())
+
+
+def test_config_file_sets_defaults_flags_override_and_unknown_keys_fail(tmp_path):
+    from pixelrnn.train import parse_args
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"arch": "pixelcnn", "lr": 0.5, "hardware": "a laptop"}))
+    args = parse_args(["--config", str(config), "--lr", "0.25"])
+    assert args.arch == "pixelcnn" and args.lr == 0.25
+    config.write_text(json.dumps({"learning_rate": 0.5}))
+    with pytest.raises(SystemExit, match="learning_rate"):
+        parse_args(["--config", str(config)])
+
+
+def test_shipped_configs_parse():
+    from pixelrnn.train import parse_args
+
+    configs = sorted((ROOT / "configs").rglob("*.json"))
+    assert configs
+    for path in configs:
+        assert parse_args(["--config", str(path)]).dataset in ("binarized_mnist", "mnist", "cifar10"), path
+
+
+def test_training_selects_on_validation_and_tests_only_when_finished(tmp_path):
+    write_fixture_data(tmp_path)
+    out = tmp_path / "run"
+    unfinished = run_train(tmp_path, out, "--arch", "pixelcnn", "--hours", "100", "--minutes", "0.001")
+    assert "test_nll_nats" not in unfinished and not unfinished["finished"]
+    assert not (out / "samples.png").exists()
+    done = run_train(tmp_path, tmp_path / "done", "--arch", "pixelcnn", "--max-steps", "4")
+    assert done["finished"] and done["test_images"] == 16 and done["valid_images"] == 8
+    record = done["history"][-1]
+    assert {"valid_raw", "valid_ema", "train_loss", "grad_norm", "lr", "images"} <= set(record)
+    assert done["selected"]["valid"] == min(min(r["valid_raw"], r["valid_ema"]) for r in done["history"])
+    shipped = pixelrnn.load(str(tmp_path / "done"))
+    x, _ = load_split("binarized_mnist", "valid", tmp_path)
+    assert math.isclose(-shipped.log_prob(x.long()).mean().item(), done["valid_nll_nats"], rel_tol=1e-5)
+
+
+def test_validation_splits_hold_out_fixed_training_images(tmp_path):
+    from pixelrnn.train import split_validation
+
+    write_fixture_data(tmp_path, n_train=60)
+    train_x, _, valid_x, _ = split_validation("mnist", recipe(data_dir=tmp_path))
+    assert len(train_x) == 54 and len(valid_x) == 6  # a tenth here; 5,000 of 60,000 on the real set
+    full, _ = load_split("mnist", "train", tmp_path)
+    assert torch.equal(valid_x, full[-6:])
+    train_x, train_y, valid_x, _ = split_validation("cifar10", recipe(data_dir=tmp_path, cifar_parts="ab"))
+    assert len(train_x) == 14 and len(valid_x) == 2 and len(train_y) == 14  # the last of each quarter
