@@ -28,6 +28,7 @@ from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, binarize, load_split
 from pixelrnn.generate import image_grid
 from pixelrnn.hub import write_model_card
 from pixelrnn.model import ARCHS, DEFAULT_LAYERS, Model, bits_per_dim, build_model
+from pixelrnn.plots import learning_curve
 from pixelrnn.sampling import sample
 
 
@@ -100,6 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+TEST_BINARIZATION_SEED = 1234  # --binarize: the one fixed binarization of the test split
 PAPER_HIDDEN = {"binarized_mnist": 16, "mnist": 16, "cifar10": 128}  # h of Sec. 5
 
 
@@ -302,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
         test_x, test_y = test_x[: args.test_limit], None if test_y is None else test_y[: args.test_limit]
     if args.binarize:  # fixed binarizations of the held-out sets, a fresh one of every training batch
         valid_x = binarize(valid_x, torch.Generator().manual_seed(4321))
-        test_x = binarize(test_x, torch.Generator().manual_seed(1234))
+        test_x = binarize(test_x, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
     if not args.conditional:
         train_y = valid_y = test_y = None
     # the whole training set lives on the device as uint8; batches are gathered by random index there
@@ -491,6 +493,8 @@ def main(argv: list[str] | None = None) -> dict:
             y = None if not args.conditional else torch.arange(args.samples, device=device) % info.num_classes
             images = sample(model, args.samples, y=y, seed=args.seed)
             image_grid(images, levels, columns=math.ceil(args.samples**0.5)).save(args.out / "samples.png")
+        title = f"{args.arch} on {metrics['dataset']}"
+        learning_curve(state["history"], unit, title).save(args.out / "learning_curve.png")
         write_model_card(args.out)
         result = (f"test NLL {in_unit(metrics['test_nll_nats']):.3f} {unit} on {len(test_x)} test images"
                   if finished else f"not finished ({progress():.0%}): validation only")

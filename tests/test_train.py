@@ -230,6 +230,7 @@ def test_training_selects_on_validation_and_tests_only_when_finished(tmp_path):
     assert not (out / "samples.png").exists()
     done = run_train(tmp_path, tmp_path / "done", "--arch", "pixelcnn", "--max-steps", "4")
     assert done["finished"] and done["test_images"] == 16 and done["valid_images"] == 8
+    assert (tmp_path / "done" / "learning_curve.png").is_file()
     record = done["history"][-1]
     assert {"valid_raw", "valid_ema", "train_loss", "grad_norm", "lr", "images"} <= set(record)
     assert done["selected"]["valid"] == min(min(r["valid_raw"], r["valid_ema"]) for r in done["history"])
@@ -248,3 +249,15 @@ def test_validation_splits_hold_out_fixed_training_images(tmp_path):
     assert torch.equal(valid_x, full[-6:])
     train_x, train_y, valid_x, _ = split_validation("cifar10", recipe(data_dir=tmp_path, cifar_parts="ab"))
     assert len(train_x) == 14 and len(valid_x) == 2 and len(train_y) == 14  # the last of each quarter
+
+
+def test_evaluate_cli_remeasures_the_recorded_test_nll(tmp_path, capsys):
+    from pixelrnn.evaluate import main as evaluate_main
+
+    write_fixture_data(tmp_path)
+    run_train(tmp_path, tmp_path / "run", "--arch", "row_lstm", "--max-steps", "2")
+    assert evaluate_main([str(tmp_path / "run"), "--data-dir", str(tmp_path)]) == 0
+    assert "(equal)" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({**metrics, "test_nats": 1.0}))
+    assert evaluate_main([str(tmp_path / "run"), "--data-dir", str(tmp_path)]) == 1

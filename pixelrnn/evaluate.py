@@ -1,0 +1,65 @@
+"""Re-measure checkpoints on their full test split and compare with metrics.json.
+
+python -m pixelrnn.evaluate checkpoints/*            # prints recorded vs measured, exits 1 on a mismatch
+python -m pixelrnn.evaluate checkpoints/NAME --update   # writes the measured figure into metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, binarize, load_split
+from pixelrnn.hub import load_folder, read_json
+from pixelrnn.model import Model, MultiScalePixelRNN, bits_per_dim
+from pixelrnn.train import TEST_BINARIZATION_SEED, evaluate
+
+
+def test_nll(model: Model, dataset: str, data_dir: Path, batch_size: int = 500) -> tuple[float, int]:
+    """-> (mean NLL in nats per image on the whole test split, number of test images)."""
+    base = dataset.removesuffix("_dynamic_binarized")
+    x, y = load_split(base, "test", data_dir)
+    if dataset.endswith("_dynamic_binarized"):
+        x = binarize(x, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
+    single = model.small if isinstance(model, MultiScalePixelRNN) else model
+    labels = y if single.num_classes else None
+    return evaluate(model, x, labels, batch_size, torch.device("cpu")), len(x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folders", nargs="+", type=Path)
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--update", action="store_true", help="write the measured test NLL into metrics.json")
+    args = p.parse_args(argv)
+    mismatches = 0
+    for folder in args.folders:
+        metrics = read_json(folder / "metrics.json")
+        dataset = metrics.get("dataset")
+        if dataset is None or dataset.removesuffix("_dynamic_binarized") not in DATASETS:
+            print(f"{folder}: no known dataset in metrics.json, skipped")
+            continue
+        nats, images = test_nll(load_folder(folder), dataset, args.data_dir)
+        info = DATASETS[dataset.removesuffix("_dynamic_binarized")]
+        dims = info.channels * info.height * info.width
+        unit = metrics.get("unit", "nats")
+        value = nats if unit == "nats" else bits_per_dim(nats, dims)
+        recorded = metrics.get(f"test_{unit}")
+        same = recorded is not None and math.isclose(value, recorded, rel_tol=1e-4)
+        mismatches += not same and not args.update
+        print(f"{folder.name}: measured {value:.4f} {unit} on {images} test images; recorded {recorded} "
+              f"({'equal' if same else 'updated' if args.update else 'DIFFERENT'})")
+        if args.update:
+            metrics.update({"test_nll_nats": nats, "test_bits_per_dim": bits_per_dim(nats, dims),
+                            f"test_{unit}": value, "test_images": images})
+            (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return 1 if mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
