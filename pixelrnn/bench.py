@@ -2,6 +2,7 @@
 
 python -m pixelrnn.bench train    training images/s per architecture at MNIST and CIFAR shapes
 python -m pixelrnn.bench sample   reference vs cached sampling time per architecture, batch 1 and 64
+python -m pixelrnn.bench compress realised code length, PNG / WebP / JPEG XL, and coding time per shipped checkpoint
 
 Model sizes default to the paper's (Sec. 5): binarized MNIST h=16 (7 recurrent layers,
 15 PixelCNN layers); CIFAR-10 h=128, 12 layers. On a CPU the reference sampler is timed
@@ -12,6 +13,7 @@ forward pass at every step); the line says so.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import resource
@@ -142,9 +144,61 @@ def bench_sample(args: argparse.Namespace, device: torch.device) -> None:
                       f"ratio {reference / cached:7.1f}x{note}")
 
 
+def bench_compress(args: argparse.Namespace, device: torch.device) -> None:
+    """Code the first --images test images (a fixed random pick) with every shipped checkpoint."""
+    from pixelrnn.compress import baseline_sizes, decode, encode, levels_to_image, read_header
+    from pixelrnn.data import binarize
+    from pixelrnn.evaluate import DATASETS, load_split
+    from pixelrnn.hub import CHECKPOINTS_DIR, load_folder, read_json
+    from pixelrnn.train import TEST_BINARIZATION_SEED
+
+    print(f"lossless compression of {args.images} test images per checkpoint on {device_name(torch.device('cpu'))}; "
+          "bits/dim, mean over the images")
+    print(f"{'checkpoint':38s} {'NLL':>7s} {'payload':>8s} {'+header':>8s} {'over':>6s} {'PNG':>7s} {'WebP':>7s} "
+          f"{'JXL':>7s} {'enc s':>6s} {'dec s':>6s}")
+    for folder in sorted(p for p in CHECKPOINTS_DIR.iterdir() if (p / "metrics.json").is_file()):
+        dataset = read_json(folder / "metrics.json").get("dataset", "")
+        base = dataset.removesuffix("_dynamic_binarized")
+        if base not in DATASETS:
+            continue
+        model = load_folder(folder)
+        x, y = load_split(base, "test")
+        if dataset.endswith("_dynamic_binarized"):
+            x = binarize(x, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: args.images]
+        single = model.small if isinstance(model, pixelrnn.MultiScalePixelRNN) else model
+        levels = model.large.levels if isinstance(model, pixelrnn.MultiScalePixelRNN) else model.levels
+        dims = x[0].numel()
+        sums = {"nll": 0.0, "payload": 0.0, "total": 0.0, "PNG": 0.0, "WEBP": 0.0, "JXL": 0.0, "enc": 0.0, "dec": 0.0}
+        for i in pick.tolist():
+            label = int(y[i]) if single.num_classes else None
+            with torch.no_grad():
+                nll = -model.log_prob(x[i : i + 1].long(), None if label is None else torch.tensor([label])).item()
+            start = time.perf_counter()
+            data = encode(model, x[i].long(), label, name=folder.name)
+            middle = time.perf_counter()
+            image, _ = decode(model, data)
+            end = time.perf_counter()
+            if not torch.equal(image, x[i].long()):
+                raise RuntimeError(f"{folder.name}: test image {i} did not round-trip")
+            sizes = baseline_sizes(levels_to_image(x[i].long(), levels))
+            sums["nll"] += nll / math.log(2) / dims
+            sums["payload"] += 8 * len(read_header(data)["payload"]) / dims
+            sums["total"] += 8 * len(data) / dims
+            for fmt in ("PNG", "WEBP", "JXL"):
+                sums[fmt] += 8 * sizes.get(fmt, math.nan) / dims
+            sums["enc"] += middle - start
+            sums["dec"] += end - middle
+        m = {k: v / len(pick) for k, v in sums.items()}
+        print(f"{folder.name:38s} {m['nll']:7.4f} {m['payload']:8.4f} {m['total']:8.4f} "
+              f"{100 * (m['total'] / m['nll'] - 1):5.0f}% {m['PNG']:7.4f} {m['WEBP']:7.4f} {m['JXL']:7.4f} "
+              f"{m['enc']:6.2f} {m['dec']:6.2f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("train", "sample"))
+    p.add_argument("what", choices=("train", "sample", "compress"))
+    p.add_argument("--images", type=int, default=10, help="compress: test images per checkpoint")
     p.add_argument("--archs", nargs="+", default=list(pixelrnn.ARCHS), choices=pixelrnn.ARCHS)
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--hidden", type=int, default=0, help="override the paper's h")
@@ -159,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    (bench_train if args.what == "train" else bench_sample)(args, device)
+    {"train": bench_train, "sample": bench_sample, "compress": bench_compress}[args.what](args, device)
 
 
 if __name__ == "__main__":

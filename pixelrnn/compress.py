@@ -40,7 +40,8 @@ from pixelrnn.sampling import CachedStepper
 
 MAGIC, VERSION = b"PRNN", 1
 # magic, version, name length, first 8 bytes of the weights' SHA-256, C, H, W, levels, label (-1: none),
-# multi-scale factor (0: none), payload bytes, CRC-32 of the pixels: 32 bytes, then the model name
+# multi-scale factor (0: none), the coder's bytes (whole 32-bit words; the file leaves out trailing zero bytes),
+# CRC-32 of the pixels: 32 bytes, then the model name, then the coder's bytes
 _FIXED = struct.Struct("<4sBB8sBHHHhBII")
 
 
@@ -102,11 +103,13 @@ def _code(model: Model, x: torch.Tensor, y: torch.Tensor | None, symbol: Symbol,
         channels, height, width = image.shape[1:]
         for r in range(height):
             for j in range(width):
-                if coded[r, j]:
-                    for c in range(channels):
-                        logits = stepper.logits(image, r, j)[0, :, c].double()
-                        image[0, c, r, j] = symbol(torch.softmax(logits, 0).numpy(), index, c, r, j)
-                    bar.update(channels)
+                if not coded[r, j]:  # a pixel the small image fixed: one pass keeps the stepper's caches whole
+                    stepper.logits(image, r, j)
+                    continue
+                for c in range(channels):
+                    logits = stepper.logits(image, r, j)[0, :, c].double()
+                    image[0, c, r, j] = symbol(torch.softmax(logits, 0).numpy(), index, c, r, j)
+                bar.update(channels)
             stepper.end_row(image, r)
         if isinstance(model, MultiScalePixelRNN) and index == 0:  # then the full image given the small one
             x[..., :: model.factor, :: model.factor] = image
@@ -149,11 +152,12 @@ def encode(model: Model, image: torch.Tensor, y: int | None = None, name: str = 
 
     with _deterministic():
         _code(model, x, labels, symbol, progress)
-    payload = encoder.get_compressed().tobytes()
+    words = encoder.get_compressed().tobytes()
+    payload = words.rstrip(b"\0")  # zero bytes at the end are implied: the reader pads back to `len(words)`
     name_bytes = name.encode()[:255]
     crc = zlib.crc32(truth.to(torch.int32).numpy().tobytes())
     header = _FIXED.pack(MAGIC, VERSION, len(name_bytes), weights_hash(model), channels, height, width, levels,
-                         -1 if y is None else y, getattr(model, "factor", 0), len(payload), crc)
+                         -1 if y is None else y, getattr(model, "factor", 0), len(words), crc)
     return header + name_bytes + payload
 
 
@@ -166,12 +170,13 @@ def read_header(data: bytes) -> dict:
     _, version, name_len, digest, c, h, w, levels, label, factor, payload, crc = _FIXED.unpack_from(data)
     if version != VERSION:
         raise CompressionError(f"unsupported .prnn format version {version} (this reader knows {VERSION})")
-    if len(data) != _FIXED.size + name_len + payload:
-        raise CompressionError(f"the file is truncated or has trailing bytes: expected "
-                               f"{_FIXED.size + name_len + payload} bytes, got {len(data)}")
+    body = data[_FIXED.size + name_len :]
+    if len(data) < _FIXED.size + name_len or len(body) > payload or payload % 4:
+        raise CompressionError(f"the file is truncated or has trailing bytes ({len(data)} bytes; the header "
+                               f"announces {_FIXED.size + name_len} + up to {payload})")
     name = data[_FIXED.size : _FIXED.size + name_len].decode(errors="replace")
     return {"name": name, "hash": digest, "shape": (c, h, w), "levels": levels, "label": None if label < 0 else label,
-            "factor": factor, "payload": data[_FIXED.size + name_len :], "crc": crc}
+            "factor": factor, "payload": body, "words": body.ljust(payload, b"\0"), "crc": crc}
 
 
 def decode(model: Model, data: bytes, progress: bool = False) -> tuple[torch.Tensor, int | None]:
@@ -183,10 +188,8 @@ def decode(model: Model, data: bytes, progress: bool = False) -> tuple[torch.Ten
     channels, height, width, levels = _shape(model)
     if header["shape"] != (channels, height, width) or header["levels"] != levels:
         raise CompressionError("the header's shape or levels do not match the model")
-    if len(header["payload"]) % 4:
-        raise CompressionError("the payload is corrupted (not a whole number of 32-bit words)")
     model.eval()
-    words = np.frombuffer(header["payload"], dtype=np.uint32).copy()
+    words = np.frombuffer(header["words"], dtype="<u4").astype(np.uint32)
     decoder = constriction.stream.queue.RangeDecoder(words)
     x = torch.zeros(1, channels, height, width, dtype=torch.long)
     labels = None if header["label"] is None else torch.tensor([header["label"]])
@@ -203,7 +206,7 @@ def decode(model: Model, data: bytes, progress: bool = False) -> tuple[torch.Ten
             raise CompressionError(f"the payload is corrupted or truncated ({error})") from None
     image = x[0]
     if zlib.crc32(image.to(torch.int32).numpy().tobytes()) != header["crc"]:
-        raise CompressionError("the decoded pixels fail their checksum: the file is corrupted")
+        raise CompressionError("the decoded pixels fail their checksum: the file is corrupted or truncated")
     return image, header["label"]
 
 

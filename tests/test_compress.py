@@ -31,15 +31,16 @@ def test_round_trip_is_bit_exact(arch, kind):
         assert torch.equal(decoded, image) and label == y
 
 
-def test_code_length_is_the_nll_of_a_trained_model():
+@pytest.mark.parametrize("hparams", [{}, {"factor": 2}])
+def test_code_length_is_the_nll_of_a_trained_model(hparams):
     images = torch.randint(0, 8, (4, 3, 8, 8), generator=torch.Generator().manual_seed(1))
     images[:, :, ::2] = images[:, :, 1::2]  # some structure to learn
-    model = fit(pixelrnn.build_model("row_lstm", 3, 8, 8, 8, hidden=12, layers=2), images, steps=60)
+    model = fit(pixelrnn.build_model("row_lstm", 3, 8, 8, 8, hidden=12, layers=2, **hparams), images, steps=60)
     for image in images:
         data = encode(model, image)
         payload_bits = 8 * len(read_header(data)["payload"])
         nll_bits = -model.log_prob(image[None]).item() / math.log(2)
-        assert nll_bits * 0.99 - 1 <= payload_bits <= nll_bits * 1.01 + 32, (payload_bits, nll_bits)  # 32-bit words
+        assert nll_bits * 0.99 - 1 <= payload_bits <= nll_bits * 1.01 + 32, (payload_bits, nll_bits)  # + the flush
 
 
 def test_bad_streams_are_clear_errors():
@@ -53,7 +54,9 @@ def test_bad_streams_are_clear_errors():
     with pytest.raises(CompressionError, match="version"):
         decode(model, data[:4] + bytes([9]) + data[5:])
     with pytest.raises(CompressionError, match="truncated"):
-        decode(model, data[:-2])
+        decode(model, data[:-2])  # the coder's last bytes are never zero: they would have been left out
+    with pytest.raises(CompressionError, match="trailing"):
+        decode(model, data + b"\1" * 8)
     with pytest.raises(CompressionError, match="another model"):
         decode(tiny("row_lstm"), data)
     corrupted = bytearray(data)
