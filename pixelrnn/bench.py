@@ -64,7 +64,7 @@ def baseline_images_per_s(baseline: Path, shape: str, batch: int, args: argparse
     """
     command = [sys.executable, "-m", "pixelrnn.bench", "train", "--archs", *args.archs, "--shapes", shape,
                "--batch", str(batch), "--warmup", "1", "--iters", str(args.iters), "--device", args.device,
-               "--out-hidden", str(args.out_hidden)]
+               "--out-hidden", str(args.out_hidden), "--hidden", str(args.hidden), "--layers", str(args.layers)]
     baseline = baseline.resolve()
     env = {**os.environ, "PYTHONPATH": str(baseline)}
     out = subprocess.run(command, cwd=baseline, env=env, capture_output=True, text=True, timeout=3600,
@@ -82,7 +82,7 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> None:
           f"{'bf16 autocast, CUDA graph' if graph else 'float32, eager'}; median of {args.iters} steps")
     if args.baseline:
         print(f"baseline: {args.baseline} (same config, its own benchmark, eager)")
-    print(f"{'shape':6s} {'arch':16s} {'params':>9s} {'batch':>5s} {'images/s':>10s} {'baseline':>9s} {'ratio':>6s} "
+    print(f"{'shape':6s} {'arch':16s} {'params':>9s} {'batch':>5s} {'speed':>19s} {'baseline':>9s} {'ratio':>6s} "
           f"{'peak MB':>8s}")
     for shape in args.shapes:
         for batch in args.batch:
@@ -111,7 +111,7 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> None:
                 memory = peak_memory_mb(device)
                 before = old.get(arch)
                 old_text = f"{before:9.1f} {images_per_s / before:5.1f}x" if before else f"{'-':>9s} {'-':>6s}"
-                print(f"{shape:6s} {arch:16s} {params:>9,d} {batch:>5d} {images_per_s:>10.1f} {old_text} "
+                print(f"{shape:6s} {arch:16s} {params:>9,d} {batch:>5d} {images_per_s:>10.1f} images/s {old_text} "
                       f"{memory:>8.0f}", flush=True)
                 del step, model, optimizer, ema
 

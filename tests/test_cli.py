@@ -1,5 +1,8 @@
 """The command-line tools run end to end on tiny models."""
 
+import re
+from pathlib import Path
+
 from PIL import Image
 
 import pixelrnn
@@ -12,8 +15,16 @@ def test_bench_sample_and_train_print_their_figures(capsys):
     bench.main(["sample", *tiny, "--batches", "1", "--reference-steps", "4"])
     out = capsys.readouterr().out
     assert out.count("x (reference scaled from 4 pixels)") == 2
-    bench.main(["train", *tiny, "--batch", "2", "--iters", "1", "--warmup", "0"])
-    assert capsys.readouterr().out.count("images/s") == 2
+    bench.main(["train", *tiny, "--batch", "2", "3", "--iters", "1", "--warmup", "0"])
+    assert capsys.readouterr().out.count(" images/s") == 4  # 2 architectures x 2 batch sizes
+
+
+def test_bench_train_measures_a_baseline_checkout_side_by_side(capsys):
+    root = str(Path(__file__).resolve().parents[1])  # this checkout as its own baseline
+    bench.main(["train", "--archs", "pixelcnn", "--shapes", "mnist", "--hidden", "4", "--layers", "1", "--batch", "2",
+                "--iters", "1", "--warmup", "0", "--baseline", root])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mnist"))
+    assert re.search(r"images/s\s+[\d.]+\s+[\d.]+x", row), row
 
 
 def test_sample_cli_writes_a_grid_per_class(tmp_path):
