@@ -193,7 +193,7 @@ def test_local_pickle_only_folder_is_refused_without_unpickling(tiny, monkeypatc
     ('{"arch": "row_lstm", "hidden": -3}', "hidden must be a positive integer"),
     ('{"hidden": 6.5}', "hidden must be a positive integer"),
     ('{"skip": "yes"}', "skip must be true or false"),
-    ('{"arch": "row_lstm", "dropout": 0.1}', r"unknown PixelRNN argument\(s\) \['dropout'\]"),
+    ('{"arch": "row_lstm", "attention_heads": 4}', r"unknown PixelRNN argument\(s\) \['attention_heads'\]"),
     ('{"factor": 3, "height": 8, "width": 8}', "factor must be >= 2 and divide"),
     ("[1, 2, 3]", "expected a JSON object of model arguments, got list"),
     ("{not json", "cannot read JSON"),
