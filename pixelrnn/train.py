@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="after warm-up: cosine decay to --min-lr over the run, or constant")
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--min-lr", type=float, default=0.02, help="cosine: final lr as a fraction of --lr")
-    p.add_argument("--ema", type=float, default=0.999, help="decay of the weights' moving average (0: none)")
+    p.add_argument("--ema", type=float, default=0.999,
+                   help="decay of the weights' moving average (0: none); step t uses min(decay, (1+t)/(10+t))")
     p.add_argument("--optimizer", choices=("adam", "rmsprop"), default="adam")
     p.add_argument("--clip", type=float, default=1.0,
                    help="gradient norm clip, on the gradient of the loss in nats per sub-pixel (0: none)")
@@ -178,6 +179,7 @@ class TrainStep:
         self.trained, self.optimizer, self.ema, self.args, self.dims = trained, optimizer, ema, args, dims
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.x, self.y, self.device, self.bf16 = x, y, device, bf16
+        self.ema_rate = torch.zeros((), device=device)  # 1 - this step's decay; a graph reads it from the device
         self.graph = None
         if graph:
             stream = torch.cuda.Stream(device)
@@ -199,14 +201,19 @@ class TrainStep:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.clip or math.inf)
         self.optimizer.step()
-        if self.ema is not None:
-            torch._foreach_lerp_(self.ema, self.params, 1.0 - self.args.ema)
+        if self.ema is not None:  # ema += rate * (params - ema)
+            torch._foreach_add_(self.ema, torch._foreach_mul(torch._foreach_sub(self.params, self.ema), self.ema_rate))
         if self.graph is None:
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach(), grad_norm.detach()
 
-    def __call__(self) -> tuple[Tensor, Tensor]:
-        """One step on the current contents of x and y -> (loss in nats/sub-pixel, gradient norm)."""
+    def __call__(self, step: int = 0) -> tuple[Tensor, Tensor]:
+        """Training step number `step` on the current contents of x and y -> (loss in nats/sub-pixel, gradient norm).
+
+        The moving average warms up: its decay is min(--ema, (1 + step) / (10 + step)), so that a short run's
+        average is not dominated by the initial weights.
+        """
+        self.ema_rate.fill_(1.0 - min(self.args.ema, (1 + step) / (10 + step)))
         if self.graph is not None:
             self.graph.replay()
             return self.loss, self.grad_norm
@@ -419,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 group["lr"] = rate
         next_batch()
-        loss, grad_norm = step_fn()
+        loss, grad_norm = step_fn(state["step"])
         running.append(torch.stack([loss, grad_norm]))
         state["step"] += 1
         state["epoch"] = state["step"] * args.batch_size / len(train_x)

@@ -192,13 +192,19 @@ def test_train_step_clips_the_per_sub_pixel_gradient_and_updates_the_moving_aver
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     step = TrainStep(LogProb(model), model, optimizer, ema, recipe(clip=1e-3, ema=0.9), 25, x, None,
                      torch.device("cpu"), graph=False, bf16=False)
-    loss_value, grad_norm = step()
+    loss_value, grad_norm = step(step=1000)  # past the warm-up of the moving average: decay 0.9
     assert math.isclose(loss_value.item(), loss.item(), rel_tol=1e-6)
     assert math.isclose(grad_norm.item(), expected_norm.item(), rel_tol=1e-5)  # the norm before clipping
     moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
     assert math.isclose(moved.item(), 1e-3, rel_tol=1e-3), "SGD with lr 1 moves by exactly the clipped norm"
     for e, b, p in zip(ema, before, model.parameters()):
         torch.testing.assert_close(e, 0.9 * b + 0.1 * p.detach())
+    start = [p.detach().clone() for p in model.parameters()]
+    step.ema = [p.clone() for p in start]
+    step(step=0)  # warm-up: decay min(0.9, (1 + 0) / (10 + 0)) = 0.1
+    for e, b, p in zip(step.ema, start, model.parameters()):
+        torch.testing.assert_close(e, 0.1 * b + 0.9 * p.detach())
+
 
 
 def test_config_file_sets_defaults_flags_override_and_unknown_keys_fail(tmp_path):
