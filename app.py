@@ -39,7 +39,7 @@ sampled from a distribution given all the pixels above and to its left. **Genera
 
 def launch_kwargs() -> dict[str, Any]:
     """launch() arguments the app needs (Gradio 6 takes css/theme at launch)."""
-    return {"css": CSS, "allowed_paths": [str(ui.ASSETS_DIR)], "max_file_size": "20mb",
+    return {"css": CSS, "allowed_paths": [str(ui.ASSETS_DIR)], "max_file_size": ui.MAX_UPLOAD_BYTES,
             "theme": gr.themes.Soft()}
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import io
 import logging
 import math
 import os
 import secrets
+import stat
 import struct
 import threading
 import time
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import gradio.utils as gradio_utils
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
@@ -59,6 +62,7 @@ MAX_COMPLETIONS = 8  # Complete: completions per request
 MAX_PARTICLES = 16  # Complete: SMC particles per completion
 MAX_TEMPERATURE = 10.0
 MAX_PACE_S = 20.0  # longest requested animation
+MAX_UPLOAD_BYTES = 20 * 2**20  # largest upload read (app.py gives Gradio the same limit)
 MAX_UPLOAD_PIXELS = 25_000_000  # 5000 x 5000: larger uploads are refused before decoding
 MIN_SIDE = 4  # smallest accepted upload side, in pixels
 FRAME_INTERVAL_S = 1 / 20  # streamed frames: at most 20 updates per second
@@ -112,18 +116,61 @@ def user_errors(fn: Callable) -> Callable:
 # --- decoding uploads -------------------------------------------------------------------------------
 
 def _file_path(source: Any) -> str | None:
-    """The file path of an uploaded file: a path, or a Gradio FileData dict/object."""
+    """The file path named by an upload: a path, or a Gradio FileData dict/object (None if it names none)."""
     if isinstance(source, (str, Path)):
-        return str(source)
-    if isinstance(source, dict):
-        return source.get("path")
-    return getattr(source, "path", None)
+        path = str(source)
+    elif isinstance(source, dict):
+        path = source.get("path")
+    else:
+        path = getattr(source, "path", None)
+    return path if isinstance(path, str) and path else None
+
+
+def upload_folders() -> tuple[Path, ...]:
+    """The folders an uploaded file may be read from: Gradio's upload cache (GRADIO_TEMP_DIR, read at call time as
+    Gradio does) and the examples in assets/ (the app's only allowed path)."""
+    return Path(gradio_utils.get_upload_folder()).resolve(), ASSETS_DIR.resolve()
+
+
+def read_upload(path: str, what: str) -> bytes:
+    """The bytes of an uploaded file, read only if it is a regular file of at most MAX_UPLOAD_BYTES inside
+    `upload_folders()`.
+
+    With preprocess=False a client names any path it likes, so every other case (outside those folders, missing,
+    a directory, a FIFO or device, unreadable) gets one message that reveals nothing about the server's files.
+    The file is stat'ed before it is opened, opened non-blocking, and checked again once open.
+    """
+    unreadable = gr.Error(f"The uploaded {what} cannot be read: upload it again.")
+    too_large = gr.Error(f"The uploaded {what} is larger than {MAX_UPLOAD_BYTES // 2**20} MB: upload a smaller file.")
+    try:
+        real = Path(os.path.realpath(path))
+    except (OSError, ValueError):  # e.g. an embedded NUL
+        raise unreadable from None
+    if not any(real.is_relative_to(folder) for folder in upload_folders()):
+        raise unreadable
+    try:
+        before = os.stat(real)
+        if not stat.S_ISREG(before.st_mode):
+            raise unreadable
+        if before.st_size > MAX_UPLOAD_BYTES:
+            raise too_large
+        with os.fdopen(os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW), "rb") as file:
+            opened = os.fstat(file.fileno())  # the same regular file, not one swapped in since the stat
+            if (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino) or not stat.S_ISREG(opened.st_mode):
+                raise unreadable
+            data = file.read(MAX_UPLOAD_BYTES + 1)
+    except OSError:
+        raise unreadable from None
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise too_large
+    return data
 
 
 def open_image(source: Any, what: str = "image") -> Image.Image:
     """Decode an uploaded image (path, FileData dict, PIL image or numpy array), fully, with size checks.
 
-    Raises gr.Error for a missing, unreadable, truncated, too large or too small image.
+    A path is read only from Gradio's upload cache or the examples (`read_upload`). Raises gr.Error for a missing,
+    unreadable, truncated, too large or too small image.
     """
     if source is None:
         raise gr.Error(f"No {what}: upload one or pick an example.")
@@ -141,7 +188,7 @@ def open_image(source: Any, what: str = "image") -> Image.Image:
         path = _file_path(source)
         if not path:
             raise gr.Error(f"No {what}: upload one or pick an example.")
-        image = _decode_file(path, what)
+        image = decode_image(read_upload(path, what), what)
     width, height = image.size
     if width * height > MAX_UPLOAD_PIXELS:
         raise gr.Error(f"The {what} is {width}x{height} pixels, too large: upload one of at most "
@@ -151,11 +198,12 @@ def open_image(source: Any, what: str = "image") -> Image.Image:
     return image
 
 
-def _decode_file(path: str, what: str) -> Image.Image:
+def decode_image(data: bytes, what: str) -> Image.Image:
+    """Decode image file bytes (the first frame, EXIF rotation applied); a bomb is refused from its header."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size  # from the header: refuse a bomb before decoding it
                 if width * height > MAX_UPLOAD_PIXELS:
                     raise gr.Error(f"The {what} is {width}x{height} pixels, too large: upload one of at most "
@@ -175,8 +223,6 @@ def _decode_file(path: str, what: str) -> Image.Image:
     except UnidentifiedImageError as err:
         raise gr.Error(f"The uploaded file is not an image this app can read: use a PNG, JPEG, GIF, BMP or WebP "
                        f"{what}.") from err
-    except FileNotFoundError as err:
-        raise gr.Error(f"The uploaded {what} is no longer on the server: upload it again.") from err
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as err:
         raise gr.Error(f"The {what} could not be decoded (truncated or corrupt file): {err}") from err
 
@@ -921,10 +967,11 @@ def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None]:
              f"| Weights | {where} |",
              f"| Running on | {registry.device} |"]
     samples = None
-    if entry.source == "local" and (Path(entry.location) / SAMPLES).is_file():
+    path = Path(entry.location) / SAMPLES
+    if entry.source == "local" and path.is_file():  # a regular file of the checkpoint, not an upload
         try:
-            samples = np.asarray(open_image(Path(entry.location) / SAMPLES, "samples image").convert("RGB"))
-        except gr.Error:
+            samples = np.asarray(decode_image(path.read_bytes(), "samples image").convert("RGB"))
+        except (gr.Error, OSError):
             samples = None
     return "\n".join(lines), samples
 

@@ -36,6 +36,12 @@ def checkpoints(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _uploads_in_tmp(tmp_path_factory, monkeypatch):
+    """Files the tests write under pytest's temp folder count as uploads: Gradio's upload folder is GRADIO_TEMP_DIR."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.getbasetemp()))
+
+
 @pytest.fixture(scope="module")
 def studio(checkpoints) -> ui.Studio:
     return ui.Studio(ui.Registry(checkpoints, device="cpu"))
@@ -124,7 +130,7 @@ def test_upscaled_examples_round_trip_exactly():
     ("text", "not an image"),
     ("bomb", "too large"),
     ("big", "too large"),
-    ("missing", "no longer on the server"),
+    ("missing", "cannot be read: upload it again"),
     ("none", "No image"),
 ])
 def test_bad_uploads_give_clear_errors(tmp_path, case, message):

@@ -1,0 +1,110 @@
+"""Security and reliability through the public HTTP API on loopback (issue 12).
+
+Each test reproduces a defect found by an adversarial probe of the running app: server files read through
+/inspect and /pixel (and a FIFO that hung the workers), tiny temperatures, non-finite and huge numbers,
+broken checkpoints, and the model registry's lock held across Hub network calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio.utils
+import httpx
+import pytest
+from conftest import running_app, save_tiny_checkpoints
+
+from pixelrnn import ui
+
+PROMPT_S = 5.0  # an error answer must come within this many seconds
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> Path:
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints) -> Iterator[str]:
+    with running_app(checkpoints) as url:
+        yield url
+
+
+def call(server: str, api: str, data: list, timeout: float = 30.0) -> tuple[str, Any, float]:
+    """POST /gradio_api/call/{api}, then read its event stream -> (last event, its data, seconds it took).
+
+    The event is "complete" (data: the outputs) or "error" (data: the message shown to the user)."""
+    start = time.monotonic()
+    response = httpx.post(f"{server}/gradio_api/call/{api}", json={"data": data}, timeout=timeout)
+    response.raise_for_status()
+    event_id = response.json()["event_id"]
+    event, payload = None, None
+    with httpx.stream("GET", f"{server}/gradio_api/call/{api}/{event_id}", timeout=timeout) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line.partition(":")[2].strip()
+            elif line.startswith("data:") and event in ("complete", "error"):
+                payload = json.loads(line.partition(":")[2])
+    if event == "error" and isinstance(payload, dict):
+        payload = payload.get("error")
+    return event, payload, time.monotonic() - start
+
+
+# --- 1. file inputs: no server file reads, no hang on a FIFO -----------------------------------------------------
+
+UNREADABLE = "The uploaded image cannot be read: upload it again."
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """Paths a client might name: server files outside the upload folder, and odd files inside it."""
+    outside = tmp_path_factory.mktemp("server-files")
+    shutil.copy(ui.ASSETS_DIR / "mnist_7.png", outside / "secret.png")
+    os.mkfifo(outside / "fifo")
+    inside = Path(gradio.utils.get_upload_folder()) / f"test-security-{uuid.uuid4().hex}"
+    inside.mkdir(parents=True)
+    os.mkfifo(inside / "fifo.png")
+    (inside / "folder.png").mkdir()
+    (inside / "link.png").symlink_to(outside / "secret.png")
+    paths = {"passwd": "/etc/passwd", "image outside": str(outside / "secret.png"), "directory": str(outside),
+             "missing": str(outside / "gone.png"), "fifo": str(outside / "fifo"),
+             "fifo in uploads": str(inside / "fifo.png"), "directory in uploads": str(inside / "folder.png"),
+             "symlink in uploads": str(inside / "link.png"),
+             "escape from uploads": str(inside / ".." / ".." / ".." / "etc" / "passwd"), "nul": "/etc/passwd\0.png"}
+    yield paths
+    for fifo in (outside / "fifo", inside / "fifo.png"):  # release a reader the old code left blocked in open()
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    shutil.rmtree(inside)
+
+
+CASES = ["passwd", "image outside", "directory", "missing", "fifo", "fifo in uploads", "directory in uploads",
+         "symlink in uploads", "escape from uploads", "nul"]
+
+
+@pytest.mark.parametrize("api", ["inspect", "pixel"])
+@pytest.mark.parametrize("case", CASES)
+def test_a_named_server_path_gives_one_generic_error_promptly(server, planted, api, case):
+    """Defect: /inspect and /pixel opened any path a client named ({"path": ...} without Gradio's meta), returned a
+    thumbnail of a server image, told which paths exist, and hung on a FIFO."""
+    # a FileData dict reaches the app; a bare string is refused by Gradio itself, with no message
+    for value, messages in (({"path": planted[case]}, {UNREADABLE}), (planted[case], {UNREADABLE, None})):
+        data = ["tiny-bin", value, None] + ([0, 0] if api == "pixel" else [])
+        event, message, seconds = call(server, api, data, timeout=PROMPT_S + 5)
+        assert event == "error" and message in messages, (case, value, message)
+        assert seconds < PROMPT_S
+
+
+def test_uploads_and_examples_still_work(server):
+    """The control for the test above: an example image (the app's allowed folder) is read."""
+    event, outputs, _ = call(server, "inspect", ["tiny-bin", {"path": str(ui.ASSETS_DIR / "mnist_7.png")}, None])
+    assert event == "complete" and "Most surprising pixel" in outputs[5]
