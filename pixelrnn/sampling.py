@@ -325,7 +325,7 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
             if fill[r][j]:
                 probs = []  # per channel (N, levels), stacked only when reported
                 for c in range(channels):  # R, then G given R, then B given R and G
-                    channel_probs = torch.softmax(stepper.logits(x, r, j)[:, :, c].float() / temperature, dim=1)
+                    channel_probs = tempered_probs(stepper.logits(x, r, j)[:, :, c], temperature)
                     cdf = channel_probs.cumsum(1)
                     x[:, c, r, j] = torch.searchsorted(cdf, uniforms[r, j, c, :, None] * cdf[:, -1:])[:, 0]
                     probs.append(channel_probs)
@@ -335,12 +335,37 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
                     log_weights += probs.gather(1, x[:, None, :, r, j]).sum((1, 2)).double()
             done[r, j] = True
             if every and (r * width + j + 1) % every == 0:
+                _check_levels(x, model.levels, r, j + 1)
                 yield Step(x.clone(), (r, j), _probs(probs), done.clone(), stage, list(ess_trace))
+        _check_levels(x, model.levels, r, width)
         stepper.end_row(x, r)
         if particles > 1:
             ess_trace.append(_resample(stepper, x, log_weights, particles, generator, force=r == height - 1))
     if not every or (height * width) % every:  # the final record
         yield Step(x.clone(), (height - 1, width - 1), _probs(probs), done.clone(), stage, list(ess_trace))
+
+
+def tempered_probs(logits: Tensor, temperature: float) -> Tensor:
+    """softmax(logits / temperature) over dim 1, in float32, finite for every positive temperature.
+
+    Dividing float32 logits by a tiny temperature overflows (at t = 1e-40, logits / t is inf and softmax NaN).
+    Here the largest logit is subtracted first, in float64, where no positive temperature rounds to 0:
+    (l - max) / t is 0 for the largest logit and at worst -inf, whose exp is 0, for the others. A tiny
+    temperature is greedy decoding (ties share the mass), a huge one the uniform distribution.
+    """
+    shifted = logits.double()
+    shifted = shifted - shifted.amax(1, keepdim=True)
+    return torch.softmax(shifted / temperature, dim=1).float()
+
+
+def _check_levels(x: Tensor, levels: int, r: int, stop: int) -> None:
+    """The sampler's guarantee that levels are in [0, levels): checked over row r up to column `stop` before a
+    Step is yielded and when the row ends (earlier rows are already checked), so no other value is returned.
+    Only non-finite model outputs (NaN weights) can break it."""
+    low, high = (int(v) for v in torch.aminmax(x[:, :, r, :stop]))
+    if low < 0 or high >= levels:
+        raise RuntimeError(f"sampling produced level {low if low < 0 else high} in row {r}, outside [0, {levels}): "
+                           f"the model's outputs are not finite (NaN or infinite weights?)")
 
 
 def _probs(probs: list[Tensor] | Tensor) -> Tensor:
@@ -413,7 +438,9 @@ def sample_steps(model: Model, n: int = 1, y=None, image=None, mask=None, temper
     image (C, H, W) or (n, C, H, W) with mask (H, W) bool, True = to fill: completion; known
     pixels never change. particles > 1: context-aware completion by SMC, where each image
     is the pick of `particles` particles weighted by all the known pixels (Step.ess).
-    The last Step's image is the result.
+    temperature: any positive finite number; every level is drawn from softmax(logits / temperature)
+    computed without overflow (`tempered_probs`), so tiny temperatures give the most likely levels.
+    The last Step's image is the result; its levels always lie in [0, levels).
     """
     steps = _sample_steps(model, n, y, image, mask, temperature, seed, method, every, particles)
     while True:

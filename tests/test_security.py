@@ -19,8 +19,10 @@ from typing import Any
 import gradio.utils
 import httpx
 import pytest
+import torch
 from conftest import running_app, save_tiny_checkpoints
 
+import pixelrnn
 from pixelrnn import ui
 
 PROMPT_S = 5.0  # an error answer must come within this many seconds
@@ -108,3 +110,55 @@ def test_uploads_and_examples_still_work(server):
     """The control for the test above: an example image (the app's allowed folder) is read."""
     event, outputs, _ = call(server, "inspect", ["tiny-bin", {"path": str(ui.ASSETS_DIR / "mnist_7.png")}, None])
     assert event == "complete" and "Most surprising pixel" in outputs[5]
+
+
+# --- 2. sampling is numerically safe at any accepted temperature --------------------------------------------------
+
+TINY_TEMPERATURES = [1e-40, 1e-300, 5e-324]  # float32 overflows at the first; the last is the smallest float
+
+
+def is_greedy(model: pixelrnn.Model, images: torch.Tensor, mask: torch.Tensor | None = None) -> bool:
+    """Whether every (masked) sub-pixel of every image is the most likely level given the ones before it."""
+    for x in images:
+        best = pixelrnn.likelihood_maps(model, x)["probs"].argmax(0)  # (C, H, W)
+        where = torch.ones_like(best, dtype=torch.bool) if mask is None else mask.expand_as(best)
+        if not torch.equal(best[where], x[where]):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("temperature", TINY_TEMPERATURES)
+def test_tiny_temperatures_sample_the_most_likely_levels(temperature):
+    """Defect: at t <= 1e-38 logits / t overflowed in float32 and sample() returned level 2 of a 2-level model
+    everywhere. Now a tiny temperature is greedy decoding, for generation and completion alike."""
+    torch.manual_seed(0)
+    for model in (pixelrnn.build_model("row_lstm", 1, 2, 8, 8, hidden=4, layers=1),
+                  pixelrnn.build_model("pixelcnn", 3, 256, 6, 6, hidden=6, layers=1)):
+        x = pixelrnn.sample(model, 2, temperature=temperature, seed=1)
+        assert 0 <= int(x.min()) and int(x.max()) < model.levels and is_greedy(model, x)
+        mask = torch.zeros(model.height, model.width, dtype=torch.bool)
+        mask[model.height // 2:] = True
+        image = torch.randint(0, model.levels, (model.channels, model.height, model.width))
+        completed = pixelrnn.sample(model, 2, image=image, mask=mask, temperature=temperature, seed=1, particles=2)
+        assert torch.equal(completed[:, :, ~mask], image[:, ~mask].expand(2, -1, -1))
+        assert is_greedy(model, completed, mask)
+
+
+def test_levels_outside_the_range_are_never_returned():
+    """Defect: NaN probabilities made searchsorted return `levels`, an impossible level, silently."""
+    model = pixelrnn.build_model("row_lstm", 1, 2, 6, 6, hidden=4, layers=1)
+    with torch.no_grad():
+        model.head[-1].bias[1] = float("nan")
+    steps = pixelrnn.sample_steps(model, 1, every=1)
+    with pytest.raises(RuntimeError, match=r"outside \[0, 2\)"):
+        for step in steps:
+            assert int(step.image.max()) < 2
+    with pytest.raises(RuntimeError, match="not finite"):
+        pixelrnn.sample(model, 1)
+
+
+@pytest.mark.parametrize("temperature", [1e-40, "1e-300"])
+def test_tiny_temperature_over_http(server, temperature):
+    """Defect: the UI answered "Something went wrong (IndexError...)" at temperature 1e-40."""
+    event, outputs, _ = call(server, "generate", ["tiny-bin", None, 2, temperature, 3, 0])
+    assert event == "complete" and "Generated 2 samples" in outputs[2] and "temperature 1e-" in outputs[2]
