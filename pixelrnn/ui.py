@@ -15,6 +15,7 @@ import inspect
 import io
 import logging
 import math
+import numbers
 import os
 import secrets
 import stat
@@ -412,42 +413,81 @@ def editor_parts(editor: Any) -> tuple[Any, list[Any]]:
 
 # --- argument parsing --------------------------------------------------------------------------------
 
-def parse_int(value: Any, name: str, low: int, high: int) -> int:
-    """A whole number in [low, high], or gr.Error naming the allowed range."""
+MAX_NUMBER_CHARS = 40  # longer text is not a number a person typed
+
+
+def _shown(value: Any) -> str:
+    """repr(value) for an error message, cut short (a 400-digit number would drown the sentence)."""
+    text = repr(value)
+    return text if len(text) <= MAX_NUMBER_CHARS else text[: MAX_NUMBER_CHARS - 1] + "…"
+
+
+def _number(value: Any) -> int | float | None:
+    """A number, or the text of one -> an exact int (any size) or a float (possibly inf or nan); None otherwise.
+
+    Booleans are not numbers here, and text longer than MAX_NUMBER_CHARS is refused before it is parsed."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str) and len(value.strip()) <= MAX_NUMBER_CHARS:
+        text = value.strip()
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+    return None
+
+
+def _whole(value: Any) -> int | None:
+    """A whole number (an int, an integral float or the text of one) -> int; None for anything else (inf, nan)."""
+    number = _number(value)
+    if isinstance(number, float) and number.is_integer():  # False for inf and nan
+        return int(number)
+    return number if isinstance(number, int) else None
+
+
+def _real(value: Any) -> float:
+    """A number (or its text) -> float: a huge int becomes inf, anything else that is not a number nan."""
+    number = _number(value)
+    if number is None:
+        return math.nan
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not (math.isfinite(number) and number == int(number) and low <= number <= high):
-        raise gr.Error(f"{name} must be a whole number from {low} to {high} (got {value!r}).")
-    return int(number)
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
+
+
+def parse_int(value: Any, name: str, low: int, high: int) -> int:
+    """A whole number in [low, high], or gr.Error naming the allowed range (inf, nan and huge values included)."""
+    number = _whole(value)
+    if number is None or not low <= number <= high:
+        raise gr.Error(f"{name} must be a whole number from {low} to {high} (got {_shown(value)}).")
+    return number
 
 
 def parse_temperature(value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
+    number = _real(value)
     if not (math.isfinite(number) and 0 < number <= MAX_TEMPERATURE):
-        raise gr.Error(f"Temperature must be a number above 0 and at most {MAX_TEMPERATURE:g} (got {value!r}): "
+        raise gr.Error(f"Temperature must be a number above 0 and at most {MAX_TEMPERATURE:g} (got {_shown(value)}): "
                        f"1 samples the model as trained, lower is more conservative, higher more random.")
     return number
 
 
 def parse_seed(value: Any) -> int:
     """A seed in [0, 2**32); None, "" or -1 -> a random one."""
-    if value is None or (isinstance(value, str) and not value.strip()) or value == -1:
+    if value is None or (isinstance(value, str) and not value.strip()) or _whole(value) == -1:
         return secrets.randbelow(2**32)
     return parse_int(value, "Seed", 0, 2**32 - 1)
 
 
 def parse_pace(value: Any) -> float:
-    try:
-        number = float(0 if value is None else value)
-    except (TypeError, ValueError):
-        number = math.nan
+    number = 0.0 if value is None else _real(value)
     if not (math.isfinite(number) and 0 <= number <= MAX_PACE_S):
-        raise gr.Error(f"Animation length must be from 0 to {MAX_PACE_S:g} seconds (got {value!r}).")
+        raise gr.Error(f"Animation length must be from 0 to {MAX_PACE_S:g} seconds (got {_shown(value)}).")
     return number
 
 
@@ -472,14 +512,13 @@ def parse_class(value: Any, spec: ModelSpec, allow_auto: bool = False) -> int | 
     text = str(value).strip()
     if text in spec.class_names:
         return spec.class_names.index(text)
-    try:
-        index = float(text)
-    except ValueError:
-        raise gr.Error(f"Unknown class {value!r}: choose one of {', '.join(spec.class_names)}.") from None
-    if index != int(index) or not 0 <= index < spec.num_classes:
-        raise gr.Error(f"Class {value!r} is out of range: this model has classes 0 to {spec.num_classes - 1} "
+    if _number(value) is None:
+        raise gr.Error(f"Unknown class {_shown(value)}: choose one of {', '.join(spec.class_names)}.")
+    index = _whole(value)  # None for inf, nan and fractions
+    if index is None or not 0 <= index < spec.num_classes:
+        raise gr.Error(f"Class {_shown(value)} is out of range: this model has classes 0 to {spec.num_classes - 1} "
                        f"({', '.join(spec.class_names)}).")
-    return int(index)
+    return index
 
 
 # --- rendering -------------------------------------------------------------------------------------------

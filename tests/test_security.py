@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -162,3 +163,38 @@ def test_tiny_temperature_over_http(server, temperature):
     """Defect: the UI answered "Something went wrong (IndexError...)" at temperature 1e-40."""
     event, outputs, _ = call(server, "generate", ["tiny-bin", None, 2, temperature, 3, 0])
     assert event == "complete" and "Generated 2 samples" in outputs[2] and "temperature 1e-" in outputs[2]
+
+
+# --- 3. numbers: inf, nan and huge values get the same clear messages as other bad input --------------------------
+
+HUGE = 10**400  # a 400-digit JSON number
+NO_IMAGE = {"background": None, "layers": [], "composite": None}  # numbers are checked before the image
+
+
+@pytest.mark.parametrize("api, data, message", [
+    ("generate", ["tiny-rgb", "inf", 1, 1.0, 0, 0], "Class 'inf' is out of range"),
+    ("generate", ["tiny-rgb", "nan", 1, 1.0, 0, 0], "Class 'nan' is out of range"),
+    ("generate", ["tiny-rgb", "-inf", 1, 1.0, 0, 0], "Class '-inf' is out of range"),
+    ("generate", ["tiny-rgb", "1e400", 1, 1.0, 0, 0], "Class '1e400' is out of range"),
+    ("generate", ["tiny-rgb", HUGE, 1, 1.0, 0, 0], "Class 1000000.* is out of range"),
+    ("generate", ["tiny-bin", None, 1, 1.0, HUGE, 0], "Seed must be a whole number from 0 to 4294967295"),
+    ("generate", ["tiny-bin", None, 1, 1.0, "9" * 400, 0], "Seed must be a whole number"),
+    ("generate", ["tiny-bin", None, 1, 1.0, "nan", 0], "Seed must be a whole number"),
+    ("generate", ["tiny-bin", None, "inf", 1.0, 0, 0], "Number of samples must be a whole number from 1 to 16"),
+    ("generate", ["tiny-bin", None, HUGE, 1.0, 0, 0], "Number of samples must be a whole number"),
+    ("generate", ["tiny-bin", None, 1, HUGE, 0, 0], "Temperature must be a number above 0"),
+    ("generate", ["tiny-bin", None, 1, "nan", 0, 0], "Temperature must be a number above 0"),
+    ("generate", ["tiny-bin", None, 1, 1.0, 0, HUGE], "Animation length must be from 0 to 20"),
+    ("generate", ["tiny-bin", None, 1, 1.0, 0, "inf"], "Animation length must be from 0 to 20"),
+    ("pixel", ["tiny-bin", {"path": str(ui.ASSETS_DIR / "mnist_7.png")}, None, HUGE, 0], "Row must be a whole number"),
+    ("pixel", ["tiny-bin", {"path": str(ui.ASSETS_DIR / "mnist_7.png")}, None, 0, "nan"], "Column must be a whole"),
+    ("inspect", ["tiny-rgb", {"path": str(ui.ASSETS_DIR / "cifar_cat.png")}, "inf"], "Class 'inf' is out of range"),
+    ("complete", ["tiny-bin", NO_IMAGE, None, ui.MODES[1], "inf", 1, 1.0, 0, 0], "Particles must be a whole number"),
+    ("complete", ["tiny-bin", NO_IMAGE, None, ui.MODES[0], 2, HUGE, 1.0, 0, 0], "Number of completions must be"),
+])
+def test_non_finite_and_huge_numbers_are_rejected_clearly(server, api, data, message):
+    """Defect: class "inf" gave "Something went wrong (OverflowError...)", class "nan" raw Python text, and a
+    400-digit seed an OverflowError."""
+    event, shown, seconds = call(server, api, data)
+    assert event == "error" and shown is not None and "Something went wrong" not in shown, shown
+    assert re.match(message, shown) and len(shown) < 300 and seconds < PROMPT_S, shown
