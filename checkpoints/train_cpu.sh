@@ -1,4 +1,8 @@
 #!/usr/bin/env bash
+# HISTORICAL: the stand-in checkpoints that configs/ has not yet replaced were trained by this script at commit
+# a7fdac2 (constant lr, no validation split, no EMA, clipping of the summed NLL). The training CLI has changed since;
+# to reproduce those checkpoints, run it from that commit (git worktree add /tmp/old a7fdac2). New checkpoints are
+# trained from configs/*.json: python -m pixelrnn.train --config configs/NAME.json --out checkpoints/NAME
 # Retrains the shipped CPU checkpoints (2 CPU cores, two queues of one thread each).
 # Usage: bash checkpoints/train_cpu.sh [DATA_DIR] [STAGE]   (default: ../shared/data, both stages)
 # Stage 1 trains every model; stage 2 resumes the Diagonal BiLSTM and the CIFAR-10 model.
