@@ -44,18 +44,13 @@ def launch_kwargs() -> dict[str, Any]:
 
 
 def _model_dropdown(registry: ui.Registry, elem_id: str, value: str | None) -> gr.Dropdown:
-    return gr.Dropdown(registry.names, value=value, label="Model", elem_id=elem_id)
+    return gr.Dropdown(registry.choices(), value=value, label="Model", elem_id=elem_id)
 
 
 def _class_dropdown(studio: ui.Studio, model: str | None, elem_id: str, allow_auto: bool = False) -> gr.Dropdown:
     update = studio.class_update(model, allow_auto) if model else {"choices": [], "value": None, "visible": False}
     return gr.Dropdown(update["choices"], value=update["value"], visible=update["visible"], label="Class",
                        elem_id=elem_id)
-
-
-def _default(registry: ui.Registry, fmt_filter: Callable[[ui.ModelSpec], bool]) -> str | None:
-    fitting = [n for n, e in registry.entries.items() if e.spec is not None and fmt_filter(e.spec)]
-    return registry.default([*PREFERRED, *fitting])
 
 
 def _image(caption: str, name: str, elem_id: str, **kwargs: Any) -> gr.Image:
@@ -164,7 +159,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
 
             # --- Models ---------------------------------------------------------------------------------
             with gr.Tab("Models", id="models", elem_id="tab-models"):
-                gr.Markdown(ui.models_table(registry), elem_id="models-table")
+                models_table = gr.Markdown(ui.models_table(registry), elem_id="models-table")
                 card_model = _model_dropdown(registry, "card-model", default)
                 with gr.Row():
                     card_text = gr.Markdown(label="Card", elem_id="card-text")
@@ -205,6 +200,8 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
 
         card_model.change(studio.model_card, card_model, [card_text, card_samples], api_name="model_card",
                          preprocess=False)
+        demo.load(functools.partial(ui.models_table, registry), None, models_table, api_name="models_table",
+                  api_visibility="undocumented", show_progress="hidden")  # failures found since start-up
         if default:
             demo.load(studio.model_card, card_model, [card_text, card_samples], api_name="model_card_on_load",
                       api_visibility="undocumented")

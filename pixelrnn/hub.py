@@ -50,6 +50,12 @@ PROBE_TIMEOUT_S = 2.0
 CONFIG, WEIGHTS, METRICS, SAMPLES, CARD = "config.json", "model.safetensors", "metrics.json", "samples.png", "README.md"
 UPLOAD_FILES = (CONFIG, WEIGHTS, METRICS, CARD, SAMPLES)
 PICKLE_WEIGHTS = ("pytorch_model.bin", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+# Bounds on a config.json, checked before any model is built (even on the meta device): far above the paper's
+# models (CIFAR-10: 12 layers, h = 128; ImageNet 64x64), far below sizes that take seconds to build or GBs to load.
+MAX_CONFIG_BYTES = 2**20
+CONFIG_LIMITS = {"channels": 4, "levels": 256, "height": 256, "width": 256, "hidden": 1024, "layers": 64,
+                 "out_hidden": 4096, "num_classes": 10_000, "cond_channels": 1024, "factor": 64}
+MAX_PARAMETERS = 100_000_000
 
 ARCH_NAMES = {"pixelcnn": "PixelCNN", "row_lstm": "Row LSTM", "diagonal_bilstm": "Diagonal BiLSTM"}
 # Test NLL reported in the paper (van den Oord et al., 2016): Table 4 (nats) and Table 5 (bits/dim).
@@ -236,10 +242,12 @@ def read_config(path: str | Path) -> tuple[type[PixelRNN | MultiScalePixelRNN], 
     """(model class, constructor kwargs) from a config.json, validated; CheckpointError if invalid."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise CheckpointError(f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MB, not a model config")
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise CheckpointError(f"{path.parent}: no {CONFIG}, so it is not a pixelrnn checkpoint") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise CheckpointError(f"{path}: cannot read JSON ({err})") from err
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: expected a JSON object of model arguments, got {type(config).__name__}")
@@ -249,11 +257,18 @@ def read_config(path: str | Path) -> tuple[type[PixelRNN | MultiScalePixelRNN], 
         raise CheckpointError(f"{path}: unknown {cls.__name__} argument(s) {unknown}")
     if "skip" in config and not isinstance(config["skip"], bool):
         raise CheckpointError(f"{path}: invalid config: skip must be true or false, got {config['skip']!r}")
+    too_large = [f"{key} = {config[key]} (at most {limit})" for key, limit in CONFIG_LIMITS.items()
+                 if isinstance(config.get(key), int) and config[key] > limit]
+    if too_large:
+        raise CheckpointError(f"{path}: model too large for pixelrnn: {', '.join(too_large)}")
     try:
         with torch.device("meta"):  # validates the arguments without allocating weights
-            cls(**config)
+            parameters = sum(p.numel() for p in cls(**config).parameters())
     except (ValueError, TypeError, RuntimeError, OverflowError) as err:
         raise CheckpointError(f"{path}: invalid config: {err}") from err
+    if parameters > MAX_PARAMETERS:
+        raise CheckpointError(f"{path}: model too large for pixelrnn: {parameters:,} parameters "
+                              f"(at most {MAX_PARAMETERS:,})")
     return cls, config
 
 
@@ -273,13 +288,23 @@ def _check_weights(path: Path, expected: dict[str, torch.Size]) -> None:
         raise CheckpointError(f"{path} does not match its config.json: {'; '.join(problems[:5])}{more}")
 
 
-def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> PixelRNN | MultiScalePixelRNN:
-    """Build the model from folder/config.json and load folder/model.safetensors (eval mode)."""
+def pickle_weights(folder: str | Path) -> list[str]:
+    """Names of pickle weight files (pytorch_model.bin, *.pt, ...) in a folder: never loaded, only reported."""
+    return sorted({p.name for pattern in PICKLE_WEIGHTS for p in Path(folder).glob(pattern)})
+
+
+def check_folder(folder: str | Path) -> tuple[type[PixelRNN | MultiScalePixelRNN], dict[str, Any]]:
+    """Validate a checkpoint folder without reading its tensors -> (model class, config).
+
+    Checks config.json (`read_config`, bounds included) and model.safetensors' header: tensor names and shapes
+    against the model's, and that the file is complete. CheckpointError if anything is wrong, including pickle
+    weights in place of model.safetensors.
+    """
     folder = Path(folder)
     cls, config = read_config(folder / CONFIG)
     weights = folder / WEIGHTS
     if not weights.is_file():
-        pickles = sorted({p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)})
+        pickles = pickle_weights(folder)
         if pickles:
             raise CheckpointError(f"{folder}: refusing to load pickle weights {pickles} (unpickling can run arbitrary "
                                   f"code); pixelrnn loads only {WEIGHTS}. Convert them where you trust the file.")
@@ -287,6 +312,14 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> Pixel
     with torch.device("meta"):
         expected = {k: v.shape for k, v in cls(**config).state_dict().items()}
     _check_weights(weights, expected)
+    return cls, config
+
+
+def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> PixelRNN | MultiScalePixelRNN:
+    """Build the model from folder/config.json and load folder/model.safetensors (eval mode)."""
+    folder = Path(folder)
+    cls, config = check_folder(folder)
+    weights = folder / WEIGHTS
     try:
         state = load_file(weights)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:

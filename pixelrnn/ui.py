@@ -17,6 +17,7 @@ import logging
 import math
 import numbers
 import os
+import re
 import secrets
 import stat
 import struct
@@ -25,6 +26,7 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +47,10 @@ from pixelrnn.hub import (
     SAMPLES,
     WEIGHTS,
     as_number,
+    check_folder,
     format_duration,
     load_folder,
+    pickle_weights,
     read_config,
     read_json,
     resolve,
@@ -66,6 +70,8 @@ MAX_PACE_S = 20.0  # longest requested animation
 MAX_UPLOAD_BYTES = 20 * 2**20  # largest upload read (app.py gives Gradio the same limit)
 MAX_UPLOAD_PIXELS = 25_000_000  # 5000 x 5000: larger uploads are refused before decoding
 MIN_SIDE = 4  # smallest accepted upload side, in pixels
+RETRY_AFTER_S = 120.0  # a model that failed to load is tried again after this long (at once if its weights change)
+LOAD_WAIT_S = 20.0  # a request waits this long for a model being loaded (a Hub download goes on in the background)
 FRAME_INTERVAL_S = 1 / 20  # streamed frames: at most 20 updates per second
 CELL_PX = 168  # displayed size of one image (upscaled by an integer factor, nearest neighbour)
 INSPECT_PX = 224  # displayed size of the Inspect tab's image and maps
@@ -84,6 +90,15 @@ VIRIDIS = np.array([(68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (
 
 # --- errors ---------------------------------------------------------------------------------------
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])(?:/[^\s/'\"`:;,()\[\]{}]+)+/?")
+
+
+def redact_paths(text: str) -> str:
+    """A message for users without server paths: every absolute path is cut to its last part
+    ("/srv/app/checkpoints/x/model.safetensors: ..." -> "model.safetensors: ..."); URLs are kept."""
+    return _ABSOLUTE_PATH.sub(lambda match: Path(match.group()).name or "/", text)
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn a ValueError (e.g. from the library's argument checks) into gr.Error, and log anything unexpected,
     so that every failure reaches the user as a sentence. Works for functions and generator functions."""
@@ -92,9 +107,10 @@ def user_errors(fn: Callable) -> Callable:
         if isinstance(err, gr.Error):
             return err
         if isinstance(err, ValueError):
-            return gr.Error(str(err))
+            return gr.Error(redact_paths(str(err)))
         log.exception("unexpected error in %s", fn.__name__)
-        return gr.Error(f"Something went wrong ({type(err).__name__}: {err}). Please try again or report it.")
+        return gr.Error(f"Something went wrong ({type(err).__name__}: {redact_paths(str(err))}). Please try again "
+                        f"or report it.")
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -765,7 +781,7 @@ class ModelEntry:
     name: str
     source: str  # "local" | "hub"
     location: str  # folder path or Hub repo id
-    spec: ModelSpec | None = None  # None for a Hub model until it is loaded
+    spec: ModelSpec | None = None  # None for a Hub model until it is loaded, or for an invalid config
     metrics: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     parameters: int | None = None
@@ -775,35 +791,58 @@ class ModelEntry:
         return Path(self.location) / WEIGHTS if self.source == "local" else None
 
 
+@dataclass(frozen=True)
+class LoadFailure:
+    """Why a model could not be loaded, for which version of its weights, and when (time.monotonic())."""
+
+    version: Any
+    reason: str  # shown to users: no server paths
+    at: float
+
+
 class Registry:
     """Discovers checkpoints (folders with a config.json under `root`, plus Hub ids) and loads them lazily,
-    one cached copy per model (reloaded when a local model.safetensors changes)."""
+    one cached copy per model (reloaded when a local model.safetensors changes).
+
+    Local folders are validated at discovery without reading tensors (config bounds, the weights' header), so
+    a broken checkpoint is listed with its reason and never offered as the default. A failed load is
+    remembered and not retried for RETRY_AFTER_S seconds, or until the weights change. Loading, Hub
+    downloads included, runs in a background thread and outside the registry's lock, which guards only its
+    dictionaries: a request waits at most LOAD_WAIT_S for it, and never for another model's download.
+    """
 
     def __init__(self, root: str | Path | None = None, hub_ids: Iterable[str] = (), device: str | None = None):
         self.root = Path(root) if root else REPO_ROOT / "checkpoints"
         self.device = device or default_device()
         self.entries: dict[str, ModelEntry] = {}
         self._cache: dict[str, tuple[Any, Model]] = {}
+        self._failures: dict[str, LoadFailure] = {}
+        self._jobs: dict[str, Future] = {}
         self._lock = threading.Lock()
         for folder in sorted(self.root.iterdir()) if self.root.is_dir() else []:
-            if not (folder / "config.json").is_file():
-                continue
-            try:
-                cls, config = read_config(folder / "config.json")
-            except pixelrnn.CheckpointError as err:
-                log.warning("skipping %s: %s", folder, err)
-                continue
-            metrics = read_json(folder / METRICS)
-            with torch.device("meta"):
-                skeleton = cls(**config)
-            spec = spec_of(skeleton, metrics.get("dataset"))
-            parameters = sum(p.numel() for p in skeleton.parameters())
-            self.entries[folder.name] = ModelEntry(folder.name, "local", str(folder), spec, metrics, config,
-                                                   parameters)
+            if (folder / "config.json").is_file():
+                self.entries[folder.name] = entry = ModelEntry(folder.name, "local", str(folder))
+                self._discover(entry)
         for repo_id in hub_ids:
             repo_id = repo_id.strip()
             if repo_id and repo_id not in self.entries:
                 self.entries[repo_id] = ModelEntry(repo_id, "hub", repo_id)
+
+    def _discover(self, entry: ModelEntry) -> None:
+        """Read a local checkpoint's metadata and validate it (no tensors are read); remember what is wrong."""
+        folder = Path(entry.location)
+        try:
+            cls, entry.config = read_config(folder / "config.json")
+            with torch.device("meta"):
+                skeleton = cls(**entry.config)
+            entry.metrics = read_json(folder / METRICS)
+            entry.spec = spec_of(skeleton, entry.metrics.get("dataset"))
+            entry.parameters = sum(p.numel() for p in skeleton.parameters())
+            if entry.weights.is_file() or pickle_weights(folder):
+                check_folder(folder)
+        except pixelrnn.CheckpointError as err:
+            log.warning("checkpoint %s cannot be loaded: %s", folder, err)
+            self._failures[entry.name] = LoadFailure(self._version(entry), redact_paths(str(err)), time.monotonic())
 
     @classmethod
     def from_env(cls, root: str | Path | None = None, hub_ids: Iterable[str] | None = None,
@@ -818,19 +857,50 @@ class Registry:
     def names(self) -> list[str]:
         return list(self.entries)
 
+    @staticmethod
+    def _version(entry: ModelEntry) -> Any:
+        """What identifies a local model's weights (changes when training writes new ones); None for the Hub or
+        when there is no model.safetensors."""
+        if entry.weights is None:
+            return None
+        try:
+            info = entry.weights.stat()
+        except OSError:
+            return None
+        return info.st_mtime_ns, info.st_size, info.st_ino
+
+    def problem(self, name: str) -> str | None:
+        """Why a model cannot be used now (its last failure, even once a retry is allowed, while its weights are
+        unchanged; or no weights yet), or None if it is loaded or may load."""
+        entry = self.entries[name]
+        version = self._version(entry)
+        with self._lock:
+            failure = self._failures.get(name)
+        if failure is not None and failure.version == version:
+            return failure.reason
+        if entry.source == "local" and version is None:
+            return "no model.safetensors yet: it may still be training"
+        return None
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, name) for a model dropdown: models that cannot be used now are marked."""
+        return [(name if self.problem(name) is None else f"{name} (cannot load)", name) for name in self.entries]
+
     def default(self, prefer: Iterable[str] = ()) -> str | None:
-        """A model to preselect: the first of `prefer` that has weights, else the first with weights."""
-        ready = [n for n, e in self.entries.items() if e.source == "hub" or (e.weights and e.weights.is_file())]
+        """A model to preselect: the first of `prefer` that can be used, else the first that can; never one that
+        failed to load or has no weights."""
+        ready = [name for name in self.entries if self.problem(name) is None]
         for name in prefer:
             if name in ready:
                 return name
-        return ready[0] if ready else (self.names[0] if self.names else None)
+        return ready[0] if ready else None
 
     def entry(self, name: Any) -> ModelEntry:
         if not self.entries:
-            raise gr.Error(f"No models found: train one into {self.root} or set PIXELRNN_HUB_MODELS.")
+            raise gr.Error("No models found: put checkpoint folders into the checkpoints folder "
+                           "($PIXELRNN_CHECKPOINTS) or set PIXELRNN_HUB_MODELS.")
         if not isinstance(name, str) or name not in self.entries:
-            raise gr.Error(f"Unknown model {name!r}: choose one of {', '.join(self.names)}.")
+            raise gr.Error(f"Unknown model {_shown(name)}: choose one of {', '.join(self.names)}.")
         return self.entries[name]
 
     def spec(self, name: Any) -> ModelSpec:
@@ -840,33 +910,63 @@ class Registry:
         return entry.spec
 
     def load(self, name: Any) -> Model:
-        """The model, loaded on first use (gr.Error with the loader's message if it cannot be loaded)."""
+        """The model, loaded on first use; gr.Error with the reason if it cannot be loaded (remembered), or if a
+        download takes longer than LOAD_WAIT_S (it goes on in the background)."""
         entry = self.entry(name)
-        version = None
-        if entry.weights is not None:
-            try:
-                version = entry.weights.stat().st_mtime_ns
-            except OSError:
-                raise gr.Error(f"Model {name!r} has no weights yet ({entry.weights} is missing): it may still be "
-                               f"training.") from None
+        version = self._version(entry)
+        if entry.source == "local" and version is None and not pickle_weights(entry.location):
+            raise gr.Error(f"Model {name!r} has no weights yet: it may still be training.")
         with self._lock:
-            cached = self._cache.get(entry.name)
+            cached = self._cache.get(name)
             if cached is not None and cached[0] == version:
                 return cached[1]
-            try:
-                folder = resolve(entry.location)  # the Hub is asked once; its files are then local
-                model = load_folder(folder, device=self.device)
-            except (pixelrnn.CheckpointError, OSError) as err:
-                raise gr.Error(f"Cannot load model {name!r}: {err}") from err
-            if entry.source == "hub":
-                entry.metrics, entry.config = read_json(folder / METRICS), read_json(folder / "config.json")
-            entry.spec = spec_of(model, entry.metrics.get("dataset"))
-            entry.parameters = sum(p.numel() for p in model.parameters())
+            failure = self._failures.get(name)
+            if failure is not None and failure.version == version and time.monotonic() - failure.at < RETRY_AFTER_S:
+                raise gr.Error(f"Cannot load model {name!r}: {failure.reason}")
+            job = self._jobs.get(name)
+            if job is None:
+                job = self._jobs[name] = Future()
+                threading.Thread(target=self._load_job, args=(entry, version, job), name=f"load {name}",
+                                 daemon=True).start()
+        try:
+            return job.result(timeout=LOAD_WAIT_S)
+        except TimeoutError:
+            doing = "downloaded from the Hugging Face Hub" if entry.source == "hub" else "loaded"
+            raise gr.Error(f"Model {name!r} is still being {doing}: try again in a minute.") from None
+
+    def _load_job(self, entry: ModelEntry, version: Any, job: Future) -> None:
+        """Resolve (the Hub is asked once; its files are then local) and load a model, without the lock."""
+        try:
+            folder = resolve(entry.location)
+            model = load_folder(folder, device=self.device)
+        except (pixelrnn.CheckpointError, OSError) as err:
+            self._failed(entry, version, job, str(err))
+            return
+        except Exception as err:
+            log.exception("loading %s failed", entry.name)
+            self._failed(entry, version, job, f"{type(err).__name__}: {err}")
+            return
+        if entry.source == "hub":
+            entry.metrics, entry.config = read_json(folder / METRICS), read_json(folder / "config.json")
+        entry.spec = spec_of(model, entry.metrics.get("dataset"))
+        entry.parameters = sum(p.numel() for p in model.parameters())
+        with self._lock:
             self._cache[entry.name] = (version, model)
-            return model
+            self._failures.pop(entry.name, None)
+            del self._jobs[entry.name]
+        job.set_result(model)
+
+    def _failed(self, entry: ModelEntry, version: Any, job: Future, reason: str) -> None:
+        """Remember a failed load and report it to the requests waiting for it."""
+        reason = redact_paths(reason)
+        with self._lock:
+            self._failures[entry.name] = LoadFailure(version, reason, time.monotonic())
+            del self._jobs[entry.name]
+        job.set_exception(gr.Error(f"Cannot load model {entry.name!r}: {reason}"))
 
     def version(self, name: str) -> Any:
-        return self._cache.get(name, (None,))[0]
+        with self._lock:
+            return self._cache.get(name, (None,))[0]
 
 
 # --- likelihoods ---------------------------------------------------------------------------------------
@@ -941,17 +1041,26 @@ def test_result(entry: ModelEntry) -> tuple[str, str]:
 
 def model_title(entry: ModelEntry) -> str:
     if entry.spec is None:
-        return "(not loaded yet)"
+        return "(not loaded yet)" if entry.source == "hub" else "?"
     name = ARCH_NAMES.get(entry.spec.arch, entry.spec.arch)
     name = f"Multi-Scale {name}" if entry.spec.factor else name
     return name + (", class-conditional" if entry.spec.num_classes else "")
 
 
+def model_status(registry: Registry, entry: ModelEntry) -> str:
+    """A model's state for a Markdown table cell: ready, on the Hub, or why it cannot be used."""
+    problem = registry.problem(entry.name)
+    if problem is not None:
+        return "⚠ " + problem.replace("|", "\\|").replace("\n", " ")
+    return "on the Hub, loaded on first use" if entry.spec is None else "ready"
+
+
 def models_table(registry: Registry) -> str:
-    """Markdown table of every model, from its metadata only (nothing is loaded)."""
+    """Markdown table of every model, from its metadata and the registry's state only (nothing is loaded)."""
     if not registry.entries:
-        return f"No models found in `{registry.root}`."
-    rows = ["| model | architecture | data | parameters | test NLL | paper | training |", "|---|---|---|---|---|---|---|"]
+        return "No models found: put checkpoint folders into the checkpoints folder ($PIXELRNN_CHECKPOINTS)."
+    rows = ["| model | architecture | data | parameters | test NLL | paper | training | status |",
+            "|---|---|---|---|---|---|---|---|"]
     for entry in registry.entries.values():
         metrics = entry.metrics
         dataset = DATASET_INFO.get(metrics.get("dataset"), (metrics.get("dataset") or "?",))[0]
@@ -959,7 +1068,8 @@ def models_table(registry: Registry) -> str:
         ours, paper = test_result(entry)
         wall = as_number(metrics.get("wall_time_s"))
         training = f"{format_duration(wall)} on {metrics.get('device', '?')}" if wall is not None else "?"
-        rows.append(f"| `{entry.name}` | {model_title(entry)} | {dataset} | {params} | {ours} | {paper} | {training} |")
+        rows.append(f"| `{entry.name}` | {model_title(entry)} | {dataset} | {params} | {ours} | {paper} | {training} | "
+                    f"{model_status(registry, entry)} |")
     return "\n".join(rows)
 
 
@@ -987,11 +1097,8 @@ def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None]:
     if entry.source == "local":
         try:
             where = f"local folder `{Path(entry.location).resolve().relative_to(REPO_ROOT)}`"
-        except ValueError:
-            where = f"local folder `{entry.location}`"
-        weights = entry.weights
-        if weights is None or not weights.is_file():
-            where += " (no model.safetensors yet: still training?)"
+        except ValueError:  # outside the app: its name only, no server path
+            where = f"local folder `{entry.name}`"
     else:
         where = f"Hugging Face Hub [`{entry.location}`](https://huggingface.co/{entry.location})"
     classes = f"{spec.num_classes} classes: {', '.join(spec.class_names)}" if spec and spec.num_classes else "none"
@@ -1004,7 +1111,8 @@ def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None]:
              f"| Paper (van den Oord et al., 2016) | {paper} |",
              f"| Training | {', '.join(training) or 'no record'} |",
              f"| Weights | {where} |",
-             f"| Running on | {registry.device} |"]
+             f"| Running on | {registry.device} |",
+             f"| Status | {model_status(registry, entry)} |"]
     samples = None
     path = Path(entry.location) / SAMPLES
     if entry.source == "local" and path.is_file():  # a regular file of the checkpoint, not an upload

@@ -1,6 +1,6 @@
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,11 +40,11 @@ def save_tiny_checkpoints(root: Path, rgb: bool = True) -> Path:
 
 
 @contextlib.contextmanager
-def running_app(checkpoints: Path) -> Iterator[str]:
-    """app.build_demo() on the given checkpoints, served on a free 127.0.0.1 port: yields its URL."""
+def running_app(checkpoints: Path, hub_models: Iterable[str] = ()) -> Iterator[str]:
+    """app.build_demo() on the given checkpoints (and Hub repo ids), served on a free 127.0.0.1 port: yields its URL."""
     import app
 
-    demo = app.build_demo(checkpoints, hub_models=[], device="cpu")
+    demo = app.build_demo(checkpoints, hub_models=list(hub_models), device="cpu")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -11,7 +11,9 @@ Serves model repos from `{repo_id: {filename: bytes}}` on 127.0.0.1 (random port
     POST /api/models/{repo}/commit/{rev}       apply an ndjson commit of regular files
 
 Missing repos answer 404 with `X-Error-Code: RepoNotFound`, missing files `EntryNotFound`
-(with X-Repo-Commit, as the real Hub does); `hub.fail_with = 503` fails every GET/HEAD.
+(with X-Repo-Commit, as the real Hub does); `hub.fail_with = 503` fails every GET/HEAD;
+`hub.stall()` holds every GET (HEAD requests, such as a reachability probe, are answered) until
+`hub.release()` or `hub.stop()`: an endpoint that answers the probe and then stalls.
 Every request is recorded in `hub.requests` as (method, path) so tests can assert cache reuse.
 
     with FakeHub({"user/tiny": {"config.json": b"{}"}}) as hub:
@@ -49,6 +51,8 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []
         self.fail_with: int | None = None  # answer every request with this HTTP status (e.g. 503)
         self._lock = threading.Lock()
+        self._flowing = threading.Event()  # cleared while GET requests are held (stall mode)
+        self._flowing.set()
         self._counter = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -85,7 +89,16 @@ class FakeHub:
         self._thread.start()
         return self
 
+    def stall(self) -> None:
+        """Hold every GET request from now on until `release()`; HEAD requests are still answered."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        """Let held GET requests go on and new ones through."""
+        self._flowing.set()
+
     def stop(self) -> None:
+        self.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -161,6 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self._path()
+        if self.command == "GET":  # do_HEAD comes here too: a HEAD is never held
+            self.hub._flowing.wait()
         if self.hub.fail_with:
             self._error(self.hub.fail_with, "Unavailable", "the fake hub is failing on purpose")
             return

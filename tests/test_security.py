@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -198,3 +199,137 @@ def test_non_finite_and_huge_numbers_are_rejected_clearly(server, api, data, mes
     event, shown, seconds = call(server, api, data)
     assert event == "error" and shown is not None and "Something went wrong" not in shown, shown
     assert re.match(message, shown) and len(shown) < 300 and seconds < PROMPT_S, shown
+
+
+# --- 4. the model registry: broken checkpoints, remembered failures, no lock across Hub calls ------------------
+
+def broken_checkpoints(root: Path) -> Path:
+    """tiny-bin plus broken folders named to sort before it (the old registry's default was the first listed):
+    truncated weights, weights of another shape, pickle-only weights and an absurdly large config."""
+    save_tiny_checkpoints(root, rgb=False)
+    good = root / "tiny-bin"
+    for name in ("a-truncated", "b-shape", "c-pickle", "d-huge"):
+        shutil.copytree(good, root / name)
+    weights = root / "a-truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    config = json.loads((good / "config.json").read_text())
+    (root / "b-shape" / "config.json").write_text(json.dumps(config | {"hidden": 8}))
+    torch.save({"weights": torch.zeros(1)}, root / "c-pickle" / "pytorch_model.bin")
+    (root / "c-pickle" / "model.safetensors").unlink()
+    (root / "d-huge" / "config.json").write_text(json.dumps(config | {"hidden": 1024, "layers": 1000}))
+    return root
+
+
+BROKEN = {"a-truncated": "not a valid safetensors file", "b-shape": "does not match its config.json",
+          "c-pickle": "refusing to load pickle weights ['pytorch_model.bin']", "d-huge": "model too large"}
+
+
+def component_value(server: str, elem_id: str) -> Any:
+    """The initial value of the component with this elem_id, from the app's public /config."""
+    config = httpx.get(f"{server}/config", timeout=10).json()
+    return next(c["props"]["value"] for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id)
+
+
+def test_broken_checkpoints_are_listed_as_broken_and_never_the_default(tmp_path):
+    """Defect: truncated, mismatched and pickle-only checkpoints were listed as healthy and could become every
+    tab's default; pickle-only weights were reported as "may still be training"; errors showed server paths;
+    a huge config made start-up and every /inspect slow."""
+    root = broken_checkpoints(tmp_path / "checkpoints")
+    start = time.monotonic()
+    ui.Registry(root, device="cpu")
+    assert time.monotonic() - start < 2.0  # the huge config is refused before any model is built
+    with running_app(root) as server:
+        assert component_value(server, "gen-model") == "tiny-bin"
+        table = component_value(server, "models-table")
+        for name, reason in BROKEN.items():
+            row = next(line for line in table.splitlines() if line.startswith(f"| `{name}`"))
+            assert "⚠" in row and reason in row, row
+        event, outputs, seconds = call(server, "inspect", ["tiny-bin", {"path": str(ui.ASSETS_DIR / "mnist_7.png")},
+                                                           None])
+        assert event == "complete" and seconds < PROMPT_S
+        for name in ("a-truncated", "b-shape", "c-pickle"):  # models of the same format are scored, or say why not
+            assert BROKEN[name] in next(line for line in outputs[3].splitlines() if f"`{name}`" in line)
+        assert "d-huge" not in outputs[3]  # its format is not known: its config was refused
+        for name, reason in BROKEN.items():
+            event, message, seconds = call(server, "generate", [name, None, 1, 1.0, 0, 0])
+            assert event == "error" and reason in message and "training" not in message and seconds < PROMPT_S
+            assert str(tmp_path) not in message and "/tmp" not in message, message
+        assert str(tmp_path) not in table + outputs[3]
+
+
+def test_failed_loads_are_remembered_until_the_weights_change(tmp_path, monkeypatch):
+    """Defect: a failed load was not remembered, so every /inspect tried every broken checkpoint again."""
+    root = broken_checkpoints(tmp_path / "checkpoints")
+    registry = ui.Registry(root, device="cpu")
+    loads = []
+    real_load = ui.load_folder
+    monkeypatch.setattr(ui, "load_folder", lambda *args, **kwargs: loads.append(args) or real_load(*args, **kwargs))
+    for _ in range(3):
+        for name, reason in BROKEN.items():
+            with pytest.raises(ui.gr.Error, match=re.escape(reason)):
+                registry.load(name)
+    assert loads == []
+    assert registry.default() == "tiny-bin" and registry.choices()[0] == ("a-truncated (cannot load)", "a-truncated")
+    shutil.copy(root / "tiny-bin" / "model.safetensors", root / "a-truncated")  # fixed: tried again at once
+    assert registry.load("a-truncated") is registry.load("a-truncated") and len(loads) == 1
+    assert registry.problem("a-truncated") is None
+
+
+@pytest.fixture
+def hub_env(tmp_path, monkeypatch) -> Iterator[Any]:
+    """A fake Hub serving user/tiny-rgb, a private HF cache and a fake token."""
+    fakehub = pytest.importorskip("fakehub")
+    from huggingface_hub import constants
+
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    source = save_tiny_checkpoints(tmp_path / "hub-source") / "tiny-rgb"
+    files = {p.name: p.read_bytes() for p in source.iterdir() if p.is_file()}
+    with fakehub.FakeHub({"user/tiny-rgb": files}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        yield hub
+
+
+def test_hub_failures_are_remembered_and_retried_later(hub_env, tmp_path, monkeypatch):
+    """Defect: a failed Hub load was not remembered: every request asked the Hub again."""
+    registry = ui.Registry(save_tiny_checkpoints(tmp_path / "checkpoints", rgb=False), ["user/missing"], "cpu")
+    with pytest.raises(ui.gr.Error, match="Cannot load model 'user/missing'"):
+        registry.load("user/missing")
+    asked = hub_env.count()
+    with pytest.raises(ui.gr.Error, match="Cannot load model 'user/missing'"):
+        registry.load("user/missing")
+    assert asked > 0 and hub_env.count() == asked  # remembered
+    assert "user/missing" in registry.problem("user/missing") and registry.default() == "tiny-bin"
+    monkeypatch.setattr(ui, "RETRY_AFTER_S", 0.0)
+    with pytest.raises(ui.gr.Error, match="Cannot load model 'user/missing'"):
+        registry.load("user/missing")
+    assert hub_env.count() > asked  # tried again after a while
+
+
+def test_a_local_model_is_served_while_a_hub_download_stalls(hub_env, tmp_path, monkeypatch):
+    """Defect: the registry held its lock across Hub calls, so one /model_card of a Hub model whose endpoint
+    answered the probe and then stalled blocked a /generate of a local model for minutes."""
+    monkeypatch.setattr(ui, "LOAD_WAIT_S", 2.0, raising=False)
+    hub_env.stall()
+    with running_app(save_tiny_checkpoints(tmp_path / "checkpoints", rgb=False), ["user/tiny-rgb"]) as server:
+        card: list = []
+        thread = threading.Thread(target=lambda: card.append(call(server, "model_card", ["user/tiny-rgb"], 60)))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while hub_env.count("GET") == 0 and time.monotonic() < deadline:  # the download has started, and stalls
+            time.sleep(0.05)
+        assert hub_env.count("GET") > 0
+        event, outputs, seconds = call(server, "generate", ["tiny-bin", None, 1, 1.0, 0, 0], timeout=PROMPT_S + 5)
+        assert event == "complete" and "Generated 1 sample" in outputs[2] and seconds < PROMPT_S
+        thread.join(timeout=30)
+        event, message, seconds = card[0]
+        assert event == "error" and "still being downloaded from the Hugging Face Hub" in message
+        assert seconds < ui.LOAD_WAIT_S + PROMPT_S
+        hub_env.release()  # the download finishes in the background and the model is then served
+        deadline = time.monotonic() + 30
+        while (result := call(server, "model_card", ["user/tiny-rgb"]))[0] != "complete" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert result[0] == "complete" and "Hugging Face Hub" in result[1][0] and "CIFAR-10" in result[1][0]

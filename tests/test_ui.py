@@ -320,7 +320,8 @@ def test_pacer_and_with_last():
 
 def test_registry_discovery_and_lazy_cached_loading(checkpoints, studio):
     registry = studio.registry
-    assert registry.names == ["no-weights", "tiny-bin", "tiny-ms", "tiny-rgb"]  # no-config, bad-config skipped
+    assert registry.names == ["bad-config", "no-weights", "tiny-bin", "tiny-ms", "tiny-rgb"]  # no-config skipped
+    assert "arch must be one of" in registry.problem("bad-config") and registry.problem("tiny-bin") is None
     fresh = ui.Registry(checkpoints, device="cpu")
     assert fresh._cache == {}  # nothing loaded at discovery
     assert fresh.load("tiny-bin") is fresh.load("tiny-bin")
