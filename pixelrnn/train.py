@@ -369,19 +369,22 @@ def main(argv: list[str] | None = None) -> dict:
               f"{', bf16' if bf16 else ''}{', CUDA graph' if use_graph else ''}")
     x_batch = torch.zeros(local, info.channels, info.height, info.width, dtype=torch.uint8, device=device)
     y_batch = None if train_y is None else torch.zeros(local, dtype=torch.long, device=device)
-    generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + state["step"] * world + rank)
+    generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + state["step"])  # the same on every process
 
     def next_batch() -> None:
-        index = torch.randint(len(train_x), (local,), device=device, generator=generator)
-        x = train_x[index]
+        # every process draws the global batch (the same numbers) and keeps its share
+        index = torch.randint(len(train_x), (args.batch_size,), device=device, generator=generator)
+        x = train_x[index[rank * local : (rank + 1) * local]]
+        mine = slice(rank * local, (rank + 1) * local)
         if args.binarize:  # dynamic binarization, on the device
-            x = (torch.rand(x.shape, device=device, generator=generator) * 255 < x).to(torch.uint8)
+            noise = torch.rand(args.batch_size, *x.shape[1:], device=device, generator=generator)[mine]
+            x = (noise * 255 < x).to(torch.uint8)
         if args.hflip:
-            flip = torch.rand(local, 1, 1, 1, device=device, generator=generator) < 0.5
+            flip = (torch.rand(args.batch_size, 1, 1, 1, device=device, generator=generator) < 0.5)[mine]
             x = torch.where(flip, x.flip(-1), x)
         x_batch.copy_(x)
         if y_batch is not None:
-            y_batch.copy_(train_y[index])
+            y_batch.copy_(train_y[index[mine]])
 
     def weights() -> dict[str, Tensor]:
         saved = {f"model.{k}": v for k, v in model.state_dict().items()}
