@@ -175,7 +175,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
         gen_event = gen_run.click(
             gpu(studio.generate), [gen_model, gen_class, gen_n, gen_temperature, gen_seed, gen_pace],
             [gen_image, gen_dist, gen_status], api_name="generate", preprocess=False, show_progress_on=[gen_status],
-            concurrency_id="sampling")
+            concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
         gen_stop.click(ui.stopped, None, gen_status, cancels=[gen_event], api_name="stop_generate",
                        api_visibility="private", queue=False)
 
@@ -183,7 +183,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             gpu(studio.complete),
             [cmp_model, cmp_editor, cmp_class, cmp_mode, cmp_particles, cmp_n, cmp_temperature, cmp_seed, cmp_pace],
             [cmp_image, cmp_dist, cmp_status], api_name="complete", preprocess=False, show_progress_on=[cmp_status],
-            concurrency_id="sampling")
+            concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
         cmp_stop.click(ui.stopped, None, cmp_status, cancels=[cmp_event], api_name="stop_complete",
                        api_visibility="private", queue=False)
 

@@ -9,6 +9,9 @@ User mistakes raise `gr.Error` with a sentence meant for a person.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import functools
 import hashlib
 import inspect
@@ -66,6 +69,11 @@ MAX_SAMPLES = 16  # Generate: images per request
 MAX_COMPLETIONS = 8  # Complete: completions per request
 MAX_PARTICLES = 16  # Complete: SMC particles per completion
 MAX_TEMPERATURE = 10.0
+# Sampling work of a request, in pixel samples: images (x particles) x pixels x channels. The costliest model here
+# (CIFAR-10 PixelCNN, 256 levels) needs ~0.08 ms of one CPU core per pixel sample at batch 128, plus ~1 ms per pixel.
+SAMPLING_SLOTS = 3  # concurrent Generate/Complete requests (app.py)
+LONG_WORK = 100_000  # above this a request is "long": one at a time, so one long job cannot starve short ones
+MAX_WORK = 400_000  # above this a request is refused (the largest settings on a 32x32 RGB model need 393,216)
 MAX_PACE_S = 20.0  # longest requested animation
 MAX_UPLOAD_BYTES = 20 * 2**20  # largest upload read (app.py gives Gradio the same limit)
 MAX_UPLOAD_PIXELS = 25_000_000  # 5000 x 5000: larger uploads are refused before decoding
@@ -86,6 +94,21 @@ PROGRESS = gr.Progress()  # the default that makes Gradio pass a progress tracke
 # viridis at 9 evenly spaced points, interpolated linearly
 VIRIDIS = np.array([(68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141), (39, 173, 129),
                     (92, 200, 99), (170, 220, 50), (253, 231, 37)], dtype=np.float64)
+
+
+# --- memory ----------------------------------------------------------------------------------------------
+
+try:  # glibc keeps freed heap memory in its arenas; malloc_trim gives it back to the system
+    _malloc_trim: Callable[[int], int] | None = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+except (OSError, AttributeError):  # not glibc
+    _malloc_trim = None
+
+
+def release_memory() -> None:
+    """Return the memory a large job freed to the system (after a maximum completion RSS stayed ~60 MB higher
+    without this). A no-op without glibc."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -1132,6 +1155,7 @@ class Studio:
         self.registry, self.cpu_threads = registry, cpu_threads
         self._analyses: OrderedDict[tuple, Analysis] = OrderedDict()
         self._analyses_lock = threading.Lock()
+        self._long_job = threading.Lock()  # held by the one sampling request above LONG_WORK
 
     # -- helpers --
     def _threads(self) -> None:
@@ -1154,6 +1178,29 @@ class Studio:
     def _steps_total(self, spec: ModelSpec) -> int:
         small = (spec.height // spec.factor) * (spec.width // spec.factor) if spec.factor else 0
         return spec.height * spec.width + small
+
+    @contextlib.contextmanager
+    def _capacity(self, batch: int, spec: ModelSpec, fewer: str) -> Iterator[None]:
+        """Admit a sampling request of `batch` images (particles included): its work is batch x pixels x channels
+        pixel samples. Above MAX_WORK it is refused; above LONG_WORK it runs only if no other such job does, so
+        that of the SAMPLING_SLOTS concurrent requests at least SAMPLING_SLOTS - 1 are always free for short
+        ones. `fewer` names what to reduce."""
+        work = batch * spec.channels * self._steps_total(spec)
+        if work > MAX_WORK:
+            raise gr.Error(f"This request needs {work:,} pixel samples ({batch} images x {spec.channels} channels x "
+                           f"{self._steps_total(spec):,} pixels), more than the {MAX_WORK:,} one request may use: "
+                           f"ask for fewer {fewer}.")
+        if work <= LONG_WORK:
+            yield
+            return
+        if not self._long_job.acquire(blocking=False):
+            raise gr.Error(f"Another large request is running (those above {LONG_WORK:,} pixel samples run one at a "
+                           f"time; this one needs {work:,}): try again in a minute, or ask for fewer {fewer}.")
+        try:
+            yield
+        finally:
+            self._long_job.release()
+            release_memory()
 
     def _stream(self, steps: Iterable[pixelrnn.Step], spec: ModelSpec, pace: float, progress: Any,
                 render: Callable[[pixelrnn.Step, bool], tuple[np.ndarray, np.ndarray]], summary: Callable[[Any], str]
@@ -1207,7 +1254,8 @@ class Studio:
             return (f"Generated {n} sample{'s' if n > 1 else ''}{what} with `{model_name}` in "
                     f"{time.monotonic() - start:.1f} s (seed {seed}, temperature {temperature:g}).")
 
-        yield from self._stream(steps, spec, pace, progress, render, summary)
+        with self._capacity(n, spec, "samples"):
+            yield from self._stream(steps, spec, pace, progress, render, summary)
 
     # -- Complete --
     @user_errors
@@ -1222,45 +1270,46 @@ class Studio:
         k = parse_int(particles, "Particles", 2, MAX_PARTICLES) if smc else 1
         n = parse_int(n, "Number of completions", 1, MAX_COMPLETIONS)
         temperature, seed, pace = parse_temperature(temperature), parse_seed(seed), parse_pace(pace)
-        background, layers = editor_parts(editor)
-        prepared = prepare_image(background, spec)
-        mask = extract_mask(layers, prepared, spec.height, spec.width)
-        if not mask.any():
-            raise gr.Error("The mask is empty: paint over the part of the image to regenerate with the brush.")
-        model = self.registry.load(model_name)
-        start = time.monotonic()
-        steps = pixelrnn.sample_steps(model, n, y=y, image=prepared.tensor(), mask=torch.from_numpy(mask),
-                                      temperature=temperature, seed=seed, every=1, particles=k)
-        scale = display_scale(spec.height, spec.width)
-        original = masked_original(prepared.pixels, spec.levels, mask, scale)
+        with self._capacity(n * k, spec, "completions or particles"):  # refused before the upload is read
+            background, layers = editor_parts(editor)
+            prepared = prepare_image(background, spec)
+            mask = extract_mask(layers, prepared, spec.height, spec.width)
+            if not mask.any():
+                raise gr.Error("The mask is empty: paint over the part of the image to regenerate with the brush.")
+            model = self.registry.load(model_name)
+            start = time.monotonic()
+            steps = pixelrnn.sample_steps(model, n, y=y, image=prepared.tensor(), mask=torch.from_numpy(mask),
+                                          temperature=temperature, seed=seed, every=1, particles=k)
+            scale = display_scale(spec.height, spec.width)
+            original = masked_original(prepared.pixels, spec.levels, mask, scale)
 
-        def render(step: pixelrnn.Step, final: bool) -> tuple[np.ndarray, np.ndarray]:
-            pixels = step.image.cpu().numpy()
-            f = spec.height // pixels.shape[2]
-            stage_mask = mask[::f, ::f] if f > 1 else mask
-            pending = None if final else stage_mask & ~step.done.cpu().numpy()
-            cells = render_images(pixels, spec.levels, scale * f, pending, None if final else step.position)
-            r, j = step.position
-            known = not stage_mask[r, j]
-            where = "small image, " if step.stage == "small" else ""
-            title = (f"Completion 1, {where}pixel (row {r}, col {j}); "
-                     + ("known pixel, scored" if known else "sampled value marked"))
-            dist = render_distribution(step.probs[0].cpu().numpy(), pixels[0, :, r, j].tolist(), title)
-            return tile([original, *cells], min(n + 1, 5)), dist
+            def render(step: pixelrnn.Step, final: bool) -> tuple[np.ndarray, np.ndarray]:
+                pixels = step.image.cpu().numpy()
+                f = spec.height // pixels.shape[2]
+                stage_mask = mask[::f, ::f] if f > 1 else mask
+                pending = None if final else stage_mask & ~step.done.cpu().numpy()
+                cells = render_images(pixels, spec.levels, scale * f, pending, None if final else step.position)
+                r, j = step.position
+                known = not stage_mask[r, j]
+                where = "small image, " if step.stage == "small" else ""
+                title = (f"Completion 1, {where}pixel (row {r}, col {j}); "
+                         + ("known pixel, scored" if known else "sampled value marked"))
+                dist = render_distribution(step.probs[0].cpu().numpy(), pixels[0, :, r, j].tolist(), title)
+                return tile([original, *cells], min(n + 1, 5)), dist
 
-        def summary(step: Any) -> str:
-            how = f"context-aware (SMC, {k} particles each)" if smc else "plain"
-            text = (f"{n} {how} completion{'s' if n > 1 else ''} of {int(mask.sum())} pixels with `{model_name}` in "
-                    f"{time.monotonic() - start:.1f} s (seed {seed}). Left: the original, the region to regenerate "
-                    f"in red.")
-            if smc and step is not None and step.ess:
-                ess = torch.stack([e.float().cpu() for e in step.ess]).mean()
-                text += f" Mean effective sample size per row: {float(ess):.1f} of {k}."
-            if prepared.notes:
-                text += f" Input: {'; '.join(prepared.notes)}."
-            return text
+            def summary(step: Any) -> str:
+                how = f"context-aware (SMC, {k} particles each)" if smc else "plain"
+                text = (f"{n} {how} completion{'s' if n > 1 else ''} of {int(mask.sum())} pixels with `{model_name}` in "
+                        f"{time.monotonic() - start:.1f} s (seed {seed}). Left: the original, the region to regenerate "
+                        f"in red.")
+                if smc and step is not None and step.ess:
+                    ess = torch.stack([e.float().cpu() for e in step.ess]).mean()
+                    text += f" Mean effective sample size per row: {float(ess):.1f} of {k}."
+                if prepared.notes:
+                    text += f" Input: {'; '.join(prepared.notes)}."
+                return text
 
-        yield from self._stream(steps, spec, pace, progress, render, summary)
+            yield from self._stream(steps, spec, pace, progress, render, summary)
 
     # -- Inspect --
     def _analysis(self, name: str, image: Any, class_label: Any) -> tuple[ModelSpec, Analysis]:

@@ -333,3 +333,46 @@ def test_a_local_model_is_served_while_a_hub_download_stalls(hub_env, tmp_path, 
         while (result := call(server, "model_card", ["user/tiny-rgb"]))[0] != "complete" and time.monotonic() < deadline:
             time.sleep(0.2)
         assert result[0] == "complete" and "Hugging Face Hub" in result[1][0] and "CIFAR-10" in result[1][0]
+
+
+# --- 5. capacity: one long job cannot starve short ones; a per-request work budget ---------------------------------
+
+def test_one_long_job_cannot_starve_short_ones(server, monkeypatch):
+    """Defect: two long jobs occupied both sampling slots, and a 1-sample generate waited for them (95 s in the
+    probe). Here "long" is lowered to 1,000 pixel samples and the long jobs are slowed by a 4 s animation."""
+    monkeypatch.setattr(ui, "LONG_WORK", 1_000, raising=False)
+    long_jobs: list = []
+    threads = [threading.Thread(target=lambda: long_jobs.append(call(server, "generate",
+                                                                    ["tiny-bin", None, 2, 1.0, 0, 4.0])))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    event, _, seconds = call(server, "generate", ["tiny-bin", None, 1, 1.0, 0, 0])  # 784 pixel samples
+    assert event == "complete" and seconds < 2.5, seconds
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(job[0] for job in long_jobs) == ["complete", "error"]
+    message = next(job[1] for job in long_jobs if job[0] == "error")
+    assert "Another large request is running" in message and "fewer samples" in message
+    assert min(job[2] for job in long_jobs) < 2.0  # refused at once, not queued
+
+
+def test_requests_above_the_work_budget_are_refused(server, monkeypatch):
+    monkeypatch.setattr(ui, "MAX_WORK", 10_000, raising=False)
+    event, message, seconds = call(server, "generate", ["tiny-bin", None, 16, 1.0, 0, 0])  # 16 x 784 = 12,544
+    assert event == "error" and seconds < PROMPT_S
+    assert message.startswith("This request needs 12,544 pixel samples") and "ask for fewer samples" in message
+    event, message, _ = call(server, "complete", ["tiny-bin", NO_IMAGE, None, ui.MODES[1], 8, 2, 1.0, 0, 0])
+    assert event == "error" and "ask for fewer completions or particles" in message  # 16 x 784 = 12,544
+
+
+def test_a_cancelled_long_job_frees_its_slot(checkpoints, monkeypatch):
+    monkeypatch.setattr(ui, "LONG_WORK", 1_000)
+    studio = ui.Studio(ui.Registry(checkpoints, device="cpu"))
+    first = studio.generate("tiny-bin", None, 2, 1.0, 0, 0, progress=None)
+    next(first)
+    with pytest.raises(ui.gr.Error, match="one at a time"):
+        next(studio.generate("tiny-bin", None, 2, 1.0, 0, 0, progress=None))
+    first.close()  # what Gradio's cancel does to the stream
+    assert len(list(studio.generate("tiny-bin", None, 2, 1.0, 0, 0, progress=None))) > 1

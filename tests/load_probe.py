@@ -1,0 +1,118 @@
+"""Load probe of the running app (issue 12), not part of the test suite: `python tests/load_probe.py`.
+
+Starts `python app.py` on the repository's checkpoints on a free loopback port, then measures over HTTP:
+  1. 24 clients at once on /generate (4 binarized-MNIST samples each);
+  2. two maximum-size context-aware completions (CIFAR-10 PixelCNN, 16 particles x 8 completions, bottom half
+     masked) with a 1-sample generate of each model beside them.
+Prints latencies, and the server's resident memory (VmRSS) and peak (VmHWM) from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from gradio_client import Client, handle_file
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+MNIST, CIFAR = "binarized-mnist-diagonal-bilstm", "cifar10-pixelcnn-conditional"
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return tuple(int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM"))
+
+
+def timed(fn, *args) -> tuple[float, str]:
+    """(seconds, "ok" or the error) of one call."""
+    start = time.monotonic()
+    try:
+        fn(*args)
+        outcome = "ok"
+    except Exception as err:  # noqa: BLE001 - reported
+        outcome = f"error: {str(err)[:110]}"
+    return time.monotonic() - start, outcome
+
+
+def in_threads(calls: list[tuple]) -> list[tuple[float, str]]:
+    """Run (fn, *args) calls at once, each in its thread -> [(seconds, outcome)] in the same order."""
+    results: list = [None] * len(calls)
+
+    def run(k: int) -> None:
+        results[k] = timed(*calls[k])
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(calls))]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def main() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "OMP_NUM_THREADS": "1",
+                        "PIXELRNN_HUB_MODELS": "", "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                client = Client(url, download_files=False, verbose=False)
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.1)
+        print(f"server up; memory {memory_mb(server.pid)[0]:.0f} MB")
+
+        def generate(model: str, label: str | None, n: int, seed: int) -> None:
+            Client(url, download_files=False, verbose=False).predict(model, label, n, 1.0, seed, 0,
+                                                                     api_name="/generate")
+
+        results = in_threads([(generate, MNIST, None, 4, k) for k in range(24)])
+        seconds = [r[0] for r in results]
+        print(f"1. 24 clients on /generate ({MNIST}, 4 samples): {sum(r[1] == 'ok' for r in results)} ok; latency "
+              f"min {min(seconds):.1f} s, median {statistics.median(seconds):.1f} s, max {max(seconds):.1f} s; "
+              f"memory {memory_mb(server.pid)[0]:.0f} MB, peak {memory_mb(server.pid)[1]:.0f} MB")
+
+        folder = Path(tempfile.mkdtemp())
+        Image.open(REPO / "assets" / "cifar_cat.png").convert("RGB").save(folder / "cat.png")
+        mask = np.zeros((256, 256, 4), dtype=np.uint8)
+        mask[128:] = (255, 0, 0, 255)
+        Image.fromarray(mask).save(folder / "mask.png")
+        editor = {"background": handle_file(str(folder / "cat.png")), "layers": [handle_file(str(folder / "mask.png"))],
+                  "composite": None}
+
+        def complete() -> None:
+            client.predict(CIFAR, editor, "cat", "context-aware (SMC)", 16, 8, 1.0, 0, 0, api_name="/complete")
+
+        results = in_threads([(complete,), (complete,), (generate, MNIST, None, 1, 0), (generate, CIFAR, "cat", 1, 0)])
+        names = ["max SMC completion #1", "max SMC completion #2", f"1-sample generate, {MNIST}",
+                 f"1-sample generate, {CIFAR}"]
+        print("2. two maximum SMC completions (CIFAR, 16 particles x 8) with 1-sample generates beside them:")
+        for name, (seconds, outcome) in zip(names, results, strict=True):
+            print(f"   {name}: {seconds:.1f} s, {outcome}")
+        time.sleep(1)
+        rss, peak = memory_mb(server.pid)
+        print(f"memory after the jobs {rss:.0f} MB, peak {peak:.0f} MB")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
