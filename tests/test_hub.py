@@ -197,7 +197,9 @@ def test_local_pickle_only_folder_is_refused_without_unpickling(tiny, monkeypatc
     ('{"factor": 3, "height": 8, "width": 8}', "factor must be >= 2 and divide"),
     ("[1, 2, 3]", "expected a JSON object of model arguments, got list"),
     ("{not json", "cannot read JSON"),
-], ids=["arch", "negative", "float", "skip", "unknown-key", "factor", "list", "syntax"])
+    ('{"layers": 1000, "hidden": 4096}', r"too large for pixelrnn: hidden = 4096 \(at most 1024\), layers = 1000"),
+    ('{"layers": 64, "hidden": 1024}', r"too large for pixelrnn: 2,551,681,218 parameters \(at most 100,000,000\)"),
+], ids=["arch", "negative", "float", "skip", "unknown-key", "factor", "list", "syntax", "bounds", "parameters"])
 def test_invalid_config(tiny, config, message):
     (tiny[1] / "config.json").write_text(config)
     with pytest.raises(CheckpointError, match=message) as info:
