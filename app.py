@@ -33,7 +33,8 @@ CSS = """
 INTRO = """# PixelRNN Studio
 Pixel Recurrent Neural Networks ([van den Oord et al., 2016](https://arxiv.org/abs/1601.06759)): every pixel is
 sampled from a distribution given all the pixels above and to its left. **Generate** new images pixel by pixel,
-**Complete** a region you paint, **Inspect** how surprising each pixel of an image is, and read the **Models**' cards.
+**Complete** a region you paint, **Inspect** how surprising each pixel of an image is, **Compress** an image
+losslessly with a model, and read the **Models**' cards.
 """
 
 
@@ -157,6 +158,31 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                     insp_pixel_text = gr.Markdown(label="Pixel text", elem_id="insp-pixel-text")
                     insp_dist = _image("Pixel: predictive distribution (true value marked)", "Pixel distribution", "insp-dist")
 
+            # --- Compress -------------------------------------------------------------------------------
+            with gr.Tab("Compress", id="compress", elem_id="tab-compress"), gr.Row():
+                with gr.Column(scale=1, min_width=280):
+                    zip_model = _model_dropdown(registry, "zip-model", default)
+                    zip_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
+                                         elem_id="zip-image", elem_classes=["pixelated"], height=260)
+                    if examples:
+                        gr.Examples([[p] for p in examples], [zip_image], label="Examples", elem_id="zip-examples")
+                    zip_class = _class_dropdown(studio, default, "zip-class", allow_auto=True)
+                    zip_run = gr.Button("Compress", variant="primary", elem_id="zip-run")
+                    gr.Markdown("A model's NLL is a code length: a range coder driven by the model's predictive "
+                                "distributions stores the image in about that many bits, losslessly.",
+                                elem_classes=["caption"])
+                with gr.Column(scale=2):
+                    zip_table = gr.Markdown(label="Sizes", elem_id="zip-table")
+                    zip_status = gr.Markdown(label="Status", elem_id="zip-status")
+                    zip_file = gr.File(label="Compressed file (.prnn)", elem_id="zip-file", interactive=False)
+                    with gr.Row():
+                        with gr.Column(min_width=240):
+                            unzip_file = gr.File(label="Decode a .prnn file", file_types=[".prnn"],
+                                                 elem_id="unzip-file")
+                            unzip_status = gr.Markdown(label="Decoding status", elem_id="unzip-status")
+                        unzip_image = _image("Decoded image (rows appear as they are decoded)", "Decoded",
+                                             "unzip-image")
+
             # --- Models ---------------------------------------------------------------------------------
             with gr.Tab("Models", id="models", elem_id="tab-models"):
                 models_table = gr.Markdown(ui.models_table(registry), elem_id="models-table")
@@ -168,7 +194,8 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
         # --- events -------------------------------------------------------------------------------------
         for model, cls, auto, name in ((gen_model, gen_class, False, "classes_generate"),
                                        (cmp_model, cmp_class, False, "classes_complete"),
-                                       (insp_model, insp_class, True, "classes_inspect")):
+                                       (insp_model, insp_class, True, "classes_inspect"),
+                                       (zip_model, zip_class, True, "classes_compress")):
             model.change(functools.partial(studio.class_update, allow_auto=auto), model, cls, api_name=name,
                          api_visibility="undocumented", show_progress="hidden")
 
@@ -197,6 +224,13 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                 gpu(studio.pixel), [insp_model, insp_image, insp_class, insp_row, insp_col],
                 [insp_dist, insp_pixel_text], api_name="pixel" if k == 0 else f"pixel_{k}",
                 api_visibility="public" if k == 0 else "undocumented", preprocess=False, show_progress="hidden")
+
+        gr.on([zip_run.click, zip_image.upload], gpu(studio.compress), [zip_model, zip_image, zip_class],
+              [zip_table, zip_file, zip_status], api_name="compress", preprocess=False, show_progress_on=[zip_status],
+              concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
+        unzip_file.upload(gpu(studio.decompress), unzip_file, [unzip_image, unzip_status], api_name="decompress",
+                          preprocess=False, show_progress_on=[unzip_status], concurrency_id="sampling",
+                          concurrency_limit=ui.SAMPLING_SLOTS)
 
         card_model.change(studio.model_card, card_model, [card_text, card_samples], api_name="model_card",
                          preprocess=False)

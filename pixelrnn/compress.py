@@ -70,7 +70,9 @@ def _shape(model: Model) -> tuple[int, int, int, int]:
 
 @contextlib.contextmanager
 def _deterministic() -> Iterator[None]:
-    """One CPU thread: the float32 sums then run in one fixed order on both sides."""
+    """One CPU thread (the float32 sums then run in one fixed order on both sides), no autograd. Both settings
+    belong to the calling thread, and a generator may be resumed by another one (Gradio does): enter this
+    afresh after every yield."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -83,38 +85,40 @@ def _deterministic() -> Iterator[None]:
 Symbol = Callable[[np.ndarray, int, int, int, int], int]  # (probabilities (levels,), stage, c, r, j) -> value
 
 
-def _code(model: Model, x: torch.Tensor, y: torch.Tensor | None, symbol: Symbol, progress: bool) -> None:
+def _code(model: Model, x: torch.Tensor, y: torch.Tensor | None, symbol: Symbol, progress: bool
+          ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Visit every coded sub-pixel in order; symbol(...) gives its value, written into the image before the
-    next distribution is computed. Stage 0 is the (small, for a Multi-Scale model) image, stage 1 the full one."""
-    stages: list[tuple[PixelRNN, torch.Tensor, torch.Tensor | None, np.ndarray]] = []
-    if isinstance(model, MultiScalePixelRNN):
-        small = model.downsample(x).clone()
-        stages.append((model.small, small, None, np.ones(small.shape[2:], dtype=bool)))
-    else:
-        stages.append((model, x, None, np.ones(x.shape[2:], dtype=bool)))
-    total = sum(int(s[3].sum()) for s in stages)
-    if isinstance(model, MultiScalePixelRNN):
-        total += int(model.open_pixels(*x.shape[2:]).sum())
+    next distribution is computed. Stage 0 is the (small, for a Multi-Scale model) image, stage 1 the full one.
+    Yields (stage, row, image (1, C, h, w) so far) after every row."""
+    multiscale = isinstance(model, MultiScalePixelRNN)
+    with _deterministic():
+        small = model.downsample(x).clone() if multiscale else x
+    stages: list[tuple[PixelRNN, torch.Tensor, torch.Tensor | None, np.ndarray]] = [
+        (model.small if multiscale else model, small, None, np.ones(small.shape[2:], dtype=bool))]
+    total = small.shape[2] * small.shape[3] + (int(model.open_pixels(*x.shape[2:]).sum()) if multiscale else 0)
     bar = tqdm(total=total * x.shape[1], unit="sub-pixel", disable=not progress, leave=False)
     index = 0
     while index < len(stages):
         net, image, cond, coded = stages[index]
-        stepper = CachedStepper(net, image, y, cond)
+        with _deterministic():
+            stepper = CachedStepper(net, image, y, cond)
         channels, height, width = image.shape[1:]
         for r in range(height):
-            for j in range(width):
-                if not coded[r, j]:  # a pixel the small image fixed: one pass keeps the stepper's caches whole
-                    stepper.logits(image, r, j)
-                    continue
-                for c in range(channels):
-                    logits = stepper.logits(image, r, j)[0, :, c].double()
-                    image[0, c, r, j] = symbol(torch.softmax(logits, 0).numpy(), index, c, r, j)
-                bar.update(channels)
-            stepper.end_row(image, r)
-        if isinstance(model, MultiScalePixelRNN) and index == 0:  # then the full image given the small one
+            with _deterministic():
+                for j in range(width):
+                    if not coded[r, j]:  # a pixel the small image fixed: one pass keeps the stepper's caches whole
+                        stepper.logits(image, r, j)
+                        continue
+                    for c in range(channels):
+                        logits = stepper.logits(image, r, j)[0, :, c].double()
+                        image[0, c, r, j] = symbol(torch.softmax(logits, 0).numpy(), index, c, r, j)
+                    bar.update(channels)
+                stepper.end_row(image, r)
+            yield index, r, image
+        if multiscale and index == 0:  # then the full image given the small one
             x[..., :: model.factor, :: model.factor] = image
-            keep = model.open_pixels(*x.shape[2:]).numpy()
-            stages.append((model.large, x, model.condition(image), keep))
+            with _deterministic():
+                stages.append((model.large, x, model.condition(image), model.open_pixels(*x.shape[2:]).numpy()))
         index += 1
     bar.close()
 
@@ -150,8 +154,8 @@ def encode(model: Model, image: torch.Tensor, y: int | None = None, name: str = 
         encoder.encode(value, _categorical(probs))
         return value
 
-    with _deterministic():
-        _code(model, x, labels, symbol, progress)
+    for _ in _code(model, x, labels, symbol, progress):
+        pass
     words = encoder.get_compressed().tobytes()
     payload = words.rstrip(b"\0")  # zero bytes at the end are implied: the reader pads back to `len(words)`
     name_bytes = name.encode()[:255]
@@ -179,8 +183,10 @@ def read_header(data: bytes) -> dict:
             "factor": factor, "payload": body, "words": body.ljust(payload, b"\0"), "crc": crc}
 
 
-def decode(model: Model, data: bytes, progress: bool = False) -> tuple[torch.Tensor, int | None]:
-    """.prnn bytes -> (image (C, H, W) long, label or None). Raises CompressionError for a bad stream."""
+def decode_rows(model: Model, data: bytes, progress: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Decode row by row: yields (stage, row, image (1, C, h, w) so far), stage 0 being a Multi-Scale model's
+    small image. The pixels are unverified until the generator ends: it raises CompressionError then if they
+    fail their checksum (and at once for a bad header)."""
     header = read_header(data)
     if header["hash"] != weights_hash(model):
         raise CompressionError(f"this file was written with another model ({header['name'] or 'unnamed'}, weights "
@@ -188,26 +194,29 @@ def decode(model: Model, data: bytes, progress: bool = False) -> tuple[torch.Ten
     channels, height, width, levels = _shape(model)
     if header["shape"] != (channels, height, width) or header["levels"] != levels:
         raise CompressionError("the header's shape or levels do not match the model")
+    labels = None if header["label"] is None else torch.tensor([header["label"]])
+    if (labels is None) != (_single(model).num_classes is None):
+        raise CompressionError("the header's label does not fit the model")
     model.eval()
     words = np.frombuffer(header["words"], dtype="<u4").astype(np.uint32)
     decoder = constriction.stream.queue.RangeDecoder(words)
     x = torch.zeros(1, channels, height, width, dtype=torch.long)
-    labels = None if header["label"] is None else torch.tensor([header["label"]])
-    if (labels is None) != (_single(model).num_classes is None):
-        raise CompressionError("the header's label does not fit the model")
 
     def symbol(probs: np.ndarray, stage: int, c: int, r: int, j: int) -> int:
-        return int(decoder.decode(_categorical(probs)))
-
-    with _deterministic():
         try:
-            _code(model, x, labels, symbol, progress)
+            return int(decoder.decode(_categorical(probs)))
         except (ValueError, RuntimeError, IndexError) as error:  # the coder ran out of (or choked on) its words
             raise CompressionError(f"the payload is corrupted or truncated ({error})") from None
-    image = x[0]
-    if zlib.crc32(image.to(torch.int32).numpy().tobytes()) != header["crc"]:
+
+    yield from _code(model, x, labels, symbol, progress)
+    if zlib.crc32(x[0].to(torch.int32).numpy().tobytes()) != header["crc"]:
         raise CompressionError("the decoded pixels fail their checksum: the file is corrupted or truncated")
-    return image, header["label"]
+
+
+def decode(model: Model, data: bytes, progress: bool = False) -> tuple[torch.Tensor, int | None]:
+    """.prnn bytes -> (image (C, H, W) long, label or None). Raises CompressionError for a bad stream."""
+    *_, (_, _, image) = decode_rows(model, data, progress)
+    return image[0], read_header(data)["label"]
 
 
 # ----------------------------------------------------------------------------- files and the CLI

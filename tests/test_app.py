@@ -83,11 +83,11 @@ def fetch(server: str, value: dict) -> np.ndarray:
 
 
 def last_values(frames: list[tuple]) -> list:
-    """The last non-empty value of each output over a stream."""
+    """The last non-empty value of each output over a stream (gr.skip() arrives as a bare update)."""
     last = [None] * len(frames[0])
     for frame in frames:
         for k, value in enumerate(frame):
-            if value is not None:
+            if value is not None and value != {"__type__": "update"}:
                 last[k] = value
     return last
 
@@ -266,3 +266,76 @@ def test_example_assets_are_served(server):
     asset = ui.ASSETS_DIR / "mnist_7.png"
     response = httpx.get(f"{server}/gradio_api/file={asset}", timeout=10)
     assert response.status_code == 200 and response.content[:4] == b"\x89PNG"
+
+
+# --- Compress ------------------------------------------------------------------------------------------------
+
+COMPRESS, DECOMPRESS = "/compress", "/decompress"
+
+
+@pytest.fixture(scope="module")
+def prnn(server, client, files, tmp_path_factory) -> dict:
+    """The RGB upload compressed with the tiny RGB model through the app, and the frames of that stream."""
+    frames = list(client.submit("tiny-rgb", handle_file(str(files["rgb"])), ui.AUTO_CLASS, api_name=COMPRESS))
+    table, download, status = last_values(frames)
+    response = httpx.get(download["url"], timeout=30)
+    response.raise_for_status()
+    path = tmp_path_factory.mktemp("prnn") / Path(download["path"]).name
+    path.write_bytes(response.content)
+    return {"frames": frames, "table": table, "name": download["path"], "path": path, "status": status}
+
+
+def test_compress_shows_sizes_and_offers_the_file(prnn, checkpoints, files):
+    table = prnn["table"]
+    assert "**`tiny-rgb`**" in table and "| PNG (lossless) |" in table and "| WEBP (lossless) |" in table
+    assert "uncompressed (256 levels) | 3,072 | 8.000" in table
+    assert prnn["name"].endswith(".tiny-rgb.prnn") and "ready to download" in prnn["status"]
+    data = prnn["path"].read_bytes()
+    row = next(line for line in table.splitlines() if "tiny-rgb" in line)
+    assert f"| {len(data):,} |" in row  # the table gives the file's size
+    model = pixelrnn.load(str(checkpoints / "tiny-rgb"))
+    spec = ui.spec_of(model, "cifar10")
+    prepared = ui.prepare_image(Image.open(files["rgb"]), spec)
+    with torch.inference_mode():
+        per_class = model.log_prob(prepared.tensor()[None].expand(10, -1, -1, -1), torch.arange(10))
+    image, label = pixelrnn.compress.decode(model, data)
+    assert np.array_equal(image.numpy(), prepared.pixels) and label == int(per_class.argmax())  # auto: most likely
+    nll = pixelrnn.bits_per_dim(-float(per_class.max()), 3 * 32 * 32)
+    payload_bits = 8 * (len(data) - 32 - len("tiny-rgb"))  # the header: 32 bytes and the model's name
+    assert f"| {nll:.3f} |" in row and abs(payload_bits / 3072 - nll) < 0.01  # the code length is the NLL
+
+
+def test_decompress_streams_rows_then_verifies(server, client, prnn, files, checkpoints):
+    frames = list(client.submit(handle_file(str(prnn["path"])), api_name=DECOMPRESS))
+    images = [f[0] for f in frames if f[0] and "url" in f[0]]
+    assert len(images) >= 2 and "not verified yet" in frames[0][1]
+    final, status = last_values(frames)
+    assert "the checksum holds" in status and "tiny-rgb" in status
+    model = pixelrnn.load(str(checkpoints / "tiny-rgb"))
+    prepared = ui.prepare_image(Image.open(files["rgb"]), ui.spec_of(model, "cifar10"))
+    scale = ui.display_scale(32, 32, 280)
+    assert np.array_equal(fetch(server, final), ui.render_images(prepared.pixels[None], 256, scale)[0])
+    first = fetch(server, images[0])
+    assert (first == ui.PENDING_RGB).all(axis=2).mean() > 0.5  # the first frame is mostly still to decode
+
+
+def test_decompress_refuses_bad_files(server, prnn, tmp_path):
+    data = prnn["path"].read_bytes()
+    bad = {"empty.prnn": (b"", "empty"), "magic.prnn": (b"GIF89a" + data[6:], "wrong magic"),
+           "short.prnn": (data[:-3], None),
+           "foreign.prnn": (data[:5] + bytes([4]) + data[6:32] + b"nope" + data[32 + len("tiny-rgb"):], "does not have")}
+    flipped = bytearray(data)
+    flipped[-1] ^= 0x55
+    bad["flipped.prnn"] = (bytes(flipped), "checksum")
+    for name, (content, message) in bad.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        client = Client(server, download_files=False, verbose=False)
+        job = client.submit(handle_file(str(path)), api_name=DECOMPRESS)
+        with pytest.raises(Exception, match=message or "cannot be decoded|does not have"):
+            job.result(timeout=60)
+        outputs = job.outputs()
+        if name == "flipped.prnn":  # its last byte fails only at the end: the stream began
+            assert len(outputs) > 2
+        if outputs:  # a stream that began ends with the image cleared, never a wrong one shown as decoded
+            assert outputs[-1][0] is None and "Not decoded" in outputs[-1][1]

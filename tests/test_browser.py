@@ -114,3 +114,23 @@ def test_inspect_and_click_a_pixel(page):
     assert page.locator("#insp-dist img").get_attribute("src")
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "inspect.png", full_page=True)
+
+
+def test_compress_download_and_decode(page, tmp_path):
+    page.get_by_role("tab", name="Compress").click()
+    page.wait_for_selector("#zip-image input[type=file]", state="attached")
+    page.locator("#zip-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
+    page.wait_for_function("document.querySelector('#zip-status')?.innerText.includes('ready to download')")
+    table = page.locator("#zip-table").inner_text()
+    assert "tiny-bin" in table and "PNG (lossless)" in table and "WEBP (lossless)" in table
+    link = page.locator("#zip-file a").first
+    with page.expect_download() as download:
+        link.click()
+    path = tmp_path / download.value.suggested_filename
+    download.value.save_as(path)
+    assert path.name.endswith(".tiny-bin.prnn") and path.read_bytes().startswith(b"PRNN")
+    page.locator("#unzip-file input[type=file]").set_input_files(str(path))
+    page.wait_for_function("document.querySelector('#unzip-status')?.innerText.includes('checksum holds')")
+    assert page.locator("#unzip-image img").get_attribute("src")
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "compress.png", full_page=True)

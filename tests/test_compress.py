@@ -1,6 +1,7 @@
 """Lossless compression: exact round trips, code length against the model's NLL, clear errors for bad streams."""
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from conftest import fit
 from PIL import Image
 
 import pixelrnn
-from pixelrnn.compress import CompressionError, decode, encode, main, read_header
+from pixelrnn.compress import CompressionError, decode, decode_rows, encode, main, read_header
 
 
 def tiny(arch, channels=1, levels=2, size=6, **hparams):
@@ -29,6 +30,27 @@ def test_round_trip_is_bit_exact(arch, kind):
         image = torch.randint(0, levels, (channels, 6, 6), generator=torch.Generator().manual_seed(seed))
         decoded, label = decode(model, encode(model, image, y))
         assert torch.equal(decoded, image) and label == y
+
+
+@pytest.mark.parametrize("factor", [None, 2])
+def test_decoding_row_by_row_from_other_threads(factor):
+    """Gradio resumes a streaming generator on whichever worker thread is free, where autograd is on and the
+    thread count is the default: decode_rows must set both for every row, and yield every row in order."""
+    model = tiny("diagonal_bilstm", channels=3, levels=16, **({"factor": factor} if factor else {}))
+    image = torch.randint(0, 16, (3, 6, 6), generator=torch.Generator().manual_seed(0))
+    rows, steps = decode_rows(model, encode(model, image)), []
+
+    def resume() -> None:
+        torch.set_num_threads(2)
+        steps.append(next(rows, None))
+
+    while not steps or steps[-1] is not None:
+        thread = threading.Thread(target=resume)
+        thread.start()
+        thread.join()
+    expected = [(0, r) for r in range(3)] + [(1, r) for r in range(6)] if factor else [(0, r) for r in range(6)]
+    assert [(stage, r) for stage, r, _ in steps[:-1]] == expected
+    assert torch.equal(steps[-2][2][0], image)
 
 
 @pytest.mark.parametrize("hparams", [{}, {"factor": 2}])
