@@ -188,8 +188,12 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                 models_table = gr.Markdown(ui.models_table(registry), elem_id="models-table")
                 card_model = _model_dropdown(registry, "card-model", default)
                 with gr.Row():
-                    card_text = gr.Markdown(label="Card", elem_id="card-text")
-                    card_samples = _image("Samples from training (samples.png)", "Samples", "card-samples", height=480)
+                    with gr.Column(scale=3):
+                        card_text = gr.Markdown(label="Card", elem_id="card-text")
+                    with gr.Column(scale=2):
+                        card_samples = _image("Samples at temperature 1 (samples.png)", "Samples", "card-samples")
+                        card_curve = _image("Learning curve: validation NLL (learning_curve.png)", "Learning curve",
+                                            "card-curve")
 
         # --- events -------------------------------------------------------------------------------------
         for model, cls, auto, name in ((gen_model, gen_class, False, "classes_generate"),
@@ -232,12 +236,12 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                           preprocess=False, show_progress_on=[unzip_status], concurrency_id="sampling",
                           concurrency_limit=ui.SAMPLING_SLOTS)
 
-        card_model.change(studio.model_card, card_model, [card_text, card_samples], api_name="model_card",
+        card_model.change(studio.model_card, card_model, [card_text, card_samples, card_curve], api_name="model_card",
                          preprocess=False)
         demo.load(functools.partial(ui.models_table, registry), None, models_table, api_name="models_table",
                   api_visibility="undocumented", show_progress="hidden")  # failures found since start-up
         if default:
-            demo.load(studio.model_card, card_model, [card_text, card_samples], api_name="model_card_on_load",
+            demo.load(studio.model_card, card_model, [card_text, card_samples, card_curve], api_name="model_card_on_load",
                       api_visibility="undocumented")
 
     return demo.queue(default_concurrency_limit=2, max_size=32)

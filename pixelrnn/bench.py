@@ -159,7 +159,7 @@ def bench_compress(args: argparse.Namespace, device: torch.device) -> None:
     for folder in sorted(p for p in CHECKPOINTS_DIR.iterdir() if (p / "metrics.json").is_file()):
         dataset = read_json(folder / "metrics.json").get("dataset", "")
         base = dataset.removesuffix("_dynamic_binarized")
-        if base not in DATASETS:
+        if base not in DATASETS or (args.checkpoints and folder.name not in args.checkpoints):
             continue
         model = load_folder(folder)
         x, y = load_split(base, "test")
@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=("train", "sample", "compress"))
     p.add_argument("--images", type=int, default=10, help="compress: test images per checkpoint")
+    p.add_argument("--checkpoints", nargs="+", default=None, help="compress: these shipped checkpoints (default: all)")
     p.add_argument("--archs", nargs="+", default=list(pixelrnn.ARCHS), choices=pixelrnn.ARCHS)
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--hidden", type=int, default=0, help="override the paper's h")

@@ -48,7 +48,8 @@ from pixelrnn.model import HUB_TAGS, MultiScalePixelRNN, PixelRNN
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 PROBE_TIMEOUT_S = 2.0
 CONFIG, WEIGHTS, METRICS, SAMPLES, CARD = "config.json", "model.safetensors", "metrics.json", "samples.png", "README.md"
-UPLOAD_FILES = (CONFIG, WEIGHTS, METRICS, CARD, SAMPLES)
+LEARNING_CURVE = "learning_curve.png"
+UPLOAD_FILES = (CONFIG, WEIGHTS, METRICS, CARD, SAMPLES, LEARNING_CURVE)
 PICKLE_WEIGHTS = ("pytorch_model.bin", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 # Bounds on a config.json, checked before any model is built (even on the meta device): far above the paper's
 # models (CIFAR-10: 12 layers, h = 128; ImageNet 64x64), far below sizes that take seconds to build or GBs to load.
@@ -425,6 +426,9 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
         images = metrics.get("test_images")
         on = f" on {images:,} test images" if isinstance(images, int) else ""
         lines += ["| model | test NLL |", "|---|---|", f"| this checkpoint | **{value:.{digits}f} {unit_label}**{on} |"]
+        valid = as_number(metrics.get("valid_nll_nats" if unit == "nats" else "valid_bits_per_dim"))
+        if valid is not None:
+            lines.append(f"| this checkpoint, validation split | {valid:.{digits}f} {unit_label} |")
         paper_unit, figures = PAPER_RESULTS.get(dataset, (None, {}))
         if paper_unit == unit and arch in figures:
             lines.append(f"| paper, {arch_name} ({'Table 4' if unit == 'nats' else 'Table 5'}) "
@@ -479,6 +483,10 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
 
     if (folder / SAMPLES).is_file():
         lines += ["## Samples", "", "![samples](samples.png)", ""]
+    if (folder / LEARNING_CURVE).is_file():
+        lines += ["## Learning curve", "",
+                  "Validation NLL during training (raw and averaged weights); the best of them are the weights here.",
+                  "", f"![learning curve]({LEARNING_CURVE})", ""]
 
     lines += ["## Usage", "", "```python", "import torch", "import pixelrnn", "",
               f'model = pixelrnn.load("{name}")  # a Hub repo id, a local folder or a name in checkpoints/']
@@ -500,7 +508,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
 def push(folder: str | Path, repo_id: str, private: bool = False, message: str | None = None) -> str:
     """Validate a checkpoint folder, refresh its model card and commit its files to a Hub model repo.
 
-    Uploads config.json, model.safetensors, metrics.json, README.md and samples.png (those present)
+    Uploads config.json, model.safetensors, metrics.json, README.md, samples.png and learning_curve.png (those present)
     in one commit; `private` applies when the repo is created. Returns the commit URL.
     """
     folder = Path(folder)

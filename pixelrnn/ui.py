@@ -47,6 +47,7 @@ from pixelrnn.data import CIFAR10_CLASSES, MNIST_CLASSES
 from pixelrnn.hub import (
     ARCH_NAMES,
     DATASET_INFO,
+    LEARNING_CURVE,
     METRICS,
     PAPER_RESULTS,
     SAMPLES,
@@ -1064,6 +1065,15 @@ def test_result(entry: ModelEntry) -> tuple[str, str]:
     return ours, paper
 
 
+def validation_result(entry: ModelEntry) -> str:
+    """The selected weights' NLL on the validation split, as text ("–" if not recorded)."""
+    metrics = entry.metrics
+    nats, bpd = as_number(metrics.get("valid_nll_nats")), as_number(metrics.get("valid_bits_per_dim"))
+    if metrics.get("dataset") == "binarized_mnist" or metrics.get("unit") == "nats":
+        return "–" if nats is None else f"{nats:.2f} nats"
+    return "–" if bpd is None else f"{bpd:.3f} bits/dim"
+
+
 def model_title(entry: ModelEntry) -> str:
     if entry.spec is None:
         return "(not loaded yet)" if entry.source == "hub" else "?"
@@ -1098,8 +1108,20 @@ def models_table(registry: Registry) -> str:
     return "\n".join(rows)
 
 
-def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None]:
-    """(markdown card, samples.png or None) of one model; a Hub model is loaded to read its files."""
+def checkpoint_picture(entry: ModelEntry, filename: str) -> np.ndarray | None:
+    """A picture shipped in a local checkpoint folder (samples.png, learning_curve.png), or None."""
+    path = Path(entry.location) / filename
+    if entry.source != "local" or not path.is_file():  # a regular file of the checkpoint, not an upload
+        return None
+    try:
+        return np.asarray(decode_image(path.read_bytes(), "picture").convert("RGB"))
+    except (gr.Error, OSError):
+        return None
+
+
+def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+    """(markdown card, samples.png, learning_curve.png; each None if missing) of one model; a Hub model is loaded
+    to read its files."""
     entry = registry.entry(name)
     if entry.source == "hub" and entry.spec is None:
         registry.load(name)
@@ -1133,19 +1155,13 @@ def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None]:
              f"| Conditioning | {classes} |",
              f"| Parameters | {params:,} |" if isinstance(params, int) else "| Parameters | ? |",
              f"| Test NLL | **{ours}** |",
+             f"| Validation NLL | {validation_result(entry)} |",
              f"| Paper (van den Oord et al., 2016) | {paper} |",
              f"| Training | {', '.join(training) or 'no record'} |",
              f"| Weights | {where} |",
              f"| Running on | {registry.device} |",
              f"| Status | {model_status(registry, entry)} |"]
-    samples = None
-    path = Path(entry.location) / SAMPLES
-    if entry.source == "local" and path.is_file():  # a regular file of the checkpoint, not an upload
-        try:
-            samples = np.asarray(decode_image(path.read_bytes(), "samples image").convert("RGB"))
-        except (gr.Error, OSError):
-            samples = None
-    return "\n".join(lines), samples
+    return "\n".join(lines), checkpoint_picture(entry, SAMPLES), checkpoint_picture(entry, LEARNING_CURVE)
 
 
 # --- the endpoints ---------------------------------------------------------------------------------------
@@ -1501,8 +1517,8 @@ class Studio:
 
     # -- Models --
     @user_errors
-    def model_card(self, model_name: str) -> tuple[str, np.ndarray | None]:
-        """(markdown card, samples image) of a model."""
+    def model_card(self, model_name: str) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+        """(markdown card, samples image, learning curve) of a model."""
         return model_card(self.registry, model_name)
 
 

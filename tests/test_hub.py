@@ -22,7 +22,7 @@ from pixelrnn.hub import CheckpointError, HubUnreachableError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 METRICS = {"dataset": "binarized_mnist", "arch": "row_lstm", "test_nll_nats": 85.1, "test_bits_per_dim": 0.1566,
            "unit": "nats", "test_images": 10000, "epochs": 1.5, "steps": 1200, "batch_size": 64, "wall_time_s": 600,
-           "device": "cpu (2 cores)", "parameters": 3146}
+           "device": "cpu (2 cores)", "parameters": 3146, "valid_nll_nats": 85.93}
 
 
 def tiny_model(**overrides) -> pixelrnn.Model:
@@ -254,6 +254,7 @@ def front_matter(card: str) -> dict:
 def test_model_card(tiny):
     folder = tiny[1]
     (folder / "samples.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (folder / "learning_curve.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     text = hub.write_model_card(folder, "user/tiny").read_text()
     meta = front_matter(text)
     assert meta["library_name"] == "pixelrnn" and meta["license"] == "mit"
@@ -261,8 +262,10 @@ def test_model_card(tiny):
     assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == pytest.approx(85.1)
     assert "**85.10 nats/image** on 10,000 test images" in text
     assert "| paper, Row LSTM (Table 4) | 80.54 nats/image |" in text
+    assert "| this checkpoint, validation split | 85.93 nats/image |" in text
     assert "3,146 parameters" in text and "1,200 steps" in text and "10 min of training" in text
     assert "cpu (2 cores)" in text and "![samples](samples.png)" in text
+    assert "![learning curve](learning_curve.png)" in text
     assert 'pixelrnn.load("user/tiny")' in text
 
 
@@ -271,7 +274,7 @@ def test_model_card_tolerates_missing_metrics(tiny):
     text = hub.write_model_card(tiny[1]).read_text()
     assert front_matter(text)["library_name"] == "pixelrnn"
     assert "No test result recorded" in text and "3,146 parameters" in text  # counted from config.json
-    assert "![samples]" not in text and 'pixelrnn.load("tiny")' in text
+    assert "![samples]" not in text and "![learning curve]" not in text and 'pixelrnn.load("tiny")' in text
 
 
 def test_model_card_cifar_bits_per_dim(env):
@@ -295,11 +298,13 @@ def test_card_cli(tiny):
 def test_push_to_fake_hub(fake_hub, tiny, capsys):
     model, folder = tiny
     (folder / "samples.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (folder / "learning_curve.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (folder / "training_state.json").write_text("{}")  # not for the Hub
     assert hub.main(["push", str(folder), "user/pushed", "--private"]) == 0
     assert "/user/pushed/commit/" in capsys.readouterr().out
     pushed = fake_hub.repos["user/pushed"]
-    assert set(pushed) == {"config.json", "model.safetensors", "metrics.json", "README.md", "samples.png"}
+    assert set(pushed) == {"config.json", "model.safetensors", "metrics.json", "README.md", "samples.png",
+                           "learning_curve.png"}
     assert b"library_name: pixelrnn" in pushed["README.md"] and b'load("user/pushed")' in pushed["README.md"]
     assert fake_hub.count("POST", "/api/repos/create") == 1
     assert same_outputs(model.eval(), hub.load("user/pushed"))

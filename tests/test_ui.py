@@ -351,7 +351,7 @@ def test_hub_models_are_listed_at_once_and_loaded_lazily(checkpoints, tmp_path, 
         registry = ui.Registry.from_env(checkpoints, device="cpu")
         assert registry.names[-2:] == ["user/tiny-rgb", "user/missing"] and hub.count() == 0  # nothing fetched yet
         studio = ui.Studio(registry)
-        card, _ = studio.model_card("user/tiny-rgb")
+        card, _, _ = studio.model_card("user/tiny-rgb")
         assert "Hugging Face Hub" in card and "CIFAR-10" in card and registry.spec("user/tiny-rgb").num_classes == 10
         assert "Generated 1 sample of class 'cat'" in final_frame(list(
             studio.generate("user/tiny-rgb", "cat", 1, 1.0, 0, 0, progress=None)))[2]
@@ -444,8 +444,8 @@ def test_inspect_and_pixel(studio):
 
 
 def test_model_card(studio):
-    card, samples = studio.model_card("tiny-rgb")
+    card, samples, curve = studio.model_card("tiny-rgb")
     assert "PixelCNN" in card and "3.14 bits/dim" in card and "5.500 bits/dim" in card and "Running on | cpu" in card
-    assert samples is None
+    assert "| Validation NLL | – |" in card and samples is None and curve is None
     assert "no model.safetensors" in studio.model_card("no-weights")[0]
     assert "tiny-ms" in ui.models_table(studio.registry)
