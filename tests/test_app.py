@@ -256,7 +256,7 @@ def test_eight_concurrent_clients_get_their_own_samples(server, checkpoints):
 
 @pytest.mark.parametrize("path", ["/file=/etc/passwd", "/gradio_api/file=/etc/passwd",
                                   "/gradio_api/file=" + str(Path(app.__file__).resolve()),
-                                  "/gradio_api/file=" + str(Path(app.__file__).resolve().parent / "pixelrnn/ui.py"),
+                                  "/gradio_api/file=" + str(Path(app.__file__).resolve().parent / "pixelrnn/ui/settings.py"),
                                   "/gradio_api/file=../../../../etc/passwd"])
 def test_files_outside_the_app_are_refused(server, path):
     response = httpx.get(server + path, timeout=10)

@@ -262,8 +262,8 @@ def test_failed_loads_are_remembered_until_the_weights_change(tmp_path, monkeypa
     root = broken_checkpoints(tmp_path / "checkpoints")
     registry = ui.Registry(root, device="cpu")
     loads = []
-    real_load = ui.load_folder
-    monkeypatch.setattr(ui, "load_folder", lambda *args, **kwargs: loads.append(args) or real_load(*args, **kwargs))
+    real_load = ui.registry.load_folder
+    monkeypatch.setattr(ui.registry, "load_folder", lambda *args, **kwargs: loads.append(args) or real_load(*args, **kwargs))
     for _ in range(3):
         for name, reason in BROKEN.items():
             with pytest.raises(ui.gr.Error, match=re.escape(reason)):
@@ -303,7 +303,7 @@ def test_hub_failures_are_remembered_and_retried_later(hub_env, tmp_path, monkey
         registry.load("user/missing")
     assert asked > 0 and hub_env.count() == asked  # remembered
     assert "user/missing" in registry.problem("user/missing") and registry.default() == "tiny-bin"
-    monkeypatch.setattr(ui, "RETRY_AFTER_S", 0.0)
+    monkeypatch.setattr(ui.registry, "RETRY_AFTER_S", 0.0)
     with pytest.raises(ui.gr.Error, match="Cannot load model 'user/missing'"):
         registry.load("user/missing")
     assert hub_env.count() > asked  # tried again after a while
@@ -312,7 +312,7 @@ def test_hub_failures_are_remembered_and_retried_later(hub_env, tmp_path, monkey
 def test_a_local_model_is_served_while_a_hub_download_stalls(hub_env, tmp_path, monkeypatch):
     """Defect: the registry held its lock across Hub calls, so one /model_card of a Hub model whose endpoint
     answered the probe and then stalled blocked a /generate of a local model for minutes."""
-    monkeypatch.setattr(ui, "LOAD_WAIT_S", 2.0, raising=False)
+    monkeypatch.setattr(ui.registry, "LOAD_WAIT_S", 2.0)
     hub_env.stall()
     with running_app(save_tiny_checkpoints(tmp_path / "checkpoints", rgb=False), ["user/tiny-rgb"]) as server:
         card: list = []
@@ -327,7 +327,7 @@ def test_a_local_model_is_served_while_a_hub_download_stalls(hub_env, tmp_path, 
         thread.join(timeout=30)
         event, message, seconds = card[0]
         assert event == "error" and "still being downloaded from the Hugging Face Hub" in message
-        assert seconds < ui.LOAD_WAIT_S + PROMPT_S
+        assert seconds < ui.registry.LOAD_WAIT_S + PROMPT_S
         hub_env.release()  # the download finishes in the background and the model is then served
         deadline = time.monotonic() + 30
         while (result := call(server, "model_card", ["user/tiny-rgb"]))[0] != "complete" and time.monotonic() < deadline:
@@ -340,7 +340,7 @@ def test_a_local_model_is_served_while_a_hub_download_stalls(hub_env, tmp_path, 
 def test_one_long_job_cannot_starve_short_ones(server, monkeypatch):
     """Defect: two long jobs occupied both sampling slots, and a 1-sample generate waited for them (95 s in the
     probe). Here "long" is lowered to 1,000 pixel samples and the long jobs are slowed by a 4 s animation."""
-    monkeypatch.setattr(ui, "LONG_WORK", 1_000, raising=False)
+    monkeypatch.setattr(ui.base, "LONG_WORK", 1_000)
     long_jobs: list = []
     threads = [threading.Thread(target=lambda: long_jobs.append(call(server, "generate",
                                                                     ["tiny-bin", None, 2, 1.0, 0, 4.0])))
@@ -359,7 +359,7 @@ def test_one_long_job_cannot_starve_short_ones(server, monkeypatch):
 
 
 def test_requests_above_the_work_budget_are_refused(server, monkeypatch):
-    monkeypatch.setattr(ui, "MAX_WORK", 10_000, raising=False)
+    monkeypatch.setattr(ui.base, "MAX_WORK", 10_000)
     event, message, seconds = call(server, "generate", ["tiny-bin", None, 16, 1.0, 0, 0])  # 16 x 784 = 12,544
     assert event == "error" and seconds < PROMPT_S
     assert message.startswith("This request needs 12,544 pixel samples") and "ask for fewer samples" in message
@@ -368,7 +368,7 @@ def test_requests_above_the_work_budget_are_refused(server, monkeypatch):
 
 
 def test_a_cancelled_long_job_frees_its_slot(checkpoints, monkeypatch):
-    monkeypatch.setattr(ui, "LONG_WORK", 1_000)
+    monkeypatch.setattr(ui.base, "LONG_WORK", 1_000)
     studio = ui.Studio(ui.Registry(checkpoints, device="cpu"))
     first = studio.generate("tiny-bin", None, 2, 1.0, 0, 0, progress=None)
     next(first)

@@ -1,4 +1,4 @@
-"""Pure-function tests of pixelrnn/ui.py: uploads, masks, rendering, throttling, click mapping, registry, endpoints."""
+"""Pure-function tests of pixelrnn/ui/: uploads, masks, rendering, throttling, click mapping, registry, endpoints."""
 
 from __future__ import annotations
 

@@ -1,0 +1,118 @@
+"""The Gradio demo's logic (app.py holds only the wiring), one concern per module.
+
+Everything here is a plain function or a small class that can be tested without a server. User mistakes raise
+`gr.Error` with a sentence meant for a person.
+
+- `settings`: the demo's limits and where its files are;
+- `errors`: user-facing errors without server paths; returning freed memory;
+- `uploads`: reading uploads safely, decoding images, converting them to a model's format, painted masks;
+- `params`: parsing the endpoints' parameters;
+- `pictures`: upscaled images, distributions, heat maps;  `streaming`: frame throttling and pacing;
+- `registry`: local and Hub models, loaded on first use;  `cards`: likelihood analyses, model cards;
+- `base`, `sampling`, `inspect_tab`, `compress_tab`, `studio`: the endpoints, one mixin per tab, joined in `Studio`.
+"""
+
+import gradio as gr
+
+from pixelrnn.images import tile, to_rgb, upscale
+from pixelrnn.ui.cards import models_table
+from pixelrnn.ui.params import (
+    AUTO_CLASS,
+    MODES,
+    parse_class,
+    parse_int,
+    parse_mode,
+    parse_pace,
+    parse_seed,
+    parse_temperature,
+)
+from pixelrnn.ui.pictures import (
+    CURSOR_RGB,
+    LEGEND_PX,
+    PENDING_RGB,
+    VIRIDIS,
+    click_to_pixel,
+    colormap,
+    display_scale,
+    grid_scale,
+    inspect_scale,
+    masked_original,
+    render_distribution,
+    render_heatmap,
+    render_images,
+)
+from pixelrnn.ui.registry import LOAD_WAIT_S, Registry, spec_of
+from pixelrnn.ui.settings import (
+    ASSETS_DIR,
+    MAX_COMPLETIONS,
+    MAX_PARTICLES,
+    MAX_SAMPLES,
+    MAX_UPLOAD_BYTES,
+    REPO_ROOT,
+    SAMPLING_SLOTS,
+)
+from pixelrnn.ui.streaming import FrameGate, Pacer, with_last
+from pixelrnn.ui.studio import Studio, example_images, stopped
+from pixelrnn.ui.uploads import (
+    ModelSpec,
+    PreparedImage,
+    center_crop_box,
+    editor_parts,
+    extract_mask,
+    pool_any,
+    prepare_image,
+    quantize,
+)
+
+__all__ = [
+    "ASSETS_DIR",
+    "AUTO_CLASS",
+    "CURSOR_RGB",
+    "LEGEND_PX",
+    "LOAD_WAIT_S",
+    "MAX_COMPLETIONS",
+    "MAX_PARTICLES",
+    "MAX_SAMPLES",
+    "MAX_UPLOAD_BYTES",
+    "MODES",
+    "PENDING_RGB",
+    "REPO_ROOT",
+    "SAMPLING_SLOTS",
+    "VIRIDIS",
+    "FrameGate",
+    "ModelSpec",
+    "Pacer",
+    "PreparedImage",
+    "Registry",
+    "Studio",
+    "center_crop_box",
+    "click_to_pixel",
+    "colormap",
+    "display_scale",
+    "editor_parts",
+    "example_images",
+    "extract_mask",
+    "gr",
+    "grid_scale",
+    "inspect_scale",
+    "masked_original",
+    "models_table",
+    "parse_class",
+    "parse_int",
+    "parse_mode",
+    "parse_pace",
+    "parse_seed",
+    "parse_temperature",
+    "pool_any",
+    "prepare_image",
+    "quantize",
+    "render_distribution",
+    "render_heatmap",
+    "render_images",
+    "spec_of",
+    "stopped",
+    "tile",
+    "to_rgb",
+    "upscale",
+    "with_last",
+]

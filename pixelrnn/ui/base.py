@@ -1,0 +1,122 @@
+"""What every tab's endpoints share: the registry, threads, capacity, streaming frames, cached analyses."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import torch
+
+import pixelrnn
+from pixelrnn.ui.cards import Analysis, analyse
+from pixelrnn.ui.errors import release_memory
+from pixelrnn.ui.params import AUTO_CLASS, parse_class
+from pixelrnn.ui.registry import Registry
+from pixelrnn.ui.settings import LONG_WORK, MAX_WORK
+from pixelrnn.ui.streaming import FrameGate, Pacer, with_last
+from pixelrnn.ui.uploads import ModelSpec, prepare_image
+
+PROGRESS = gr.Progress()  # the default that makes Gradio pass a progress tracker
+
+
+class StudioBase:
+    """What the tabs share over a Registry: thread settings, the capacity check, streaming sampler steps as frames
+    and a cache of likelihood analyses."""
+
+    def __init__(self, registry: Registry, cpu_threads: int = 1):
+        self.registry, self.cpu_threads = registry, cpu_threads
+        self._analyses: OrderedDict[tuple, Analysis] = OrderedDict()
+        self._analyses_lock = threading.Lock()
+        self._long_job = threading.Lock()  # held by the one sampling request above LONG_WORK
+        self._downloads = tempfile.TemporaryDirectory(prefix="pixelrnn-prnn-")  # .prnn files offered for download
+
+    # -- helpers --
+    def _threads(self) -> None:
+        """Sampling runs thousands of tiny ops: one CPU thread per request is faster than two contending ones
+        (intra-op threads on a busy machine can be 10-100x slower). The setting holds per worker thread."""
+        if self.registry.device == "cpu" and self.cpu_threads and torch.get_num_threads() != self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
+
+    def class_update(self, name: Any, allow_auto: bool = False) -> dict:
+        """Class dropdown for the chosen model: hidden for unconditional models."""
+        try:
+            spec = self.registry.spec(name)
+        except gr.Error:
+            return gr.update(choices=[], value=None, visible=False)
+        if not spec.num_classes:
+            return gr.update(choices=[], value=None, visible=False)
+        choices = ([AUTO_CLASS] if allow_auto else []) + list(spec.class_names)
+        return gr.update(choices=choices, value=choices[0], visible=True)
+
+    def _steps_total(self, spec: ModelSpec) -> int:
+        small = (spec.height // spec.factor) * (spec.width // spec.factor) if spec.factor else 0
+        return spec.height * spec.width + small
+
+    @contextlib.contextmanager
+    def _capacity(self, batch: int, spec: ModelSpec, fewer: str) -> Iterator[None]:
+        """Admit a sampling request of `batch` images (particles included): its work is batch x pixels x channels
+        pixel samples. Above MAX_WORK it is refused; above LONG_WORK it runs only if no other such job does, so
+        that of the SAMPLING_SLOTS concurrent requests at least SAMPLING_SLOTS - 1 are always free for short
+        ones. `fewer` names what to reduce."""
+        work = batch * spec.channels * self._steps_total(spec)
+        if work > MAX_WORK:
+            raise gr.Error(f"This request needs {work:,} pixel samples ({batch} images x {spec.channels} channels x "
+                           f"{self._steps_total(spec):,} pixels), more than the {MAX_WORK:,} one request may use: "
+                           f"ask for fewer {fewer}.")
+        if work <= LONG_WORK:
+            yield
+            return
+        if not self._long_job.acquire(blocking=False):
+            raise gr.Error(f"Another large request is running (those above {LONG_WORK:,} pixel samples run one at a "
+                           f"time; this one needs {work:,}): try again in a minute, or ask for fewer {fewer}.")
+        try:
+            yield
+        finally:
+            self._long_job.release()
+            release_memory()
+
+    def _stream(self, steps: Iterable[pixelrnn.Step], spec: ModelSpec, pace: float, progress: Any,
+                render: Callable[[pixelrnn.Step, bool], tuple[np.ndarray, np.ndarray]], summary: Callable[[Any], str]
+                ) -> Iterator[tuple]:
+        """Throttle, pace and render sampler steps into (image, distribution, status) updates."""
+        gate, total = FrameGate(), self._steps_total(spec)
+        pacer = Pacer(total, pace)
+        last = None
+        for k, (step, final) in enumerate(with_last(steps), start=1):
+            pacer.wait(k)
+            last = step
+            if not gate.due(final):
+                continue
+            started = time.monotonic()
+            image, dist = render(step, final)
+            if not final and progress is not None:
+                progress(min(k / total, 1.0), desc=f"pixel {k} of {total}")
+            yield (gate.fresh("image", image), gate.fresh("dist", dist),
+                   gate.fresh("status", summary(last)) if final else gr.skip())
+            gate.spent(time.monotonic() - started)
+
+    def _analysis(self, name: str, image: Any, class_label: Any) -> tuple[ModelSpec, Analysis]:
+        self._threads()
+        spec = self.registry.spec(name)
+        y = parse_class(class_label, spec, allow_auto=True)
+        prepared = prepare_image(image, spec)
+        model = self.registry.load(name)
+        key = (name, self.registry.version(name), hashlib.blake2b(prepared.pixels.tobytes()).hexdigest(), y)
+        with self._analyses_lock:
+            if key in self._analyses:
+                self._analyses.move_to_end(key)
+                return spec, self._analyses[key]
+        analysis = analyse(model, spec, prepared, y)
+        with self._analyses_lock:
+            self._analyses[key] = analysis
+            while len(self._analyses) > 16:
+                self._analyses.popitem(last=False)
+        return spec, analysis

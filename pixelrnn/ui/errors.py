@@ -1,0 +1,71 @@
+"""User-facing errors (gr.Error sentences, no server paths) and returning freed memory."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import inspect
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import gradio as gr
+
+log = logging.getLogger(__name__)
+
+
+try:  # glibc keeps freed heap memory in its arenas; malloc_trim gives it back to the system
+    _malloc_trim: Callable[[int], int] | None = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+except (OSError, AttributeError):  # not glibc
+    _malloc_trim = None
+
+
+def release_memory() -> None:
+    """Return the memory a large job freed to the system (after a maximum completion RSS stayed ~60 MB higher
+    without this). A no-op without glibc."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])(?:/[^\s/'\"`:;,()\[\]{}]+)+/?")
+
+
+def redact_paths(text: str) -> str:
+    """A message for users without server paths: every absolute path is cut to its last part
+    ("/srv/app/checkpoints/x/model.safetensors: ..." -> "model.safetensors: ..."); URLs are kept."""
+    return _ABSOLUTE_PATH.sub(lambda match: Path(match.group()).name or "/", text)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn a ValueError (e.g. from the library's argument checks) into gr.Error, and log anything unexpected,
+    so that every failure reaches the user as a sentence. Works for functions and generator functions."""
+
+    def convert(err: Exception) -> gr.Error:
+        if isinstance(err, gr.Error):
+            return err
+        if isinstance(err, ValueError):
+            return gr.Error(redact_paths(str(err)))
+        log.exception("unexpected error in %s", fn.__name__)
+        return gr.Error(f"Something went wrong ({type(err).__name__}: {redact_paths(str(err))}). Please try again "
+                        f"or report it.")
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:
+                raise convert(err) from err
+        return generator
+
+    @functools.wraps(fn)
+    def function(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            raise convert(err) from err
+    return function

@@ -1,0 +1,92 @@
+"""The Inspect tab: an image's likelihood, surprise and entropy maps, one pixel's distribution."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+import pixelrnn
+from pixelrnn.images import to_rgb, upscale
+from pixelrnn.ui.base import StudioBase
+from pixelrnn.ui.cards import Analysis, model_title
+from pixelrnn.ui.errors import user_errors
+from pixelrnn.ui.params import parse_int
+from pixelrnn.ui.pictures import click_to_pixel, inspect_scale, render_distribution, render_heatmap
+from pixelrnn.ui.uploads import ModelSpec
+
+
+class InspectTab(StudioBase):
+    """Inspect: likelihoods and maps of an image."""
+
+    def _nll_table(self, name: str, image: Any, spec: ModelSpec, analysis: Analysis) -> str:
+        rows = ["| model | architecture | NLL (nats) | bits/dim | note |", "|---|---|---|---|---|"]
+        for other, entry in self.registry.entries.items():
+            if entry.spec is None or entry.spec.fmt != spec.fmt:
+                continue
+            if other == name:
+                result = analysis
+            else:
+                try:
+                    _, result = self._analysis(other, image, None)
+                except gr.Error as err:
+                    rows.append(f"| `{other}` | {model_title(entry)} | – | – | {err.message} |")
+                    continue
+            note = ""
+            if result.posterior is not None:
+                best = int(result.posterior.argmax())
+                note = (f"given class {entry.spec.class_names[result.label]!r}; "
+                        f"-log p(x) = {result.marginal_nats:.1f} nats over all classes; "
+                        f"most likely class {entry.spec.class_names[best]!r} ({result.posterior[best]:.0%})")
+            if entry.spec.factor:
+                note = (note + "; " if note else "") + "maps: full-size model given the small image"
+            title = f"**`{other}`**" if other == name else f"`{other}`"
+            rows.append(f"| {title} | {model_title(entry)} | {result.nll_nats:.2f} | "
+                        f"{pixelrnn.bits_per_dim(result.nll_nats, spec.channels * spec.height * spec.width):.4f} | {note} |")
+        return "\n".join(rows)
+
+    @user_errors
+    def inspect(self, model_name: str, image: Any, class_label: Any = None) -> tuple:
+        """Likelihood of an image: (model's view, surprise map, entropy map, NLL table, distribution of the most
+        surprising pixel, its description, row, col)."""
+        spec, analysis = self._analysis(model_name, image, class_label)
+        scale = inspect_scale(spec.height, spec.width)
+        view = upscale(to_rgb(analysis.pixels, spec.levels), scale)
+        surprise = render_heatmap(analysis.maps["nll_bits"].sum(0), scale, "surprise, bits")
+        entropy = render_heatmap(analysis.maps["entropy_bits"].sum(0), scale, "entropy, bits")
+        table = self._nll_table(model_name, image, spec, analysis)
+        if analysis.notes:
+            table += f"\n\nInput: {'; '.join(analysis.notes)}."
+        r, c = np.unravel_index(int(analysis.maps["nll_bits"].sum(0).argmax()), (spec.height, spec.width))
+        dist, text = self._pixel_view(spec, analysis, int(r), int(c))
+        return view, surprise, entropy, table, dist, "Most surprising pixel. " + text, int(r), int(c)
+
+    def _pixel_view(self, spec: ModelSpec, analysis: Analysis, r: int, c: int) -> tuple[np.ndarray, str]:
+        probs = analysis.maps["probs"][:, :, r, c]  # (levels, C)
+        true = analysis.pixels[:, r, c].tolist()
+        title = f"Pixel (row {r}, col {c}) given the pixels before it; true value marked"
+        nll = analysis.maps["nll_bits"][:, r, c].sum()
+        entropy = analysis.maps["entropy_bits"][:, r, c].sum()
+        value = true[0] if spec.channels == 1 else "(" + ", ".join(str(v) for v in true) + ")"
+        text = (f"Pixel (row {r}, col {c}) = {value}: surprise {nll:.2f} bits, entropy of the prediction "
+                f"{entropy:.2f} bits.")
+        return render_distribution(probs, true, title), text
+
+    @user_errors
+    def pixel(self, model_name: str, image: Any, class_label: Any = None, row: Any = 0, col: Any = 0) -> tuple:
+        """The predictive distribution of one pixel (row, col in model pixels): (chart, description)."""
+        self._threads()
+        spec, analysis = self._analysis(model_name, image, class_label)
+        r = parse_int(row, "Row", 0, spec.height - 1)
+        c = parse_int(col, "Column", 0, spec.width - 1)
+        return self._pixel_view(spec, analysis, r, c)
+
+    def select_pixel(self, model_name: str, evt: gr.SelectData) -> tuple:
+        """A click on an Inspect image -> (row, col) in model pixels; skipped outside the image."""
+        try:
+            spec = self.registry.spec(model_name)
+        except gr.Error:
+            return gr.skip(), gr.skip()
+        where = click_to_pixel(evt.index, spec.height, spec.width, inspect_scale(spec.height, spec.width))
+        return (gr.skip(), gr.skip()) if where is None else where

@@ -1,0 +1,173 @@
+"""Pictures: upscaled images, cursors, distributions as bar charts, heat maps with a colour bar."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from pixelrnn.images import to_rgb, upscale
+
+CELL_PX = 168  # displayed size of one image (upscaled by an integer factor, nearest neighbour)
+INSPECT_PX = 224  # displayed size of the Inspect tab's image and maps
+PENDING_RGB = (128, 128, 140)  # pixels not sampled yet
+MASK_RGB = np.array([255, 40, 40])  # tint of the region to regenerate
+CURSOR_RGB = (255, 40, 40)
+CHANNEL_RGB = {1: [(90, 90, 90)], 3: [(214, 48, 49), (39, 174, 96), (41, 98, 255)]}
+MARK_RGB = (245, 130, 0)
+# viridis at 9 evenly spaced points, interpolated linearly
+VIRIDIS = np.array([(68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141), (39, 173, 129),
+                    (92, 200, 99), (170, 220, 50), (253, 231, 37)], dtype=np.float64)
+
+
+def display_scale(height: int, width: int, cell_px: int = CELL_PX) -> int:
+    """Integer upscaling factor that shows an image at about `cell_px` pixels."""
+    return max(1, cell_px // max(height, width))
+
+
+def grid_scale(height: int, width: int, n: int) -> int:
+    """Upscaling factor for a grid of n images: larger cells when there are few."""
+    return display_scale(height, width, 280 if n == 1 else 224 if n <= 4 else CELL_PX if n <= 9 else 140)
+
+
+def inspect_scale(height: int, width: int) -> int:
+    """Upscaling factor of the Inspect tab's images (clicks on them are mapped back with it)."""
+    return display_scale(height, width, INSPECT_PX)
+
+
+def draw_cursor(cell: np.ndarray, position: tuple[int, int], scale: int) -> None:
+    """Outline pixel `position` (row, col) of an upscaled cell in place."""
+    r, c = position
+    top, left = r * scale, c * scale
+    bottom, right = top + scale - 1, left + scale - 1
+    thick = 1 if scale < 6 else 2
+    cell[top : top + thick, left : right + 1] = CURSOR_RGB
+    cell[bottom - thick + 1 : bottom + 1, left : right + 1] = CURSOR_RGB
+    cell[top : bottom + 1, left : left + thick] = CURSOR_RGB
+    cell[top : bottom + 1, right - thick + 1 : right + 1] = CURSOR_RGB
+
+
+def render_images(pixels: np.ndarray, levels: int, scale: int, pending: np.ndarray | None = None,
+                  cursor: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """(n, C, H, W) levels -> n upscaled (h, w, 3) cells; pending pixels grey, the cursor pixel outlined."""
+    rgb = to_rgb(pixels, levels).copy()
+    if pending is not None:
+        rgb[:, pending] = PENDING_RGB
+    cells = [upscale(image, scale) for image in rgb]
+    if cursor is not None:
+        for cell in cells:
+            draw_cursor(cell, cursor, scale)
+    return cells
+
+
+def masked_original(pixels: np.ndarray, levels: int, mask: np.ndarray, scale: int) -> np.ndarray:
+    """The original (C, H, W) with the region to regenerate tinted red, upscaled."""
+    rgb = to_rgb(pixels, levels).astype(np.float64)
+    rgb[mask] = 0.45 * rgb[mask] + 0.55 * MASK_RGB
+    return upscale(rgb.round().astype(np.uint8), scale)
+
+
+@functools.lru_cache(maxsize=8)
+def font(size: int = 13) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def render_distribution(probs: np.ndarray, marked: Iterable[int] | None = None, title: str = "",
+                        width: int = 600, panel_height: int = 86) -> np.ndarray:
+    """Bar chart of a pixel's predictive distributions, one panel per channel.
+
+    probs: (levels, C) probabilities; marked: one value per channel (the sampled or true value), drawn in
+    orange with its probability. Few levels use a 0..1 axis; many levels are scaled to the largest bar.
+    """
+    probs = np.nan_to_num(np.asarray(probs, dtype=np.float64), nan=0.0).clip(0, 1)
+    levels, channels = probs.shape
+    marked = list(marked) if marked is not None else [None] * channels
+    names = ["value"] if channels == 1 else ["R", "G", "B"][:channels] + [f"c{k}" for k in range(3, channels)]
+    colours = CHANNEL_RGB.get(channels, CHANNEL_RGB[1] * channels)
+    title_h = 22 if title else 4
+    left, right, axis_h = 34, 10, 16
+    image = Image.new("RGB", (width, title_h + channels * panel_height), "white")
+    draw = ImageDraw.Draw(image)
+    if title:
+        draw.text((6, 4), title, fill=(30, 30, 30), font=font(13))
+    plot_w = width - left - right
+    for c in range(channels):
+        top = title_h + c * panel_height + 14
+        bottom = title_h + (c + 1) * panel_height - axis_h
+        p = probs[:, c]
+        y_max = 1.0 if levels <= 16 else max(float(p.max()), 1e-6) * 1.1
+        draw.line([(left, bottom), (left + plot_w, bottom)], fill=(120, 120, 120))
+        draw.text((2, top - 6), f"{y_max:.2g}" if y_max < 1 else "1", fill=(110, 110, 110), font=font(10))
+        draw.text((2, bottom - 10), "0", fill=(110, 110, 110), font=font(10))
+        bar_w = plot_w / levels
+        value = marked[c] if c < len(marked) else None
+        for v in range(levels):
+            height = (bottom - top) * min(p[v] / y_max, 1.0)
+            x0, x1 = left + v * bar_w, left + (v + 1) * bar_w - (1 if bar_w >= 4 else 0)
+            colour = MARK_RGB if v == value else colours[min(c, len(colours) - 1)]
+            if height >= 0.5:
+                draw.rectangle([x0, bottom - height, max(x0, x1 - 0.01), bottom], fill=colour)
+        if levels <= 16:
+            for v in range(levels):
+                draw.text((left + (v + 0.5) * bar_w - 3, bottom + 2), str(v), fill=(90, 90, 90), font=font(10))
+                if bar_w >= 40:
+                    text = f"{p[v]:.3f}"
+                    height = (bottom - top) * min(p[v] / y_max, 1.0)
+                    y_text = bottom - height + 2 if height > 16 else bottom - height - 13
+                    draw.text((left + (v + 0.5) * bar_w - draw.textlength(text, font=font(11)) / 2, y_text), text,
+                              fill=(255, 255, 255) if height > 16 else (40, 40, 40), font=font(11))
+        else:
+            for v in (0, levels // 2, levels - 1):
+                draw.text((left + (v + 0.5) * bar_w - 6, bottom + 2), str(v), fill=(90, 90, 90), font=font(10))
+        label = f"{names[c]}: most likely {int(p.argmax())} (p={p.max():.3f})"
+        if value is not None:
+            vx = left + (value + 0.5) * bar_w
+            draw.polygon([(vx, bottom + 1), (vx - 5, bottom + 9), (vx + 5, bottom + 9)], fill=MARK_RGB)
+            label += f" · marked {value} (p={p[value]:.3f})"
+        draw.text((left, top - 13), label, fill=(40, 40, 40), font=font(11))
+    return np.asarray(image)
+
+
+def colormap(values: np.ndarray, vmax: float) -> np.ndarray:
+    """Values in [0, vmax] -> (..., 3) uint8 viridis colours."""
+    t = np.clip(np.nan_to_num(values / vmax if vmax > 0 else np.zeros_like(values)), 0, 1) * (len(VIRIDIS) - 1)
+    low = np.floor(t).astype(int).clip(0, len(VIRIDIS) - 2)
+    frac = (t - low)[..., None]
+    return np.rint(VIRIDIS[low] * (1 - frac) + VIRIDIS[low + 1] * frac).astype(np.uint8)
+
+
+LEGEND_PX = 34
+
+
+def render_heatmap(values: np.ndarray, scale: int, label: str, vmax: float | None = None) -> np.ndarray:
+    """(H, W) values -> upscaled viridis map with a colour bar legend (LEGEND_PX high) underneath."""
+    values = np.asarray(values, dtype=np.float64)
+    top = float(values.max()) if vmax is None else vmax
+    top = top if top > 0 else 1.0
+    body = upscale(colormap(values, top), scale)
+    w = body.shape[1]
+    legend = Image.new("RGB", (w, LEGEND_PX), "white")
+    bar = colormap(np.linspace(0, top, max(w - 16, 2))[None].repeat(8, 0), top)
+    legend.paste(Image.fromarray(bar), (8, 4))
+    draw = ImageDraw.Draw(legend)
+    draw.text((8, 14), "0", fill=(60, 60, 60), font=font(11))
+    right = f"{top:.3g}"
+    draw.text((w - 8 - draw.textlength(right, font=font(11)), 14), right, fill=(60, 60, 60), font=font(11))
+    draw.text(((w - draw.textlength(label, font=font(11))) / 2, 14), label, fill=(60, 60, 60), font=font(11))
+    return np.concatenate([body, np.asarray(legend)], axis=0)
+
+
+def click_to_pixel(index: Any, height: int, width: int, scale: int) -> tuple[int, int] | None:
+    """A click at displayed-image coordinates [x, y] -> model pixel (row, col), or None outside the image."""
+    try:
+        x, y = (float(v) for v in index)
+    except (TypeError, ValueError):
+        return None
+    row, col = math.floor(y / scale), math.floor(x / scale)
+    if 0 <= row < height and 0 <= col < width:
+        return row, col
+    return None

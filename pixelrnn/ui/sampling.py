@@ -1,0 +1,114 @@
+"""The Generate and Complete tabs."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import torch
+
+import pixelrnn
+from pixelrnn.images import tile
+from pixelrnn.ui.base import PROGRESS, StudioBase
+from pixelrnn.ui.errors import user_errors
+from pixelrnn.ui.params import parse_class, parse_int, parse_mode, parse_pace, parse_seed, parse_temperature
+from pixelrnn.ui.pictures import display_scale, grid_scale, masked_original, render_distribution, render_images
+from pixelrnn.ui.settings import MAX_COMPLETIONS, MAX_PARTICLES, MAX_SAMPLES
+from pixelrnn.ui.uploads import editor_parts, extract_mask, prepare_image
+
+
+class SamplingTabs(StudioBase):
+    """Generate and Complete: streams of (image, distribution, status)."""
+
+    # -- Generate --
+    @user_errors
+    def generate(self, model_name: str, class_label: Any = None, n: Any = 4, temperature: Any = 1.0, seed: Any = 0,
+                 pace: Any = 0.0, progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+        """Stream n samples pixel by pixel: (image grid, current pixel's distribution, status)."""
+        self._threads()
+        spec = self.registry.spec(model_name)
+        y = parse_class(class_label, spec)
+        n = parse_int(n, "Number of samples", 1, MAX_SAMPLES)
+        temperature, seed, pace = parse_temperature(temperature), parse_seed(seed), parse_pace(pace)
+        model = self.registry.load(model_name)
+        start = time.monotonic()
+        steps = pixelrnn.sample_steps(model, n, y=y, temperature=temperature, seed=seed, every=1)
+        scale = grid_scale(spec.height, spec.width, n)
+        cols = math.ceil(math.sqrt(n))
+
+        def render(step: pixelrnn.Step, final: bool) -> tuple[np.ndarray, np.ndarray]:
+            pixels = step.image.cpu().numpy()
+            s = scale * (spec.height // pixels.shape[2])
+            pending = None if final else ~step.done.cpu().numpy()
+            cells = render_images(pixels, spec.levels, s, pending, None if final else step.position)
+            r, j = step.position
+            where = "small image, " if step.stage == "small" else ""
+            title = f"Sample 1, {where}pixel (row {r}, col {j}); sampled value marked"
+            dist = render_distribution(step.probs[0].cpu().numpy(), pixels[0, :, r, j].tolist(), title)
+            return tile(cells, cols), dist
+
+        def summary(_: Any) -> str:
+            what = f" of class {spec.class_names[y]!r}" if y is not None else ""
+            return (f"Generated {n} sample{'s' if n > 1 else ''}{what} with `{model_name}` in "
+                    f"{time.monotonic() - start:.1f} s (seed {seed}, temperature {temperature:g}).")
+
+        with self._capacity(n, spec, "samples"):
+            yield from self._stream(steps, spec, pace, progress, render, summary)
+
+    # -- Complete --
+    @user_errors
+    def complete(self, model_name: str, editor: Any, class_label: Any = None, mode: Any = "plain",
+                 particles: Any = 8, n: Any = 3, temperature: Any = 1.0, seed: Any = 0, pace: Any = 0.0,
+                 progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+        """Stream completions of the painted region: (original | completions, current distribution, status)."""
+        self._threads()
+        spec = self.registry.spec(model_name)
+        y = parse_class(class_label, spec)
+        smc = parse_mode(mode)
+        k = parse_int(particles, "Particles", 2, MAX_PARTICLES) if smc else 1
+        n = parse_int(n, "Number of completions", 1, MAX_COMPLETIONS)
+        temperature, seed, pace = parse_temperature(temperature), parse_seed(seed), parse_pace(pace)
+        with self._capacity(n * k, spec, "completions or particles"):  # refused before the upload is read
+            background, layers = editor_parts(editor)
+            prepared = prepare_image(background, spec)
+            mask = extract_mask(layers, prepared, spec.height, spec.width)
+            if not mask.any():
+                raise gr.Error("The mask is empty: paint over the part of the image to regenerate with the brush.")
+            model = self.registry.load(model_name)
+            start = time.monotonic()
+            steps = pixelrnn.sample_steps(model, n, y=y, image=prepared.tensor(), mask=torch.from_numpy(mask),
+                                          temperature=temperature, seed=seed, every=1, particles=k)
+            scale = display_scale(spec.height, spec.width)
+            original = masked_original(prepared.pixels, spec.levels, mask, scale)
+
+            def render(step: pixelrnn.Step, final: bool) -> tuple[np.ndarray, np.ndarray]:
+                pixels = step.image.cpu().numpy()
+                f = spec.height // pixels.shape[2]
+                stage_mask = mask[::f, ::f] if f > 1 else mask
+                pending = None if final else stage_mask & ~step.done.cpu().numpy()
+                cells = render_images(pixels, spec.levels, scale * f, pending, None if final else step.position)
+                r, j = step.position
+                known = not stage_mask[r, j]
+                where = "small image, " if step.stage == "small" else ""
+                title = (f"Completion 1, {where}pixel (row {r}, col {j}); "
+                         + ("known pixel, scored" if known else "sampled value marked"))
+                dist = render_distribution(step.probs[0].cpu().numpy(), pixels[0, :, r, j].tolist(), title)
+                return tile([original, *cells], min(n + 1, 5)), dist
+
+            def summary(step: Any) -> str:
+                how = f"context-aware (SMC, {k} particles each)" if smc else "plain"
+                text = (f"{n} {how} completion{'s' if n > 1 else ''} of {int(mask.sum())} pixels with `{model_name}` in "
+                        f"{time.monotonic() - start:.1f} s (seed {seed}). Left: the original, the region to regenerate "
+                        f"in red.")
+                if smc and step is not None and step.ess:
+                    ess = torch.stack([e.float().cpu() for e in step.ess]).mean()
+                    text += f" Mean effective sample size per row: {float(ess):.1f} of {k}."
+                if prepared.notes:
+                    text += f" Input: {'; '.join(prepared.notes)}."
+                return text
+
+            yield from self._stream(steps, spec, pace, progress, render, summary)
