@@ -29,12 +29,14 @@ CSS = """
 .pixelated img, .pixelated canvas { image-rendering: pixelated; }
 #gen-status, #cmp-status { min-height: 2.5em; }
 .caption p { margin: 0 !important; font-size: 0.9em; }
+#insp-table td, #insp-table th, #zip-table td, #zip-table th { white-space: nowrap; }
+#insp-table, #zip-table { overflow-x: auto; }
 """
 INTRO = """# PixelRNN Studio
 Pixel Recurrent Neural Networks ([van den Oord et al., 2016](https://arxiv.org/abs/1601.06759)): every pixel is
 sampled from a distribution given all the pixels above and to its left. **Generate** new images pixel by pixel,
-**Complete** a region you paint, **Inspect** how surprising each pixel of an image is, **Compress** an image
-losslessly with a model, and read the **Models**' cards.
+**Complete** a region you paint, **Upscale** an image from its small version, **Inspect** how surprising each pixel
+of an image is, **Compress** an image losslessly with a model, and read the **Models**' cards.
 """
 
 
@@ -97,13 +99,12 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             # --- Complete -------------------------------------------------------------------------------
             with gr.Tab("Complete", id="complete", elem_id="tab-complete"), gr.Row():
                 with gr.Column(scale=1, min_width=300):
-                    with gr.Row():
-                        cmp_model = _model_dropdown(registry, "cmp-model", default)
-                        cmp_class = _class_dropdown(studio, default, "cmp-class")
+                    cmp_model = _model_dropdown(registry, "cmp-model", default)
+                    cmp_class = _class_dropdown(studio, default, "cmp-class", allow_auto=True)
                     cmp_editor = gr.ImageEditor(
                         type="numpy", image_mode="RGBA", layers=False, transforms=(), format="png",
                         sources=["upload", "clipboard"], brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"),
-                        eraser=gr.Eraser(), label="Paint the region to regenerate", elem_id="cmp-editor",
+                        eraser=gr.Eraser(), label="Paint the region", elem_id="cmp-editor",
                         elem_classes=["pixelated"], canvas_size=(400, 400), height=470)
                     with gr.Row():
                         cmp_run = gr.Button("Complete", variant="primary", elem_id="cmp-run")
@@ -134,6 +135,38 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                             cmp_seed = gr.Number(0, precision=0, label="Seed (blank: random)", elem_id="cmp-seed")
                             cmp_pace = gr.Slider(0, 10, value=2, step=0.5, label="Animation (s)", info="0: full speed",
                                                  elem_id="cmp-pace")
+
+            # --- Upscale --------------------------------------------------------------------------------
+            with gr.Tab("Upscale", id="upscale", elem_id="tab-upscale"), gr.Row():
+                with gr.Column(scale=1, min_width=280):
+                    ups_model = gr.Dropdown(registry.choices(multiscale=True), value=registry.default(multiscale=True),
+                                            label="Multi-Scale model", elem_id="ups-model")
+                    ups_input = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
+                                         elem_id="ups-input", elem_classes=["pixelated"], height=240)
+                    if examples:
+                        gr.Examples([[p] for p in examples], [ups_input], label="Examples", elem_id="ups-examples")
+                    ups_n = gr.Slider(1, ui.MAX_SAMPLES, value=4, step=1, label="Samples", elem_id="ups-n")
+                    with gr.Row():
+                        ups_temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature",
+                                                    elem_id="ups-temperature")
+                        ups_seed = gr.Number(0, precision=0, label="Seed (blank: random)", elem_id="ups-seed")
+                    ups_pace = gr.Slider(0, 10, value=2, step=0.5, label="Animation (s)", info="0: full speed",
+                                         elem_id="ups-pace")
+                    with gr.Row():
+                        ups_run = gr.Button("Upscale", variant="primary", elem_id="ups-run")
+                        ups_stop = gr.Button("Stop", variant="stop", elem_id="ups-stop")
+                    gr.Markdown("The image is reduced to the model's small size (every second pixel); the model "
+                                "paints the full-size image given it (Multi-Scale PixelRNN, Sec. 3.6).",
+                                elem_classes=["caption"])
+                with gr.Column(scale=2):
+                    ups_status = gr.Markdown(label="Status", elem_id="ups-status")
+                    with gr.Row():
+                        ups_small = _image("Input, reduced to the small size", "Small image", "ups-small")
+                        ups_image = _image("Full-size samples given the small image", "Samples", "ups-image")
+                    with gr.Row():
+                        ups_entropy = _image("Uncertainty: entropy of each pixel's prediction for the input (bits)",
+                                             "Uncertainty", "ups-entropy")
+                        ups_dist = _image("Current pixel: predictive distribution", "Distribution", "ups-dist")
 
             # --- Inspect --------------------------------------------------------------------------------
             with gr.Tab("Inspect", id="inspect", elem_id="tab-inspect"), gr.Row():
@@ -196,12 +229,21 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                                             "card-curve")
 
         # --- events -------------------------------------------------------------------------------------
+        classes = {}
         for model, cls, auto, name in ((gen_model, gen_class, False, "classes_generate"),
-                                       (cmp_model, cmp_class, False, "classes_complete"),
+                                       (cmp_model, cmp_class, True, "classes_complete"),
                                        (insp_model, insp_class, True, "classes_inspect"),
                                        (zip_model, zip_class, True, "classes_compress")):
-            model.change(functools.partial(studio.class_update, allow_auto=auto), model, cls, api_name=name,
-                         api_visibility="undocumented", show_progress="hidden")
+            classes[name] = model.change(functools.partial(studio.class_update, allow_auto=auto), model, cls,
+                                         api_name=name, api_visibility="undocumented", show_progress="hidden")
+
+        # results never outlive the model or input they came from
+        for triggers, outputs in (([gen_model.change], [gen_image, gen_dist, gen_status]),
+                                  ([cmp_model.change, cmp_editor.change], [cmp_image, cmp_dist, cmp_status]),
+                                  ([ups_model.change, ups_input.change], [ups_small, ups_image, ups_dist, ups_entropy,
+                                                                          ups_status])):
+            gr.on(triggers, ui.cleared(len(outputs)), None, outputs, api_visibility="private", queue=False,
+                  show_progress="hidden")
 
         gen_event = gen_run.click(
             gpu(studio.generate), [gen_model, gen_class, gen_n, gen_temperature, gen_seed, gen_pace],
@@ -218,10 +260,20 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
         cmp_stop.click(ui.stopped, None, cmp_status, cancels=[cmp_event], api_name="stop_complete",
                        api_visibility="private", queue=False)
 
+        ups_event = ups_run.click(
+            gpu(studio.upscale), [ups_model, ups_input, ups_n, ups_temperature, ups_seed, ups_pace],
+            [ups_small, ups_image, ups_dist, ups_entropy, ups_status], api_name="upscale", preprocess=False,
+            show_progress_on=[ups_status], concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
+        ups_stop.click(ui.stopped, None, ups_status, cancels=[ups_event], api_name="stop_upscale",
+                       api_visibility="private", queue=False)
+
         insp_outputs = [insp_view, insp_surprise, insp_entropy, insp_table, insp_dist, insp_pixel_text, insp_row,
                         insp_col]
-        gr.on([insp_run.click, insp_image.upload], gpu(studio.inspect), [insp_model, insp_image, insp_class],
-              insp_outputs, api_name="inspect", preprocess=False, show_progress_on=[insp_table])
+        insp_run.click(gpu(studio.inspect), [insp_model, insp_image, insp_class], insp_outputs, api_name="inspect",
+                       preprocess=False, show_progress_on=[insp_table])
+        for trigger in (insp_image.change, classes["classes_inspect"].success):  # a new image, or a model's classes
+            trigger(gpu(studio.inspect_changed), [insp_model, insp_image, insp_class], insp_outputs,
+                    api_visibility="private", preprocess=False, show_progress_on=[insp_table])
         for k, shown in enumerate((insp_view, insp_surprise, insp_entropy)):
             shown.select(studio.select_pixel, [insp_model], [insp_row, insp_col], api_name=f"select_pixel_{k}",
                          api_visibility="undocumented", show_progress="hidden", queue=False).then(
@@ -229,9 +281,13 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                 [insp_dist, insp_pixel_text], api_name="pixel" if k == 0 else f"pixel_{k}",
                 api_visibility="public" if k == 0 else "undocumented", preprocess=False, show_progress="hidden")
 
-        gr.on([zip_run.click, zip_image.upload], gpu(studio.compress), [zip_model, zip_image, zip_class],
-              [zip_table, zip_file, zip_status], api_name="compress", preprocess=False, show_progress_on=[zip_status],
-              concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
+        zip_run.click(gpu(studio.compress), [zip_model, zip_image, zip_class], [zip_table, zip_file, zip_status],
+                      api_name="compress", preprocess=False, show_progress_on=[zip_status], concurrency_id="sampling",
+                      concurrency_limit=ui.SAMPLING_SLOTS)
+        for trigger in (zip_image.change, classes["classes_compress"].success):
+            trigger(gpu(studio.compress_changed), [zip_model, zip_image, zip_class], [zip_table, zip_file, zip_status],
+                    api_visibility="private", preprocess=False, show_progress_on=[zip_status],
+                    concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
         unzip_file.upload(gpu(studio.decompress), unzip_file, [unzip_image, unzip_status], api_name="decompress",
                           preprocess=False, show_progress_on=[unzip_status], concurrency_id="sampling",
                           concurrency_limit=ui.SAMPLING_SLOTS)

@@ -477,7 +477,9 @@ def likelihood_maps(model: Model, image: Tensor, y=None) -> dict[str, Tensor]:
     nll_bits (C, H, W): -log2 p(x_sub-pixel | past); entropy_bits (C, H, W): entropy of each
     predictive distribution; probs (levels, C, H, W): every sub-pixel's distribution.
     nll_bits.sum() * ln 2 == -model.log_prob(image). For a Multi-Scale model: the maps of the
-    full image given its small image (the small image's own NLL is not in them).
+    full image given its small image, log p(open pixels | small): the pixels that the small image
+    fixes are known, with NLL and entropy 0 and a one-hot distribution (the small image's own NLL
+    is not in the maps).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -486,6 +488,11 @@ def likelihood_maps(model: Model, image: Tensor, y=None) -> dict[str, Tensor]:
                             device)
     cond = model.condition(model.downsample(x)) if isinstance(model, MultiScalePixelRNN) else None
     log_probs = torch.log_softmax(large(x, labels, cond).float(), dim=1)[0]  # (levels, C, H, W)
+    if isinstance(model, MultiScalePixelRNN):  # a fixed pixel is certain: log p = 0 at its value
+        fixed = ~model.open_pixels(large.height, large.width, device)
+        known = torch.full_like(log_probs, -math.inf).scatter_(0, x[0][None], 0.0)
+        log_probs = torch.where(fixed, known, log_probs)
     nll = -log_probs.gather(0, x[0][None])[0] / math.log(2)
-    entropy = -(log_probs.exp() * log_probs).sum(0) / math.log(2)
-    return {"nll_bits": nll, "entropy_bits": entropy, "probs": log_probs.exp()}
+    probs = log_probs.exp()
+    entropy = -torch.special.xlogy(probs, probs).sum(0) / math.log(2)  # 0 log 0 = 0
+    return {"nll_bits": nll, "entropy_bits": entropy, "probs": probs}

@@ -26,10 +26,13 @@ def fit(model, images, steps=150, lr=2e-2, y=None):
     return model.eval()
 
 
-def save_tiny_checkpoints(root: Path, rgb: bool = True) -> Path:
-    """Tiny untrained checkpoints under root: binarized 1x28x28 ("tiny-bin") and class-conditional RGB 3x32x32."""
+def save_tiny_checkpoints(root: Path, rgb: bool = True, multiscale: bool = False) -> Path:
+    """Tiny untrained checkpoints under root: binarized 1x28x28 ("tiny-bin"), class-conditional RGB 3x32x32
+    ("tiny-rgb") and a Multi-Scale binarized 1x28x28 ("tiny-ms")."""
     torch.manual_seed(0)
     pixelrnn.build_model("row_lstm", 1, 2, 28, 28, hidden=4, layers=1).save_pretrained(root / "tiny-bin")
+    if multiscale:
+        pixelrnn.build_model("pixelcnn", 1, 2, 28, 28, hidden=4, layers=1, factor=2).save_pretrained(root / "tiny-ms")
     if rgb:
         pixelrnn.build_model("pixelcnn", 3, 256, 32, 32, num_classes=10, hidden=6, layers=1).save_pretrained(
             root / "tiny-rgb")

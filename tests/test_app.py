@@ -26,7 +26,7 @@ GENERATE, COMPLETE, INSPECT, PIXEL, CARD = "/generate", "/complete", "/inspect",
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> Path:
-    return save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"), multiscale=True)
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +156,31 @@ def test_complete_plain_and_smc(server, client, files):
     frames = list(client.submit("tiny-rgb", editor(files["rgb"], files["mask"]), "cat", "context-aware (SMC)", 3, 1,
                                 1.0, 1, 0, api_name=COMPLETE))
     assert "SMC, 3 particles" in last_values(frames)[2]
+
+
+def test_complete_with_auto_class_uses_the_pixels_before_the_region(server, client, files, checkpoints):
+    """Defect: Complete conditioned an upload on the class "airplane" without a word; "auto" now picks the class
+    that best explains the known pixels before the region (the top half here), and says so."""
+    grid, _, status = client.predict("tiny-rgb", editor(files["rgb"], files["mask"]), ui.AUTO_CLASS, "plain", 2, 1,
+                                     1.0, 7, 0, api_name=COMPLETE)
+    model = pixelrnn.load(str(checkpoints / "tiny-rgb"))
+    x = ui.prepare_image(Image.open(files["rgb"]), ui.spec_of(model, "cifar10")).tensor()
+    top = torch.zeros(32, 32, dtype=torch.bool)
+    top[:16] = True
+    with torch.inference_mode():
+        per_class = model.log_prob(x[None].expand(10, -1, -1, -1), torch.arange(10), None, top)
+    best = int(per_class.argmax())
+    name = ui.spec_of(model, "cifar10").class_names[best]
+    assert f"Class {name!r}: the most likely given the 512 known pixels before the region" in status
+    hole = ~top
+    torch.set_num_threads(1)
+    expected = pixelrnn.sample(model, 1, y=best, image=x, mask=hole, seed=7)
+    scale = ui.display_scale(32, 32)
+    completion = fetch(server, grid)[:, 32 * scale + GAP_PX:]
+    assert np.array_equal(completion, ui.render_images(expected.numpy(), 256, scale)[0])
+    with pytest.raises(Exception, match="starts at the top-left pixel"):
+        client.predict("tiny-rgb", editor(files["rgb"], files["full_mask"]), ui.AUTO_CLASS, "plain", 2, 1, 1.0, 7, 0,
+                       api_name=COMPLETE)
 
 
 @pytest.mark.parametrize("image", ["rgba", "palette", "g16", "gray", "rgb"])
@@ -340,3 +365,37 @@ def test_decompress_refuses_bad_files(server, prnn, tmp_path):
             assert len(outputs) > 2
         if outputs:  # a stream that began ends with the image cleared, never a wrong one shown as decoded
             assert outputs[-1][0] is None and "Not decoded" in outputs[-1][1]
+
+
+# --- Upscale -------------------------------------------------------------------------------------------------
+
+UPSCALE = "/upscale"
+
+
+def test_upscale_streams_samples_that_keep_the_small_image(server, client, checkpoints):
+    frames = list(client.submit("tiny-ms", handle_file(str(ui.ASSETS_DIR / "mnist_7.png")), 2, 1.0, 4, 0.5,
+                                api_name=UPSCALE))
+    small, samples, dist, entropy, status = last_values(frames)
+    assert "2 full-size samples of the 14x14 image" in status and "-log p = " in status and "binarized" in status
+    assert len([f for f in frames if f[1] and "url" in f[1]]) >= 3  # the samples arrived as a stream
+    model = pixelrnn.load(str(checkpoints / "tiny-ms"))
+    prepared = ui.prepare_image(Image.open(ui.ASSETS_DIR / "mnist_7.png"), ui.spec_of(model))
+    x = prepared.tensor()
+    torch.set_num_threads(1)
+    expected = pixelrnn.sample(model, 2, image=x, mask=model.open_pixels(28, 28), seed=4)
+    assert torch.equal(expected[:, :, ::2, ::2], x[None, :, ::2, ::2].expand(2, -1, -1, -1))  # the input's pixels
+    scale = ui.grid_scale(28, 28, 2)
+    grid = ui.tile(ui.render_images(expected.numpy(), 2, scale), 2)
+    assert np.array_equal(fetch(server, samples), grid)
+    assert np.array_equal(fetch(server, small), ui.render_images(prepared.pixels[None, :, ::2, ::2], 2, 2 * scale)[0])
+    maps = pixelrnn.likelihood_maps(model, x)
+    nats = float(maps["nll_bits"].sum()) * np.log(2)
+    assert f"-log p = {nats:.2f} nats" in status
+    assert fetch(server, entropy).shape[0] > 28 * scale and fetch(server, dist).shape[1] > 300
+
+
+def test_upscale_needs_a_multiscale_model(client):
+    with pytest.raises(Exception, match="not a Multi-Scale model, so it cannot upscale: pick `tiny-ms`"):
+        client.predict("tiny-bin", handle_file(str(ui.ASSETS_DIR / "mnist_7.png")), 1, 1.0, 0, 0, api_name=UPSCALE)
+    with pytest.raises(Exception, match="No image"):
+        client.predict("tiny-ms", None, 1, 1.0, 0, 0, api_name=UPSCALE)

@@ -1,4 +1,4 @@
-"""The app in headless Chromium (playwright): generate, upload + paint + complete, inspect + click a pixel.
+"""The app in headless Chromium (playwright): every tab, a model switch clearing stale outputs, auto class.
 
 Screenshots go to tests/screenshots/ (gitignored). Skipped when /usr/bin/chromium or playwright is missing.
 """
@@ -25,7 +25,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running_app(save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"), rgb=False)) as url:
+    with running_app(save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"), multiscale=True)) as url:
         yield url
 
 
@@ -45,6 +45,34 @@ def set_slider(page, elem_id: str, value: float) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
+
+
+def choose(page, elem_id: str, value: str) -> None:
+    """Pick `value` in a Gradio dropdown."""
+    page.click(f"#{elem_id} input")
+    page.get_by_role("option", name=value, exact=True).click()
+
+
+def paint_bottom_half(page, elem_id: str) -> None:
+    """Brush strokes over the lower half of the editor's canvas."""
+    canvas = page.locator(f"#{elem_id} canvas").first
+    box = canvas.bounding_box()
+    assert box and box["width"] > 50
+    for fraction in (0.55, 0.62, 0.69, 0.76):  # the image fills the middle of the canvas
+        y = box["y"] + box["height"] * fraction
+        page.mouse.move(box["x"] + box["width"] * 0.2, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.8, y, steps=15)
+        page.mouse.up()
+
+
+def upload_to_editor(page, elem_id: str, path) -> None:
+    page.wait_for_selector(f"#{elem_id} input[type=file]", state="attached")
+    zoom = page.locator(f"#{elem_id} .zoom-number").inner_text()
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+    # the editor zooms to fit once the image is drawn: painting before that is lost
+    page.wait_for_function(f"document.querySelector('#{elem_id} .zoom-number')?.innerText !== {zoom!r}")
+    page.wait_for_timeout(300)
 
 
 def test_generate(page):
@@ -73,12 +101,7 @@ def test_stop_cancels_a_stream(page):
 
 def test_upload_paint_and_complete(page):
     page.get_by_role("tab", name="Complete").click()
-    page.wait_for_selector("#cmp-editor input[type=file]", state="attached")
-    zoom = page.locator("#cmp-editor .zoom-number").inner_text()
-    page.locator("#cmp-editor input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
-    # the editor zooms to fit once the image is drawn: painting before that is lost
-    page.wait_for_function(f"document.querySelector('#cmp-editor .zoom-number')?.innerText !== {zoom!r}")
-    page.wait_for_timeout(300)
+    upload_to_editor(page, "cmp-editor", ui.ASSETS_DIR / "mnist_7.png")
     canvas = page.locator("#cmp-editor canvas").first
     box = canvas.bounding_box()
     assert box and box["width"] > 50
@@ -134,3 +157,48 @@ def test_compress_download_and_decode(page, tmp_path):
     assert page.locator("#unzip-image img").get_attribute("src")
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "compress.png", full_page=True)
+
+
+def test_switching_model_clears_stale_outputs(page):
+    page.get_by_role("tab", name="Generate").click()
+    set_slider(page, "gen-pace", 0)
+    page.click("#gen-run")
+    page.wait_for_function("document.querySelector('#gen-status')?.innerText.includes('Generated')")
+    assert page.locator("#gen-image img").count() == 1
+    choose(page, "gen-model", "tiny-rgb")
+    page.wait_for_function("document.querySelectorAll('#gen-image img').length === 0")
+    assert "Generated" not in page.locator("#gen-status").inner_text()
+    choose(page, "gen-model", "tiny-bin")
+
+
+def test_complete_the_cifar_cat_with_auto_class(page):
+    page.get_by_role("tab", name="Complete").click()
+    choose(page, "cmp-model", "tiny-rgb")
+    page.wait_for_function("document.querySelector('#cmp-class input')?.value === 'auto (most likely)'")
+    upload_to_editor(page, "cmp-editor", ui.ASSETS_DIR / "cifar_cat.png")
+    paint_bottom_half(page, "cmp-editor")
+    set_slider(page, "cmp-pace", 0)
+    page.click("#cmp-run")
+    page.wait_for_function("document.querySelector('#cmp-status')?.innerText.includes('the most likely given')")
+    assert page.locator("#cmp-image img").get_attribute("src")
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "complete-auto-class.png", full_page=True)
+    choose(page, "cmp-model", "tiny-bin")  # the cat's completions do not outlive the model
+    page.wait_for_function("document.querySelectorAll('#cmp-image img').length === 0")
+
+
+def test_upscale(page):
+    page.get_by_role("tab", name="Upscale").click()
+    assert page.locator("#ups-model input").input_value() == "tiny-ms"
+    page.wait_for_selector("#ups-input input[type=file]", state="attached")
+    page.locator("#ups-input input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
+    set_slider(page, "ups-pace", 0.5)
+    page.click("#ups-run")
+    page.wait_for_function("document.querySelector('#ups-status')?.innerText.includes('full-size samples')")
+    for elem_id in ("ups-small", "ups-image", "ups-entropy", "ups-dist"):
+        assert page.locator(f"#{elem_id} img").get_attribute("src")
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "upscale.png", full_page=True)
+    page.locator("#ups-input input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_2.png"))
+    page.wait_for_function("document.querySelectorAll('#ups-image img').length === 0")  # no stale samples
+    assert "full-size samples" not in page.locator("#ups-status").inner_text()

@@ -180,10 +180,18 @@ def test_multiscale_completion_keeps_known_pixels():
     assert torch.equal(out, pixelrnn.sample(model, 3, image=image, mask=mask, seed=2, method="reference"))
 
 
-def test_multiscale_likelihood_maps_are_the_full_image_given_the_small_one():
+def test_multiscale_likelihood_maps_are_the_open_pixels_given_the_small_image():
     model = make("row_lstm", 1, 2, 6, 6, factor=2)
     image = torch.randint(0, 2, (1, 6, 6))
     maps = pixelrnn.likelihood_maps(model, image)
     x = image[None]
-    full_given_small = model.large.log_prob(x, None, model.condition(model.downsample(x)))[0]
-    assert math.isclose(maps["nll_bits"].sum().item() * math.log(2), -full_given_small.item(), rel_tol=1e-6)
+    small = model.downsample(x)
+    open_given_small = model.large.log_prob(x, None, model.condition(small), model.open_pixels(6, 6))[0]
+    assert math.isclose(maps["nll_bits"].sum().item() * math.log(2), -open_given_small.item(), rel_tol=1e-6)
+    assert math.isclose(maps["nll_bits"].sum().item() * math.log(2),
+                        -(model.log_prob(x) - model.small.log_prob(small)).item(), rel_tol=1e-5)
+    fixed = ~model.open_pixels(6, 6)
+    assert (maps["entropy_bits"][:, fixed] == 0).all() and (maps["nll_bits"][:, fixed] == 0).all()
+    assert (maps["entropy_bits"][:, ~fixed] > 0).all()
+    assert torch.equal(maps["probs"][:, :, fixed].argmax(0), image[:, fixed])  # one-hot at the known value
+    assert torch.allclose(maps["probs"].sum(0), torch.ones(1, 6, 6))

@@ -52,7 +52,7 @@ from pixelrnn.ui.settings import (
     SAMPLING_SLOTS,
 )
 from pixelrnn.ui.streaming import FrameGate, Pacer, with_last
-from pixelrnn.ui.studio import Studio, example_images, stopped
+from pixelrnn.ui.studio import Studio, cleared, example_images, stopped
 from pixelrnn.ui.uploads import (
     ModelSpec,
     PreparedImage,
@@ -86,6 +86,7 @@ __all__ = [
     "Registry",
     "Studio",
     "center_crop_box",
+    "cleared",
     "click_to_pixel",
     "colormap",
     "display_scale",

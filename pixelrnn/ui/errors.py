@@ -40,18 +40,25 @@ def redact_paths(text: str) -> str:
     return _ABSOLUTE_PATH.sub(lambda match: Path(match.group()).name or "/", text)
 
 
+ERROR_TOAST_S = 6.0  # an error message disappears after this long
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn a ValueError (e.g. from the library's argument checks) into gr.Error, and log anything unexpected,
     so that every failure reaches the user as a sentence. Works for functions and generator functions."""
 
     def convert(err: Exception) -> gr.Error:
         if isinstance(err, gr.Error):
-            return err
-        if isinstance(err, ValueError):
-            return gr.Error(redact_paths(str(err)))
-        log.exception("unexpected error in %s", fn.__name__)
-        return gr.Error(f"Something went wrong ({type(err).__name__}: {redact_paths(str(err))}). Please try again "
-                        f"or report it.")
+            message = err.message
+        elif isinstance(err, ValueError):
+            message = redact_paths(str(err))
+        else:
+            log.exception("unexpected error in %s", fn.__name__)  # the one traceback in the log
+            message = (f"Something went wrong ({type(err).__name__}: {redact_paths(str(err))}). Please try again "
+                       f"or report it.")
+        # a user's mistake is not the server's: one log line, not a traceback; toasts go before they pile up
+        log.info("%s: %s", fn.__name__, message)
+        return gr.Error(message, duration=ERROR_TOAST_S, print_exception=False)
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)

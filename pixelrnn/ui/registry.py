@@ -166,14 +166,20 @@ class Registry:
             return "no model.safetensors yet: it may still be training"
         return None
 
-    def choices(self) -> list[tuple[str, str]]:
-        """(label, name) for a model dropdown: models that cannot be used now are marked."""
-        return [(name if self.problem(name) is None else f"{name} (cannot load)", name) for name in self.entries]
+    def _names(self, multiscale: bool) -> list[str]:
+        return [name for name, entry in self.entries.items()
+                if not multiscale or (entry.spec is not None and entry.spec.factor)]
 
-    def default(self, prefer: Iterable[str] = ()) -> str | None:
+    def choices(self, multiscale: bool = False) -> list[tuple[str, str]]:
+        """(label, name) for a model dropdown (only Multi-Scale models if `multiscale`): models that cannot be used
+        now are marked."""
+        return [(name if self.problem(name) is None else f"{name} (cannot load)", name)
+                for name in self._names(multiscale)]
+
+    def default(self, prefer: Iterable[str] = (), multiscale: bool = False) -> str | None:
         """A model to preselect: the first of `prefer` that can be used, else the first that can; never one that
         failed to load or has no weights."""
-        ready = [name for name in self.entries if self.problem(name) is None]
+        ready = [name for name in self._names(multiscale) if self.problem(name) is None]
         for name in prefer:
             if name in ready:
                 return name

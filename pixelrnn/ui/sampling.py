@@ -1,4 +1,4 @@
-"""The Generate and Complete tabs."""
+"""The Generate, Complete and Upscale tabs."""
 
 from __future__ import annotations
 
@@ -14,15 +14,23 @@ import torch
 import pixelrnn
 from pixelrnn.images import tile
 from pixelrnn.ui.base import PROGRESS, StudioBase
+from pixelrnn.ui.cards import maps_of, most_likely_class
 from pixelrnn.ui.errors import user_errors
 from pixelrnn.ui.params import parse_class, parse_int, parse_mode, parse_pace, parse_seed, parse_temperature
-from pixelrnn.ui.pictures import display_scale, grid_scale, masked_original, render_distribution, render_images
+from pixelrnn.ui.pictures import (
+    display_scale,
+    grid_scale,
+    masked_original,
+    render_distribution,
+    render_heatmap,
+    render_images,
+)
 from pixelrnn.ui.settings import MAX_COMPLETIONS, MAX_PARTICLES, MAX_SAMPLES
 from pixelrnn.ui.uploads import editor_parts, extract_mask, prepare_image
 
 
 class SamplingTabs(StudioBase):
-    """Generate and Complete: streams of (image, distribution, status)."""
+    """Generate, Complete and Upscale: streams of (image, distribution, status)."""
 
     # -- Generate --
     @user_errors
@@ -67,7 +75,7 @@ class SamplingTabs(StudioBase):
         """Stream completions of the painted region: (original | completions, current distribution, status)."""
         self._threads()
         spec = self.registry.spec(model_name)
-        y = parse_class(class_label, spec)
+        y = parse_class(class_label, spec, allow_auto=True)
         smc = parse_mode(mode)
         k = parse_int(particles, "Particles", 2, MAX_PARTICLES) if smc else 1
         n = parse_int(n, "Number of completions", 1, MAX_COMPLETIONS)
@@ -79,6 +87,12 @@ class SamplingTabs(StudioBase):
             if not mask.any():
                 raise gr.Error("The mask is empty: paint over the part of the image to regenerate with the brush.")
             model = self.registry.load(model_name)
+            auto = ""
+            if spec.num_classes and y is None:
+                device = next(model.parameters()).device
+                y, probability, known = most_likely_class(model, prepared.tensor().to(device), mask)
+                auto = (f" Class {spec.class_names[y]!r}: the most likely given the {known} known pixels before the "
+                        f"region ({probability:.0%}).")
             start = time.monotonic()
             steps = pixelrnn.sample_steps(model, n, y=y, image=prepared.tensor(), mask=torch.from_numpy(mask),
                                           temperature=temperature, seed=seed, every=1, particles=k)
@@ -103,7 +117,7 @@ class SamplingTabs(StudioBase):
                 how = f"context-aware (SMC, {k} particles each)" if smc else "plain"
                 text = (f"{n} {how} completion{'s' if n > 1 else ''} of {int(mask.sum())} pixels with `{model_name}` in "
                         f"{time.monotonic() - start:.1f} s (seed {seed}). Left: the original, the region to regenerate "
-                        f"in red.")
+                        f"in red.{auto}")
                 if smc and step is not None and step.ess:
                     ess = torch.stack([e.float().cpu() for e in step.ess]).mean()
                     text += f" Mean effective sample size per row: {float(ess):.1f} of {k}."
@@ -112,3 +126,61 @@ class SamplingTabs(StudioBase):
                 return text
 
             yield from self._stream(steps, spec, pace, progress, render, summary)
+
+    # -- Upscale --
+    @user_errors
+    def upscale(self, model_name: str, image: Any, n: Any = 4, temperature: Any = 1.0, seed: Any = 0,
+                pace: Any = 0.0, progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+        """Super-resolution with a Multi-Scale PixelRNN (Sec. 3.6): the image is reduced to the model's small size
+        and n full-size images are sampled given it. Streams (small image, samples, current pixel's distribution,
+        uncertainty map, status)."""
+        self._threads()
+        spec = self.registry.spec(model_name)
+        if not spec.factor:
+            multiscale = [name for _, name in self.registry.choices(multiscale=True)]
+            raise gr.Error(f"`{model_name}` is not a Multi-Scale model, so it cannot upscale: pick "
+                           + (", ".join(f"`{name}`" for name in multiscale) if multiscale else "a Multi-Scale model")
+                           + ".")
+        if spec.num_classes:
+            raise gr.Error("Upscaling with a class-conditional Multi-Scale model is not supported yet.")
+        n = parse_int(n, "Number of samples", 1, MAX_SAMPLES)
+        temperature, seed, pace = parse_temperature(temperature), parse_seed(seed), parse_pace(pace)
+        with self._capacity(n, spec, "samples"):
+            prepared = prepare_image(image, spec)
+            model = self.registry.load(model_name)
+            f = spec.factor
+            open_pixels = model.open_pixels(spec.height, spec.width).numpy()  # what the sampler draws
+            maps = maps_of(model, prepared.tensor().to(next(model.parameters()).device), None)
+            given_small_nats = float(maps["nll_bits"].sum()) * math.log(2)  # -log p(x | its small image)
+            scale = grid_scale(spec.height, spec.width, n)
+            small = render_images(prepared.pixels[None, :, ::f, ::f], spec.levels, scale * f)[0]
+            uncertainty = render_heatmap(maps["entropy_bits"].sum(0), scale, "entropy, bits")
+            start = time.monotonic()
+            steps = pixelrnn.sample_steps(model, n, image=prepared.tensor(), mask=torch.from_numpy(open_pixels),
+                                          temperature=temperature, seed=seed, every=1)
+
+            def render(step: pixelrnn.Step, final: bool) -> tuple[np.ndarray, np.ndarray]:
+                pixels = step.image.cpu().numpy()
+                stage_f = spec.height // pixels.shape[2]
+                pending = None if final else open_pixels[::stage_f, ::stage_f] & ~step.done.cpu().numpy()
+                cells = render_images(pixels, spec.levels, scale * stage_f, pending,
+                                      None if final else step.position)
+                r, j = step.position
+                title = f"Sample 1, pixel (row {r}, col {j}) given the small image; sampled value marked"
+                dist = render_distribution(step.probs[0].cpu().numpy(), pixels[0, :, r, j].tolist(), title)
+                return tile(cells, math.ceil(math.sqrt(n))), dist
+
+            def summary(_: Any) -> str:
+                dims = spec.channels * int(open_pixels.sum())
+                text = (f"{n} full-size sample{'s' if n > 1 else ''} of the {spec.height // f}x{spec.width // f} "
+                        f"image with `{model_name}` in {time.monotonic() - start:.1f} s (seed {seed}, temperature "
+                        f"{temperature:g}). The input's full image given its small one: -log p = "
+                        f"{given_small_nats:.2f} nats ({pixelrnn.bits_per_dim(given_small_nats, dims):.3f} bits per "
+                        f"open sub-pixel).")
+                if prepared.notes:
+                    text += f" Input: {'; '.join(prepared.notes)}."
+                return text
+
+            yield small, gr.skip(), gr.skip(), uncertainty, "Upscaling…"
+            for frame in self._stream(steps, spec, pace, progress, render, summary):
+                yield gr.skip(), *frame[:2], gr.skip(), frame[2]

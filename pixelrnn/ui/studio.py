@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import numpy as np
 
 from pixelrnn.ui.cards import model_card
@@ -15,11 +18,28 @@ from pixelrnn.ui.settings import ASSETS_DIR
 class Studio(SamplingTabs, InspectTab, CompressTab):
     """The app's endpoints as methods over a Registry, one mixin per tab; generators stream their outputs."""
 
+    # -- runs when an input changes: on an image, else the outputs are emptied --
+    def inspect_changed(self, model_name: str, image: Any, class_label: Any = None) -> tuple:
+        if image is None:
+            return (None,) * 8
+        return self.inspect(model_name, image, class_label)
+
+    def compress_changed(self, model_name: str, image: Any, class_label: Any = None) -> Iterator[tuple]:
+        if image is None:
+            yield None, None, None
+            return
+        yield from self.compress(model_name, image, class_label)
+
     # -- Models --
     @user_errors
     def model_card(self, model_name: str) -> tuple[str, np.ndarray | None, np.ndarray | None]:
         """(markdown card, samples image, learning curve) of a model."""
         return model_card(self.registry, model_name)
+
+
+def cleared(outputs: int) -> Callable[[], tuple[None, ...]]:
+    """An event handler that empties `outputs` outputs: results go when the model or input they came from does."""
+    return lambda: (None,) * outputs
 
 
 def stopped() -> str:
