@@ -1,5 +1,6 @@
 """PixelRNN Studio: Pixel Recurrent Neural Networks (van den Oord et al., 2016) in PyTorch."""
 
+from pixelrnn.images import load_image
 from pixelrnn.model import ARCHS, Model, MultiScalePixelRNN, PixelRNN, bits_per_dim, build_model
 from pixelrnn.sampling import Step, likelihood_maps, sample, sample_steps
 
@@ -28,6 +29,7 @@ __all__ = [
     "build_model",
     "likelihood_maps",
     "load",
+    "load_image",
     "sample",
     "sample_steps",
 ]

@@ -218,11 +218,16 @@ def resolve(name_or_path: str | Path) -> Path:
     folder = _local_folder(name)
     if folder is not None:
         return folder
+    shipped = sorted(p.name for p in CHECKPOINTS_DIR.iterdir() if (p / CONFIG).is_file()) if CHECKPOINTS_DIR.is_dir() else []
+    unknown = (f"no model named {name!r}: the checkpoints here are {', '.join(shipped) or '(none)'}; a local "
+               f"folder holding config.json and model.safetensors, or a Hugging Face Hub repo id 'user/name', "
+               f"also work")
+    if "/" not in name.strip("/"):  # a bare name is a checkpoint's, never a Hub id of ours
+        raise CheckpointError(unknown)
     try:
         validate_repo_id(name)
     except HFValidationError as err:
-        raise CheckpointError(f"{name!r} is not a folder in {CHECKPOINTS_DIR}, not a local folder and not a "
-                              f"Hub repo id (user/name)") from err
+        raise CheckpointError(unknown) from err
     cached = _download_checkpoint(name, local_only=True)
     if cached is not None:
         return cached

@@ -19,7 +19,8 @@ SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 TIMEOUT_MS = 60_000
 
 if not CHROMIUM.exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+    pytest.skip(f"no Chromium at {CHROMIUM}: the browser test needs Debian's chromium (`sudo apt-get install "
+                f"chromium`; `bash .ci/run` installs it)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
 

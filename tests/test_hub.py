@@ -151,8 +151,17 @@ def test_missing_repo(fake_hub):
 
 
 def test_invalid_name(env):
-    with pytest.raises(CheckpointError, match="not a local folder and not a Hub repo id"):
+    with pytest.raises(CheckpointError, match="no model named 'no such/folder/at all'"):
         hub.load("no such/folder/at all")
+
+
+def test_an_unknown_name_lists_the_checkpoints_and_never_asks_the_hub(env, tiny):
+    """Defect: load("typo") said "cannot reach the Hugging Face Hub" instead of "no such model"."""
+    tiny[0].save_pretrained(env / "checkpoints" / "shipped-one")
+    with pytest.raises(CheckpointError, match="no model named 'typo': the checkpoints here are shipped-one; "
+                                              ".* Hugging Face Hub repo id 'user/name'") as info:
+        hub.load("typo")
+    assert not isinstance(info.value, HubUnreachableError)
 
 
 def test_hub_repo_with_only_pickle_weights(fake_hub, tiny):
@@ -234,7 +243,7 @@ def test_checkpoints_name_cannot_escape(env, tiny, monkeypatch):
     save(tiny[0], env / "secret")  # a sibling of checkpoints/
     (env / "cwd" / "sub").mkdir(parents=True)
     monkeypatch.chdir(env / "cwd" / "sub")
-    with pytest.raises(CheckpointError, match="not a folder in"):
+    with pytest.raises(CheckpointError, match="no model named '../secret'"):
         hub.resolve("../secret")  # not checkpoints/../secret; as a path from the cwd it does not exist
 
 

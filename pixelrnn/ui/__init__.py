@@ -14,7 +14,7 @@ Everything here is a plain function or a small class that can be tested without 
 
 import gradio as gr
 
-from pixelrnn.images import tile, to_rgb, upscale
+from pixelrnn.images import center_crop_box, quantize, tile, to_rgb, upscale
 from pixelrnn.ui.cards import models_table
 from pixelrnn.ui.params import (
     AUTO_CLASS,
@@ -56,12 +56,10 @@ from pixelrnn.ui.studio import Studio, cleared, example_images, stopped
 from pixelrnn.ui.uploads import (
     ModelSpec,
     PreparedImage,
-    center_crop_box,
     editor_parts,
     extract_mask,
     pool_any,
     prepare_image,
-    quantize,
 )
 
 __all__ = [

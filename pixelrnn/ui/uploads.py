@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pixelrnn.images import convert_image, to_8bit
 from pixelrnn.ui.settings import ASSETS_DIR, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, MIN_SIDE
 
 log = logging.getLogger(__name__)
@@ -137,58 +138,6 @@ def decode_image(data: bytes, what: str) -> Image.Image:
         raise gr.Error(f"The {what} could not be decoded (truncated or corrupt file): {err}") from err
 
 
-def to_8bit(image: Image.Image) -> tuple[Image.Image, list[str]]:
-    """Any PIL mode -> 8-bit "L" or "RGB", transparency composited over black -> (image, notes)."""
-    notes = []
-    mode = image.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = float(array.max()) if array.size else 0.0
-        if mode == "F":
-            scale = 255.0 if top <= 1.0 else (255.0 / top if top > 255 else 1.0)
-        else:
-            scale = 1 / 257 if (mode.startswith("I;16") or 255 < top <= 65535) else (255.0 / top if top > 255 else 1.0)
-        image = Image.fromarray(np.clip(np.rint(array * scale), 0, 255).astype(np.uint8), "L")
-        notes.append(f"{mode} image reduced to 8 bits")
-        return image, notes
-    if mode == "1":
-        return image.convert("L"), notes
-    if mode == "P":
-        mode = "RGBA" if "transparency" in image.info else "RGB"
-        image = image.convert(mode)
-    elif mode in ("PA", "RGBa", "La"):
-        image, mode = image.convert("RGBA"), "RGBA"
-    elif mode not in ("L", "LA", "RGB", "RGBA"):
-        image, mode = image.convert("RGB"), "RGB"
-    if mode in ("LA", "RGBA"):
-        rgba = image.convert("RGBA")
-        alpha = np.asarray(rgba)[..., 3]
-        if (alpha < 255).any():
-            notes.append("transparent areas filled with black")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(black, rgba).convert("L" if mode == "LA" else "RGB")
-    return image, notes
-
-
-def center_crop_box(width: int, height: int, target_h: int, target_w: int) -> tuple[int, int, int, int]:
-    """The largest centred box of the target aspect ratio inside a width x height image (left, top, right, bottom)."""
-    if width * target_h > height * target_w:  # too wide
-        crop_w = max(1, round(height * target_w / target_h))
-        left = (width - crop_w) // 2
-        return left, 0, left + crop_w, height
-    crop_h = max(1, round(width * target_h / target_w))
-    top = (height - crop_h) // 2
-    return 0, top, width, top + crop_h
-
-
-def quantize(array: np.ndarray, levels: int) -> np.ndarray:
-    """8-bit values -> integer levels in [0, levels): 2 levels threshold at 128, 256 levels keep the value."""
-    array = np.asarray(array, dtype=np.int64)
-    if levels == 2:
-        return (array >= 128).astype(np.int64)
-    return array * levels // 256
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """What the UI needs to know about a model: its image format and classes."""
@@ -225,42 +174,11 @@ class PreparedImage:
 
 
 def prepare_image(source: Any, spec: ModelSpec, invert: str = "auto") -> PreparedImage:
-    """Decode an upload and convert it to the model's format: channels (L or RGB), centre-cropped to the
-    model's aspect ratio, resized (box filter) to H x W, quantized to its levels.
-
-    invert: "auto" inverts single-channel images with a light border (dark strokes on white paper),
-    because MNIST digits are light on dark; "yes" / "no" force it.
-    """
-    if spec.channels not in (1, 3):
-        raise gr.Error(f"This app shows 1- or 3-channel models only; this one has {spec.channels} channels.")
+    """Decode an upload safely (`open_image`) and convert it to the model's format (`pixelrnn.images.convert_image`:
+    channels, centre crop, resize, quantization, and inversion for light-background single-channel images)."""
     image = open_image(source)
-    width, height = image.size
-    image, notes = to_8bit(image)
-    if image.mode == "RGB" and spec.channels == 1:
-        rgb = np.asarray(image)
-        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
-            notes.append("colour converted to grayscale")
-    elif image.mode == "L" and spec.channels == 3:
-        notes.append("grayscale copied to R, G and B")
-    image = image.convert("L" if spec.channels == 1 else "RGB")
-    box = center_crop_box(width, height, spec.height, spec.width)
-    if box != (0, 0, width, height):
-        notes.append(f"centre-cropped {width}x{height} to {box[2] - box[0]}x{box[3] - box[1]}")
-    if (box[2] - box[0], box[3] - box[1]) != (spec.width, spec.height):
-        notes.append(f"resized to {spec.width}x{spec.height}")
-    image = image.resize((spec.width, spec.height), Image.Resampling.BOX, box=box)
-    array = np.asarray(image, dtype=np.uint8)
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    if spec.channels == 1 and invert != "no":
-        border = np.concatenate([array[0, 0], array[0, -1], array[0, :, 0], array[0, :, -1]])
-        if invert == "yes" or (invert == "auto" and border.mean() > 127):
-            array = 255 - array
-            notes.append("inverted (MNIST digits are light on dark)")
-    if spec.levels == 2:
-        notes.append("binarized at 128")
-    elif spec.levels != 256:
-        notes.append(f"quantized to {spec.levels} levels")
-    return PreparedImage(quantize(array, spec.levels), (width, height), box, notes)
+    array, box, notes = convert_image(image, spec.channels, spec.levels, spec.height, spec.width, invert)
+    return PreparedImage(array, image.size, box, notes)
 
 
 # --- masks ---------------------------------------------------------------------------------------------
