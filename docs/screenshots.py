@@ -1,0 +1,87 @@
+"""Screenshots of every tab for the README, on the shipped checkpoints: `python docs/screenshots.py`.
+
+Starts the app on a free loopback port, drives it in headless Chromium (as tests/test_browser.py does) and writes
+docs/screenshot-<tab>.png.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from test_browser import CHROMIUM, CHROMIUM_ARGS, choose, paint_bottom_half, set_slider, upload_to_editor
+
+import app
+from pixelrnn import ui
+
+DOCS = REPO / "docs"
+
+
+def wait_for(page, elem_id: str, text: str) -> None:
+    page.wait_for_function(f"document.querySelector('#{elem_id}')?.innerText.includes({text!r})")
+    page.wait_for_timeout(1500)  # the last image loads after the status
+
+
+def main() -> None:
+    demo = app.build_demo(device="cpu")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **app.launch_kwargs())
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(600_000)
+            page.goto(f"http://127.0.0.1:{port}", wait_until="load")
+            page.wait_for_selector("#gen-run")
+
+            set_slider(page, "gen-n", 16)
+            set_slider(page, "gen-pace", 0)
+            page.click("#gen-run")
+            wait_for(page, "gen-status", "Generated")
+            page.screenshot(path=DOCS / "screenshot-generate.png", full_page=True)
+
+            page.get_by_role("tab", name="Complete").click()
+            choose(page, "cmp-model", "cifar10-pixelcnn-conditional")
+            upload_to_editor(page, "cmp-editor", ui.ASSETS_DIR / "cifar_cat.png")
+            paint_bottom_half(page, "cmp-editor")
+            page.get_by_label("context-aware (SMC)").check()
+            set_slider(page, "cmp-pace", 0)
+            page.click("#cmp-run")
+            wait_for(page, "cmp-status", "completions of")
+            page.screenshot(path=DOCS / "screenshot-complete.png", full_page=True)
+
+            page.get_by_role("tab", name="Upscale").click()
+            page.locator("#ups-input input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_2.png"))
+            set_slider(page, "ups-pace", 0)
+            page.click("#ups-run")
+            wait_for(page, "ups-status", "full-size samples")
+            page.screenshot(path=DOCS / "screenshot-upscale.png", full_page=True)
+
+            page.get_by_role("tab", name="Inspect").click()
+            page.locator("#insp-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
+            wait_for(page, "insp-pixel-text", "Most surprising")
+            page.screenshot(path=DOCS / "screenshot-inspect.png", full_page=True)
+
+            page.get_by_role("tab", name="Compress").click()
+            page.locator("#zip-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
+            wait_for(page, "zip-status", "ready to download")
+            page.screenshot(path=DOCS / "screenshot-compress.png", full_page=True)
+
+            page.get_by_role("tab", name="Models").click()
+            page.wait_for_timeout(2000)
+            page.screenshot(path=DOCS / "screenshot-models.png", full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+
+
+if __name__ == "__main__":
+    main()
