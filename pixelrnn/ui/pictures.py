@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from cmap import Colormap
 from PIL import Image, ImageDraw, ImageFont
 
 from pixelrnn.images import to_rgb, upscale
@@ -19,9 +20,7 @@ MASK_RGB = np.array([255, 40, 40])  # tint of the region to regenerate
 CURSOR_RGB = (255, 40, 40)
 CHANNEL_RGB = {1: [(90, 90, 90)], 3: [(214, 48, 49), (39, 174, 96), (41, 98, 255)]}
 MARK_RGB = (245, 130, 0)
-# viridis at 9 evenly spaced points, interpolated linearly
-VIRIDIS = np.array([(68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141), (39, 173, 129),
-                    (92, 200, 99), (170, 220, 50), (253, 231, 37)], dtype=np.float64)
+VIRIDIS = np.rint(Colormap("viridis").lut(256)[:, :3] * 255).astype(np.uint8)  # (256, 3), from the cmap package
 
 
 def display_scale(height: int, width: int, cell_px: int = CELL_PX) -> int:
@@ -134,10 +133,8 @@ def render_distribution(probs: np.ndarray, marked: Iterable[int] | None = None, 
 
 def colormap(values: np.ndarray, vmax: float) -> np.ndarray:
     """Values in [0, vmax] -> (..., 3) uint8 viridis colours."""
-    t = np.clip(np.nan_to_num(values / vmax if vmax > 0 else np.zeros_like(values)), 0, 1) * (len(VIRIDIS) - 1)
-    low = np.floor(t).astype(int).clip(0, len(VIRIDIS) - 2)
-    frac = (t - low)[..., None]
-    return np.rint(VIRIDIS[low] * (1 - frac) + VIRIDIS[low + 1] * frac).astype(np.uint8)
+    t = np.clip(np.nan_to_num(values / vmax if vmax > 0 else np.zeros_like(values)), 0, 1)
+    return VIRIDIS[np.rint(t * (len(VIRIDIS) - 1)).astype(int)]
 
 
 LEGEND_PX = 34
