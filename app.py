@@ -247,7 +247,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
 
         gen_event = gen_run.click(
             gpu(studio.generate), [gen_model, gen_class, gen_n, gen_temperature, gen_seed, gen_pace],
-            [gen_image, gen_dist, gen_status], api_name="generate", preprocess=False, show_progress_on=[gen_status],
+            [gen_image, gen_dist, gen_status], api_name="generate", preprocess=False, show_progress="hidden",
             concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
         gen_stop.click(ui.stopped, None, gen_status, cancels=[gen_event], api_name="stop_generate",
                        api_visibility="private", queue=False)
@@ -255,7 +255,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
         cmp_event = cmp_run.click(
             gpu(studio.complete),
             [cmp_model, cmp_editor, cmp_class, cmp_mode, cmp_particles, cmp_n, cmp_temperature, cmp_seed, cmp_pace],
-            [cmp_image, cmp_dist, cmp_status], api_name="complete", preprocess=False, show_progress_on=[cmp_status],
+            [cmp_image, cmp_dist, cmp_status], api_name="complete", preprocess=False, show_progress="hidden",
             concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
         cmp_stop.click(ui.stopped, None, cmp_status, cancels=[cmp_event], api_name="stop_complete",
                        api_visibility="private", queue=False)
@@ -263,7 +263,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
         ups_event = ups_run.click(
             gpu(studio.upscale), [ups_model, ups_input, ups_n, ups_temperature, ups_seed, ups_pace],
             [ups_small, ups_image, ups_dist, ups_entropy, ups_status], api_name="upscale", preprocess=False,
-            show_progress_on=[ups_status], concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
+            show_progress="hidden", concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
         ups_stop.click(ui.stopped, None, ups_status, cancels=[ups_event], api_name="stop_upscale",
                        api_visibility="private", queue=False)
 
@@ -282,14 +282,14 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                 api_visibility="public" if k == 0 else "undocumented", preprocess=False, show_progress="hidden")
 
         zip_run.click(gpu(studio.compress), [zip_model, zip_image, zip_class], [zip_table, zip_file, zip_status],
-                      api_name="compress", preprocess=False, show_progress_on=[zip_status], concurrency_id="sampling",
+                      api_name="compress", preprocess=False, show_progress="hidden", concurrency_id="sampling",
                       concurrency_limit=ui.SAMPLING_SLOTS)
         for trigger in (zip_image.change, classes["classes_compress"].success):
             trigger(gpu(studio.compress_changed), [zip_model, zip_image, zip_class], [zip_table, zip_file, zip_status],
-                    api_visibility="private", preprocess=False, show_progress_on=[zip_status],
+                    api_visibility="private", preprocess=False, show_progress="hidden",
                     concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
         unzip_file.upload(gpu(studio.decompress), unzip_file, [unzip_image, unzip_status], api_name="decompress",
-                          preprocess=False, show_progress_on=[unzip_status], concurrency_id="sampling",
+                          preprocess=False, show_progress="hidden", concurrency_id="sampling",
                           concurrency_limit=ui.SAMPLING_SLOTS)
 
         card_model.change(studio.model_card, card_model, [card_text, card_samples, card_curve], api_name="model_card",

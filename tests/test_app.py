@@ -113,6 +113,8 @@ def test_generate_streams_frames_and_the_last_is_the_sample(server, client, chec
     assert len({im["path"] for im in images}) == len(images)  # never the same image twice
     final, dist, status = last_values(frames)
     assert "Generated 2 samples" in status and "seed 5" in status
+    # how far it is shows in the status itself (a progress bar over it covered the previous status)
+    assert any(isinstance(f[2], str) and f[2].startswith("Pixel ") and " of 784, " in f[2] for f in frames[:-1])
     model = pixelrnn.load(str(checkpoints / "tiny-bin"))
     torch.set_num_threads(1)
     assert np.array_equal(fetch(server, final), expected_grid(model, 2, 5))

@@ -370,9 +370,9 @@ def test_requests_above_the_work_budget_are_refused(server, monkeypatch):
 def test_a_cancelled_long_job_frees_its_slot(checkpoints, monkeypatch):
     monkeypatch.setattr(ui.base, "LONG_WORK", 1_000)
     studio = ui.Studio(ui.Registry(checkpoints, device="cpu"))
-    first = studio.generate("tiny-bin", None, 2, 1.0, 0, 0, progress=None)
+    first = studio.generate("tiny-bin", None, 2, 1.0, 0, 0)
     next(first)
     with pytest.raises(ui.gr.Error, match="one at a time"):
-        next(studio.generate("tiny-bin", None, 2, 1.0, 0, 0, progress=None))
+        next(studio.generate("tiny-bin", None, 2, 1.0, 0, 0))
     first.close()  # what Gradio's cancel does to the stream
-    assert len(list(studio.generate("tiny-bin", None, 2, 1.0, 0, 0, progress=None))) > 1
+    assert len(list(studio.generate("tiny-bin", None, 2, 1.0, 0, 0))) > 1

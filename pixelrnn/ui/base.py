@@ -24,8 +24,6 @@ from pixelrnn.ui.settings import LONG_WORK, MAX_WORK
 from pixelrnn.ui.streaming import FrameGate, Pacer, with_last
 from pixelrnn.ui.uploads import ModelSpec, prepare_image
 
-PROGRESS = gr.Progress()  # the default that makes Gradio pass a progress tracker
-
 
 class StudioBase:
     """What the tabs share over a Registry: thread settings, the capacity check, streaming sampler steps as frames
@@ -83,12 +81,13 @@ class StudioBase:
             self._long_job.release()
             release_memory()
 
-    def _stream(self, steps: Iterable[pixelrnn.Step], spec: ModelSpec, pace: float, progress: Any,
+    def _stream(self, steps: Iterable[pixelrnn.Step], spec: ModelSpec, pace: float,
                 render: Callable[[pixelrnn.Step, bool], tuple[np.ndarray, np.ndarray]], summary: Callable[[Any], str]
                 ) -> Iterator[tuple]:
-        """Throttle, pace and render sampler steps into (image, distribution, status) updates."""
+        """Throttle, pace and render sampler steps into (image, distribution, status) updates. The status says how
+        far it is (the app shows no progress bar over it: one would cover the previous run's status)."""
         gate, total = FrameGate(), self._steps_total(spec)
-        pacer = Pacer(total, pace)
+        pacer, start = Pacer(total, pace), time.monotonic()
         last = None
         for k, (step, final) in enumerate(with_last(steps), start=1):
             pacer.wait(k)
@@ -97,10 +96,8 @@ class StudioBase:
                 continue
             started = time.monotonic()
             image, dist = render(step, final)
-            if not final and progress is not None:
-                progress(min(k / total, 1.0), desc=f"pixel {k} of {total}")
-            yield (gate.fresh("image", image), gate.fresh("dist", dist),
-                   gate.fresh("status", summary(last)) if final else gr.skip())
+            status = summary(last) if final else f"Pixel {min(k, total):,} of {total:,}, {time.monotonic() - start:.1f} s…"
+            yield gate.fresh("image", image), gate.fresh("dist", dist), gate.fresh("status", status)
             gate.spent(time.monotonic() - started)
 
     def _analysis(self, name: str, image: Any, class_label: Any) -> tuple[ModelSpec, Analysis]:

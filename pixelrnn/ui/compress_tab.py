@@ -15,7 +15,7 @@ import torch
 
 import pixelrnn
 from pixelrnn import compress
-from pixelrnn.ui.base import PROGRESS, StudioBase
+from pixelrnn.ui.base import StudioBase
 from pixelrnn.ui.errors import user_errors
 from pixelrnn.ui.params import parse_class
 from pixelrnn.ui.pictures import display_scale, render_images
@@ -78,7 +78,7 @@ class CompressTab(StudioBase):
             yield "\n".join(rows + baselines), str(download), status
 
     @user_errors
-    def decompress(self, file: Any, progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+    def decompress(self, file: Any) -> Iterator[tuple]:
         """Decode an uploaded .prnn file with the model named in it, row by row: yields (image, status). The image
         is only presented as decoded once its checksum holds; a file that fails clears it."""
         self._threads()
@@ -108,8 +108,6 @@ class CompressTab(StudioBase):
                 pending = np.zeros(pixels.shape[2:], dtype=bool)
                 pending[r + 1 :] = True
                 [cell] = render_images(pixels, spec.levels, scale * (spec.height // pixels.shape[2]), pending)
-                if progress is not None:
-                    progress(done / rows, desc=f"row {done} of {rows}")
                 yield gate.fresh("image", cell), f"Decoding with `{name}`: row {done} of {rows} (not verified yet)…"
                 gate.spent(time.monotonic() - started)
         except compress.CompressionError as err:

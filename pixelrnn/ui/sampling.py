@@ -13,7 +13,7 @@ import torch
 
 import pixelrnn
 from pixelrnn.images import tile
-from pixelrnn.ui.base import PROGRESS, StudioBase
+from pixelrnn.ui.base import StudioBase
 from pixelrnn.ui.cards import maps_of, most_likely_class
 from pixelrnn.ui.errors import user_errors
 from pixelrnn.ui.params import parse_class, parse_int, parse_mode, parse_pace, parse_seed, parse_temperature
@@ -35,7 +35,7 @@ class SamplingTabs(StudioBase):
     # -- Generate --
     @user_errors
     def generate(self, model_name: str, class_label: Any = None, n: Any = 4, temperature: Any = 1.0, seed: Any = 0,
-                 pace: Any = 0.0, progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+                 pace: Any = 0.0) -> Iterator[tuple]:
         """Stream n samples pixel by pixel: (image grid, current pixel's distribution, status)."""
         self._threads()
         spec = self.registry.spec(model_name)
@@ -65,13 +65,13 @@ class SamplingTabs(StudioBase):
                     f"{time.monotonic() - start:.1f} s (seed {seed}, temperature {temperature:g}).")
 
         with self._capacity(n, spec, "samples"):
-            yield from self._stream(steps, spec, pace, progress, render, summary)
+            yield from self._stream(steps, spec, pace, render, summary)
 
     # -- Complete --
     @user_errors
     def complete(self, model_name: str, editor: Any, class_label: Any = None, mode: Any = "plain",
                  particles: Any = 8, n: Any = 3, temperature: Any = 1.0, seed: Any = 0, pace: Any = 0.0,
-                 progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+                 ) -> Iterator[tuple]:
         """Stream completions of the painted region: (original | completions, current distribution, status)."""
         self._threads()
         spec = self.registry.spec(model_name)
@@ -125,12 +125,12 @@ class SamplingTabs(StudioBase):
                     text += f" Input: {'; '.join(prepared.notes)}."
                 return text
 
-            yield from self._stream(steps, spec, pace, progress, render, summary)
+            yield from self._stream(steps, spec, pace, render, summary)
 
     # -- Upscale --
     @user_errors
     def upscale(self, model_name: str, image: Any, n: Any = 4, temperature: Any = 1.0, seed: Any = 0,
-                pace: Any = 0.0, progress: gr.Progress = PROGRESS) -> Iterator[tuple]:
+                pace: Any = 0.0) -> Iterator[tuple]:
         """Super-resolution with a Multi-Scale PixelRNN (Sec. 3.6): the image is reduced to the model's small size
         and n full-size images are sampled given it. Streams (small image, samples, current pixel's distribution,
         uncertainty map, status)."""
@@ -182,5 +182,5 @@ class SamplingTabs(StudioBase):
                 return text
 
             yield small, gr.skip(), gr.skip(), uncertainty, "Upscaling…"
-            for frame in self._stream(steps, spec, pace, progress, render, summary):
+            for frame in self._stream(steps, spec, pace, render, summary):
                 yield gr.skip(), *frame[:2], gr.skip(), frame[2]
