@@ -194,9 +194,10 @@ def decode_rows(model: Model, data: bytes, progress: bool = False) -> Iterator[t
     channels, height, width, levels = _shape(model)
     if header["shape"] != (channels, height, width) or header["levels"] != levels:
         raise CompressionError("the header's shape or levels do not match the model")
-    labels = None if header["label"] is None else torch.tensor([header["label"]])
-    if (labels is None) != (_single(model).num_classes is None):
+    label, num_classes = header["label"], _single(model).num_classes
+    if (label is None) != (num_classes is None) or (label is not None and label >= num_classes):
         raise CompressionError("the header's label does not fit the model")
+    labels = None if label is None else torch.tensor([label])
     model.eval()
     words = np.frombuffer(header["words"], dtype="<u4").astype(np.uint32)
     decoder = constriction.stream.queue.RangeDecoder(words)

@@ -87,6 +87,11 @@ def test_bad_streams_are_clear_errors():
         decode(model, bytes(corrupted))
     with pytest.raises(ValueError, match="unconditional"):
         encode(model, image, y=1)
+    conditional = tiny("pixelcnn", num_classes=3)
+    labelled = bytearray(encode(conditional, image, y=2))
+    labelled[21:23] = (7).to_bytes(2, "little", signed=True)  # header bytes 21-22: a label the model lacks
+    with pytest.raises(CompressionError, match="label does not fit"):
+        decode(conditional, bytes(labelled))
     with pytest.raises(ValueError, match="shape"):
         encode(model, image[:, :5])
 

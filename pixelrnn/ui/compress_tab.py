@@ -26,7 +26,6 @@ from pixelrnn.ui.uploads import file_path, prepare_image, read_upload
 class CompressTab(StudioBase):
     """Compress: .prnn files made and decoded."""
 
-    # -- Compress --
     def _compatible(self, name: str) -> list[str]:
         """`name` first, then every other healthy model of the same format (channels, size, levels)."""
         fmt = self.registry.spec(name).fmt
@@ -100,7 +99,7 @@ class CompressTab(StudioBase):
         rows = spec.height + (spec.height // spec.factor if spec.factor else 0)
         done, pixels = 0, None
         try:
-            for stage, r, image in compress.decode_rows(model, data):
+            for _, r, image in compress.decode_rows(model, data):
                 done, pixels = done + 1, image.numpy()
                 if done == rows or not gate.due():  # the whole image is shown once it is verified
                     continue
