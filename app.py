@@ -65,6 +65,38 @@ def _image(caption: str, name: str, elem_id: str, **kwargs: Any) -> gr.Image:
                         elem_classes=["pixelated"], buttons=["download", "fullscreen"], **kwargs)
 
 
+def _sampling_settings(prefix: str, pace: float) -> tuple[gr.Slider, gr.Number, gr.Slider]:
+    """Temperature, seed and animation length of a sampling tab (elem ids prefix-temperature, -seed, -pace)."""
+    temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature", elem_id=f"{prefix}-temperature")
+    seed = gr.Number(0, precision=0, label="Seed (blank: random)", elem_id=f"{prefix}-seed")
+    pace_s = gr.Slider(0, 10, value=pace, step=0.5, label="Animation (s)", info="0: full speed", elem_id=f"{prefix}-pace")
+    return temperature, seed, pace_s
+
+
+def _image_input(prefix: str, examples: list[str], height: int) -> gr.Image:
+    """An image upload (a file path) with the example images under it."""
+    image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id=f"{prefix}-image",
+                     elem_classes=["pixelated"], height=height)
+    if examples:
+        gr.Examples([[p] for p in examples], [image], label="Examples", elem_id=f"{prefix}-examples")
+    return image
+
+
+def _image_inputs(registry: ui.Registry, studio: ui.Studio, prefix: str, default: str | None, examples: list[str],
+                  height: int, verb: str) -> tuple[gr.Dropdown, gr.Image, gr.Dropdown, gr.Button]:
+    """Model, image (with examples), class ("auto" first) and the run button of a tab that reads one image."""
+    model = _model_dropdown(registry, f"{prefix}-model", default)
+    image = _image_input(prefix, examples, height)
+    cls = _class_dropdown(studio, default, f"{prefix}-class", allow_auto=True)
+    return model, image, cls, gr.Button(verb, variant="primary", elem_id=f"{prefix}-run")
+
+
+def _run_stop(prefix: str, verb: str) -> tuple[gr.Button, gr.Button]:
+    with gr.Row():
+        return (gr.Button(verb, variant="primary", elem_id=f"{prefix}-run"),
+                gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop"))
+
+
 def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] | None = None,
                device: str | None = None) -> gr.Blocks:
     """The PixelRNN Studio app; models from `checkpoints` (default $PIXELRNN_CHECKPOINTS or checkpoints/) and
@@ -83,14 +115,8 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                     gen_model = _model_dropdown(registry, "gen-model", default)
                     gen_class = _class_dropdown(studio, default, "gen-class")
                     gen_n = gr.Slider(1, ui.MAX_SAMPLES, value=4, step=1, label="Samples", elem_id="gen-n")
-                    gen_temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature",
-                                                elem_id="gen-temperature")
-                    gen_seed = gr.Number(0, precision=0, label="Seed (blank: random)", elem_id="gen-seed")
-                    gen_pace = gr.Slider(0, 10, value=3, step=0.5, label="Animation (s)", info="0: full speed",
-                                         elem_id="gen-pace")
-                    with gr.Row():
-                        gen_run = gr.Button("Generate", variant="primary", elem_id="gen-run")
-                        gen_stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
+                    gen_temperature, gen_seed, gen_pace = _sampling_settings("gen", pace=3)
+                    gen_run, gen_stop = _run_stop("gen", "Generate")
                     gen_status = gr.Markdown(label="Status", elem_id="gen-status")
                 with gr.Column(scale=2):
                     gen_image = _image("Samples (grey: not sampled yet; red outline: current pixel)", "Samples", "gen-image")
@@ -106,9 +132,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                         sources=["upload", "clipboard"], brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"),
                         eraser=gr.Eraser(), label="Paint the region", elem_id="cmp-editor",
                         elem_classes=["pixelated"], canvas_size=(400, 400), height=470)
-                    with gr.Row():
-                        cmp_run = gr.Button("Complete", variant="primary", elem_id="cmp-run")
-                        cmp_stop = gr.Button("Stop", variant="stop", elem_id="cmp-stop")
+                    cmp_run, cmp_stop = _run_stop("cmp", "Complete")
                     if examples:
                         gr.Examples([[p] for p in examples], [cmp_editor], label="Examples", elem_id="cmp-examples",
                                     examples_per_page=12)
@@ -130,31 +154,17 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                             cmp_n = gr.Slider(1, ui.MAX_COMPLETIONS, value=3, step=1, label="Completions",
                                               elem_id="cmp-n")
                         with gr.Row():
-                            cmp_temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature",
-                                                        elem_id="cmp-temperature")
-                            cmp_seed = gr.Number(0, precision=0, label="Seed (blank: random)", elem_id="cmp-seed")
-                            cmp_pace = gr.Slider(0, 10, value=2, step=0.5, label="Animation (s)", info="0: full speed",
-                                                 elem_id="cmp-pace")
+                            cmp_temperature, cmp_seed, cmp_pace = _sampling_settings("cmp", pace=2)
 
             # --- Upscale --------------------------------------------------------------------------------
             with gr.Tab("Upscale", id="upscale", elem_id="tab-upscale"), gr.Row():
                 with gr.Column(scale=1, min_width=280):
                     ups_model = gr.Dropdown(registry.choices(multiscale=True), value=registry.default(multiscale=True),
                                             label="Multi-Scale model", elem_id="ups-model")
-                    ups_input = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
-                                         elem_id="ups-input", elem_classes=["pixelated"], height=240)
-                    if examples:
-                        gr.Examples([[p] for p in examples], [ups_input], label="Examples", elem_id="ups-examples")
+                    ups_input = _image_input("ups", examples, height=240)
                     ups_n = gr.Slider(1, ui.MAX_SAMPLES, value=4, step=1, label="Samples", elem_id="ups-n")
-                    with gr.Row():
-                        ups_temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature",
-                                                    elem_id="ups-temperature")
-                        ups_seed = gr.Number(0, precision=0, label="Seed (blank: random)", elem_id="ups-seed")
-                    ups_pace = gr.Slider(0, 10, value=2, step=0.5, label="Animation (s)", info="0: full speed",
-                                         elem_id="ups-pace")
-                    with gr.Row():
-                        ups_run = gr.Button("Upscale", variant="primary", elem_id="ups-run")
-                        ups_stop = gr.Button("Stop", variant="stop", elem_id="ups-stop")
+                    ups_temperature, ups_seed, ups_pace = _sampling_settings("ups", pace=2)
+                    ups_run, ups_stop = _run_stop("ups", "Upscale")
                     gr.Markdown("The image is reduced to the model's small size (every second pixel); the model "
                                 "paints the full-size image given it (Multi-Scale PixelRNN, Sec. 3.6).",
                                 elem_classes=["caption"])
@@ -162,7 +172,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                     ups_status = gr.Markdown(label="Status", elem_id="ups-status")
                     with gr.Row():
                         ups_small = _image("Input, reduced to the small size", "Small image", "ups-small")
-                        ups_image = _image("Full-size samples given the small image", "Samples", "ups-image")
+                        ups_image = _image("Full-size samples given the small image", "Samples", "ups-samples")
                     with gr.Row():
                         ups_entropy = _image("Uncertainty: entropy of each pixel's prediction for the input (bits)",
                                              "Uncertainty", "ups-entropy")
@@ -171,14 +181,8 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             # --- Inspect --------------------------------------------------------------------------------
             with gr.Tab("Inspect", id="inspect", elem_id="tab-inspect"), gr.Row():
                 with gr.Column(scale=1, min_width=280):
-                    insp_model = _model_dropdown(registry, "insp-model", default)
-                    insp_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
-                                          elem_id="insp-image", elem_classes=["pixelated"], height=300)
-                    if examples:
-                        gr.Examples([[p] for p in examples], [insp_image], label="Examples",
-                                    elem_id="insp-examples")
-                    insp_class = _class_dropdown(studio, default, "insp-class", allow_auto=True)
-                    insp_run = gr.Button("Inspect", variant="primary", elem_id="insp-run")
+                    insp_model, insp_image, insp_class, insp_run = _image_inputs(registry, studio, "insp", default,
+                                                                                 examples, 300, "Inspect")
                 with gr.Column(scale=2):
                     insp_table = gr.Markdown(label="Likelihoods", elem_id="insp-table")
                     gr.Markdown("Click any pixel of these images to see its predictive distribution.")
@@ -194,13 +198,8 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             # --- Compress -------------------------------------------------------------------------------
             with gr.Tab("Compress", id="compress", elem_id="tab-compress"), gr.Row():
                 with gr.Column(scale=1, min_width=280):
-                    zip_model = _model_dropdown(registry, "zip-model", default)
-                    zip_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
-                                         elem_id="zip-image", elem_classes=["pixelated"], height=260)
-                    if examples:
-                        gr.Examples([[p] for p in examples], [zip_image], label="Examples", elem_id="zip-examples")
-                    zip_class = _class_dropdown(studio, default, "zip-class", allow_auto=True)
-                    zip_run = gr.Button("Compress", variant="primary", elem_id="zip-run")
+                    zip_model, zip_image, zip_class, zip_run = _image_inputs(registry, studio, "zip", default,
+                                                                             examples, 260, "Compress")
                     gr.Markdown("A model's NLL is a code length: a range coder driven by the model's predictive "
                                 "distributions stores the image in about that many bits, losslessly.",
                                 elem_classes=["caption"])

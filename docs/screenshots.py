@@ -59,21 +59,18 @@ def main() -> None:
             page.screenshot(path=DOCS / "screenshot-complete.png", full_page=True)
 
             page.get_by_role("tab", name="Upscale").click()
-            page.locator("#ups-input input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_2.png"))
+            page.locator("#ups-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_2.png"))
             set_slider(page, "ups-pace", 0)
             page.click("#ups-run")
             wait_for(page, "ups-status", "full-size samples")
             page.screenshot(path=DOCS / "screenshot-upscale.png", full_page=True)
 
-            page.get_by_role("tab", name="Inspect").click()
-            page.locator("#insp-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
-            wait_for(page, "insp-pixel-text", "Most surprising")
-            page.screenshot(path=DOCS / "screenshot-inspect.png", full_page=True)
-
-            page.get_by_role("tab", name="Compress").click()
-            page.locator("#zip-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
-            wait_for(page, "zip-status", "ready to download")
-            page.screenshot(path=DOCS / "screenshot-compress.png", full_page=True)
+            for tab, prefix, done in (("Inspect", "insp", ("insp-pixel-text", "Most surprising")),
+                                      ("Compress", "zip", ("zip-status", "ready to download"))):
+                page.get_by_role("tab", name=tab).click()
+                page.locator(f"#{prefix}-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
+                wait_for(page, *done)
+                page.screenshot(path=DOCS / f"screenshot-{tab.lower()}.png", full_page=True)
 
             page.get_by_role("tab", name="Models").click()
             page.wait_for_timeout(2000)

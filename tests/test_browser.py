@@ -191,15 +191,15 @@ def test_complete_the_cifar_cat_with_auto_class(page):
 def test_upscale(page):
     page.get_by_role("tab", name="Upscale").click()
     assert page.locator("#ups-model input").input_value() == "tiny-ms"
-    page.wait_for_selector("#ups-input input[type=file]", state="attached")
-    page.locator("#ups-input input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
+    page.wait_for_selector("#ups-image input[type=file]", state="attached")
+    page.locator("#ups-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
     set_slider(page, "ups-pace", 0.5)
     page.click("#ups-run")
     page.wait_for_function("document.querySelector('#ups-status')?.innerText.includes('full-size samples')")
-    for elem_id in ("ups-small", "ups-image", "ups-entropy", "ups-dist"):
+    for elem_id in ("ups-small", "ups-samples", "ups-entropy", "ups-dist"):
         assert page.locator(f"#{elem_id} img").get_attribute("src")
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "upscale.png", full_page=True)
-    page.locator("#ups-input input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_2.png"))
-    page.wait_for_function("document.querySelectorAll('#ups-image img').length === 0")  # no stale samples
+    page.locator("#ups-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_2.png"))
+    page.wait_for_function("document.querySelectorAll('#ups-samples img').length === 0")  # no stale samples
     assert "full-size samples" not in page.locator("#ups-status").inner_text()
