@@ -29,8 +29,9 @@ CSS = """
 .pixelated img, .pixelated canvas { image-rendering: pixelated; }
 #gen-status, #cmp-status { min-height: 2.5em; }
 .caption p { margin: 0 !important; font-size: 0.9em; }
-#insp-table td, #insp-table th, #zip-table td, #zip-table th { white-space: nowrap; }
+#insp-table td, #insp-table th, #zip-table td, #zip-table th, #insp-table code, #zip-table code { white-space: nowrap; }
 #insp-table, #zip-table { overflow-x: auto; }
+#models-table th, #models-table td:nth-child(4), #models-table td:last-child { white-space: nowrap; }
 """
 INTRO = """# PixelRNN Studio
 Pixel Recurrent Neural Networks ([van den Oord et al., 2016](https://arxiv.org/abs/1601.06759)): every pixel is
@@ -56,13 +57,13 @@ def _class_dropdown(studio: ui.Studio, model: str | None, elem_id: str, allow_au
                        elem_id=elem_id)
 
 
-def _image(caption: str, name: str, elem_id: str, **kwargs: Any) -> gr.Image:
+def _image(caption: str, name: str, elem_id: str, pixelated: bool = True, **kwargs: Any) -> gr.Image:
     """An output image under a caption (a label badge would cover the image's top left corner); `name` is
-    its label, which names it in the API."""
+    its label, which names it in the API. `pixelated`: scaled without smoothing (model pixels, not plots)."""
     with gr.Column(min_width=160, variant="panel"):
         gr.Markdown(f"**{caption}**", elem_classes=["caption"])
         return gr.Image(label=name, show_label=False, format="png", interactive=False, elem_id=elem_id,
-                        elem_classes=["pixelated"], buttons=["download", "fullscreen"], **kwargs)
+                        elem_classes=["pixelated"] if pixelated else [], buttons=["download", "fullscreen"], **kwargs)
 
 
 def _sampling_settings(prefix: str, pace: float) -> tuple[gr.Slider, gr.Number, gr.Slider]:
@@ -225,7 +226,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                     with gr.Column(scale=2):
                         card_samples = _image("Samples at temperature 1 (samples.png)", "Samples", "card-samples")
                         card_curve = _image("Learning curve: validation NLL (learning_curve.png)", "Learning curve",
-                                            "card-curve")
+                                            "card-curve", pixelated=False)
 
         # --- events -------------------------------------------------------------------------------------
         classes = {}

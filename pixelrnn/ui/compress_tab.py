@@ -44,7 +44,7 @@ class CompressTab(StudioBase):
         pixels = torch.from_numpy(prepared.pixels)
         dims = spec.channels * spec.height * spec.width
         raw_bytes = math.ceil(dims * math.log2(spec.levels) / 8)
-        rows = ["| coder | bytes | bits/dim | model NLL of this image (bits/dim) | time | note |",
+        rows = ["| coder | bytes | bits/dim | NLL (bits/dim) | time | note |",
                 "|---|---:|---:|---:|---:|---|"]
         baselines = [f"| {fmt} (lossless) | {size:,} | {8 * size / dims:.3f} | | | |"
                      for fmt, size in compress.baseline_sizes(compress.levels_to_image(pixels, spec.levels)).items()]
