@@ -70,7 +70,8 @@ def _sampling_settings(prefix: str, pace: float) -> tuple[gr.Slider, gr.Number, 
     """Temperature, seed and animation length of a sampling tab (elem ids prefix-temperature, -seed, -pace)."""
     temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature", elem_id=f"{prefix}-temperature")
     seed = gr.Number(0, precision=0, label="Seed (blank: random)", elem_id=f"{prefix}-seed")
-    pace_s = gr.Slider(0, 10, value=pace, step=0.5, label="Animation (s)", info="0: full speed", elem_id=f"{prefix}-pace")
+    pace_s = gr.Slider(0, 10, value=pace, step=0.5, label="Animation (s)", info="0: full speed",
+                       elem_id=f"{prefix}-pace")
     return temperature, seed, pace_s
 
 
@@ -297,7 +298,8 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
         demo.load(functools.partial(ui.models_table, registry), None, models_table, api_name="models_table",
                   api_visibility="undocumented", show_progress="hidden")  # failures found since start-up
         if default:
-            demo.load(studio.model_card, card_model, [card_text, card_samples, card_curve], api_name="model_card_on_load",
+            demo.load(studio.model_card, card_model, [card_text, card_samples, card_curve],
+                      api_name="model_card_on_load",
                       api_visibility="undocumented")
 
     return demo.queue(default_concurrency_limit=2, max_size=32)

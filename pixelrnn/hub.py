@@ -218,7 +218,7 @@ def resolve(name_or_path: str | Path) -> Path:
     folder = _local_folder(name)
     if folder is not None:
         return folder
-    shipped = sorted(p.name for p in CHECKPOINTS_DIR.iterdir() if (p / CONFIG).is_file()) if CHECKPOINTS_DIR.is_dir() else []
+    shipped = sorted(p.name for p in CHECKPOINTS_DIR.glob("*") if (p / CONFIG).is_file())
     unknown = (f"no model named {name!r}: the checkpoints here are {', '.join(shipped) or '(none)'}; a local "
                f"folder holding config.json and model.safetensors, or a Hugging Face Hub repo id 'user/name', "
                f"also work")

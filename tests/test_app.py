@@ -351,7 +351,8 @@ def test_decompress_refuses_bad_files(server, prnn, tmp_path):
     data = prnn["path"].read_bytes()
     bad = {"empty.prnn": (b"", "empty"), "magic.prnn": (b"GIF89a" + data[6:], "wrong magic"),
            "short.prnn": (data[:-3], None),
-           "foreign.prnn": (data[:5] + bytes([4]) + data[6:32] + b"nope" + data[32 + len("tiny-rgb"):], "does not have")}
+           "foreign.prnn": (data[:5] + bytes([4]) + data[6:32] + b"nope" + data[32 + len("tiny-rgb"):],
+                            "does not have")}
     flipped = bytearray(data)
     flipped[-1] ^= 0x55
     bad["flipped.prnn"] = (bytes(flipped), "checksum")

@@ -263,7 +263,8 @@ def test_failed_loads_are_remembered_until_the_weights_change(tmp_path, monkeypa
     registry = ui.Registry(root, device="cpu")
     loads = []
     real_load = ui.registry.load_folder
-    monkeypatch.setattr(ui.registry, "load_folder", lambda *args, **kwargs: loads.append(args) or real_load(*args, **kwargs))
+    monkeypatch.setattr(ui.registry, "load_folder",
+                        lambda *args, **kwargs: loads.append(args) or real_load(*args, **kwargs))
     for _ in range(3):
         for name, reason in BROKEN.items():
             with pytest.raises(ui.gr.Error, match=re.escape(reason)):

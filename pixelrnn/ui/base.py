@@ -96,7 +96,8 @@ class StudioBase:
                 continue
             started = time.monotonic()
             image, dist = render(step, final)
-            status = summary(last) if final else f"Pixel {min(k, total):,} of {total:,}, {time.monotonic() - start:.1f} s…"
+            seconds = time.monotonic() - start
+            status = summary(last) if final else f"Pixel {min(k, total):,} of {total:,}, {seconds:.1f} s…"
             yield gate.fresh("image", image), gate.fresh("dist", dist), gate.fresh("status", status)
             gate.spent(time.monotonic() - started)
 
