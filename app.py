@@ -195,7 +195,12 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                     insp_row = gr.Number(label="Row", precision=0, visible=False, elem_id="insp-row")
                     insp_col = gr.Number(label="Column", precision=0, visible=False, elem_id="insp-col")
                     insp_pixel_text = gr.Markdown(label="Pixel text", elem_id="insp-pixel-text")
-                    insp_dist = _image("Pixel: predictive distribution (true value marked)", "Pixel distribution", "insp-dist")
+                    insp_dists = [gr.BarPlot(x="level", y="probability", color="bar", color_map=ui.PLOT_COLOURS,
+                                             colors_in_legend=list(ui.PLOT_COLOURS), color_title="",
+                                             x_bin=None if kind == "few" else 1, y_lim=[0, None], height=190,
+                                             label=f"Pixel distribution {kind} {c}", show_label=False,
+                                             elem_id=f"insp-dist-{kind}-{c}", visible=False)
+                                  for kind in ("few", "many") for c in range(ui.DISTRIBUTION_PLOTS)]
 
             # --- Compress -------------------------------------------------------------------------------
             with gr.Tab("Compress", id="compress", elem_id="tab-compress"), gr.Row():
@@ -268,7 +273,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
         ups_stop.click(ui.stopped, None, ups_status, cancels=[ups_event], api_name="stop_upscale",
                        api_visibility="private", queue=False)
 
-        insp_outputs = [insp_view, insp_surprise, insp_entropy, insp_table, insp_dist, insp_pixel_text, insp_row,
+        insp_outputs = [insp_view, insp_surprise, insp_entropy, insp_table, *insp_dists, insp_pixel_text, insp_row,
                         insp_col]
         insp_run.click(gpu(studio.inspect), [insp_model, insp_image, insp_class], insp_outputs, api_name="inspect",
                        preprocess=False, show_progress_on=[insp_table])
@@ -279,7 +284,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             shown.select(studio.select_pixel, [insp_model], [insp_row, insp_col], api_name=f"select_pixel_{k}",
                          api_visibility="undocumented", show_progress="hidden", queue=False).then(
                 gpu(studio.pixel), [insp_model, insp_image, insp_class, insp_row, insp_col],
-                [insp_dist, insp_pixel_text], api_name="pixel" if k == 0 else f"pixel_{k}",
+                [*insp_dists, insp_pixel_text], api_name="pixel" if k == 0 else f"pixel_{k}",
                 api_visibility="public" if k == 0 else "undocumented", preprocess=False, show_progress="hidden")
 
         zip_run.click(gpu(studio.compress), [zip_model, zip_image, zip_class], [zip_table, zip_file, zip_status],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import running_app, save_tiny_checkpoints
 
@@ -135,7 +136,15 @@ def test_inspect_and_click_a_pixel(page):
     image.click(position={"x": box["width"] * 20.5 / 28, "y": body_height * 3.5 / 28})
     page.wait_for_function("document.querySelector('#insp-pixel-text')?.innerText.includes('Pixel (row 3, col 20)')")
     assert "Most surprising" not in page.locator("#insp-pixel-text").inner_text()
-    assert page.locator("#insp-dist img").get_attribute("src")
+    plot = page.locator("#insp-dist-few-0 svg").first  # the binary model's distribution: a native bar plot
+    plot.wait_for(state="visible")
+    box = plot.bounding_box()
+    tooltip = page.locator("#vg-tooltip-element")
+    for x, y in ((x, y) for y in (0.6, 0.45, 0.3) for x in np.linspace(0.1, 0.9, 17)):
+        page.mouse.move(box["x"] + box["width"] * x, box["y"] + box["height"] * y)  # until a bar's tooltip shows
+        if tooltip.count() and "probability" in tooltip.inner_text():
+            break
+    assert "probability" in tooltip.inner_text() and "level" in tooltip.inner_text()
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "inspect.png", full_page=True)
 

@@ -247,6 +247,21 @@ def test_rendering_shapes():
     assert ui.colormap(np.array([0.0, 1.0]), 1.0).tolist() == [list(ui.VIRIDIS[0]), list(ui.VIRIDIS[-1])]
 
 
+def test_distribution_plots_mark_the_true_value_per_channel():
+    probs = np.random.default_rng(0).dirichlet(np.ones(256), 3).T  # (levels, C)
+    plots = ui.distribution_plots(probs, [7, 128, 255])
+    few, many = plots[: ui.DISTRIBUTION_PLOTS], plots[ui.DISTRIBUTION_PLOTS :]
+    assert not any(plot.visible for plot in few) and all(plot.visible for plot in many)
+    assert [plot.title.split(":")[0] for plot in many] == ["R", "G", "B"] and "true value 128" in many[1].title
+    table = ui.distribution_table(probs[:, 1], 128)
+    assert table["level"].tolist() == list(range(256)) and np.allclose(table["probability"], probs[:, 1])
+    assert table.index[table["bar"] == "true value"].tolist() == [128]
+    labels = ui.distribution_table(np.full(12, 1 / 12), 3, labelled=True)["level"].tolist()
+    assert labels == sorted(labels) and labels[:2] == ["00", "01"]  # labels sort in level order
+    plots = ui.distribution_plots(np.array([[0.9], [0.1]]), [1])
+    assert [plot.visible for plot in plots] == [True] + [False] * 5 and "p = 0.1" in plots[0].title
+
+
 def test_click_to_pixel():
     scale = ui.inspect_scale(28, 28)
     assert ui.click_to_pixel([0, 0], 28, 28, scale) == (0, 0)
@@ -429,13 +444,14 @@ def test_complete_keeps_known_pixels_with_smc(studio):
 
 
 def test_inspect_and_pixel(studio):
-    view, surprise, _, table, dist, text, row, _ = studio.inspect("tiny-bin", ui.ASSETS_DIR / "mnist_7.png")
+    view, surprise, _, table, *plots, text, row, _ = studio.inspect("tiny-bin", ui.ASSETS_DIR / "mnist_7.png")
+    assert len(plots) == 2 * ui.DISTRIBUTION_PLOTS
     scale = ui.inspect_scale(28, 28)
     assert view.shape == (28 * scale, 28 * scale, 3) and surprise.shape[0] == 28 * scale + ui.LEGEND_PX
     assert "tiny-ms" in table and "no-weights" in table and "bits/dim" in table  # every model of the same format
     assert "tiny-rgb" not in table and "Most surprising pixel" in text and 0 <= row < 28
-    dist, text = studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 3, 4)
-    assert "row 3, col 4" in text and dist.ndim == 3
+    *plots, text = studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 3, 4)
+    assert "row 3, col 4" in text and [plot.visible for plot in plots] == [True] + [False] * 5
     with pytest.raises(gr.Error, match="Row"):
         studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 28, 0)
     _, _, _, table, *_ = studio.inspect("tiny-rgb", ui.ASSETS_DIR / "cifar_cat.png", ui.AUTO_CLASS)

@@ -16,6 +16,7 @@ import gradio as gr
 
 from pixelrnn.images import center_crop_box, quantize, tile, to_rgb, upscale
 from pixelrnn.ui.cards import models_table
+from pixelrnn.ui.inspect_tab import DISTRIBUTION_PLOTS, distribution_plots
 from pixelrnn.ui.params import (
     AUTO_CLASS,
     MODES,
@@ -30,10 +31,12 @@ from pixelrnn.ui.pictures import (
     CURSOR_RGB,
     LEGEND_PX,
     PENDING_RGB,
+    PLOT_COLOURS,
     VIRIDIS,
     click_to_pixel,
     colormap,
     display_scale,
+    distribution_table,
     grid_scale,
     inspect_scale,
     masked_original,
@@ -66,6 +69,7 @@ __all__ = [
     "ASSETS_DIR",
     "AUTO_CLASS",
     "CURSOR_RGB",
+    "DISTRIBUTION_PLOTS",
     "LEGEND_PX",
     "LOAD_WAIT_S",
     "MAX_COMPLETIONS",
@@ -74,6 +78,7 @@ __all__ = [
     "MAX_UPLOAD_BYTES",
     "MODES",
     "PENDING_RGB",
+    "PLOT_COLOURS",
     "REPO_ROOT",
     "SAMPLING_SLOTS",
     "VIRIDIS",
@@ -88,6 +93,8 @@ __all__ = [
     "click_to_pixel",
     "colormap",
     "display_scale",
+    "distribution_plots",
+    "distribution_table",
     "editor_parts",
     "example_images",
     "extract_mask",

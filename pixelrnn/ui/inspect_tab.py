@@ -13,8 +13,29 @@ from pixelrnn.ui.base import StudioBase
 from pixelrnn.ui.cards import Analysis, model_title
 from pixelrnn.ui.errors import user_errors
 from pixelrnn.ui.params import parse_int
-from pixelrnn.ui.pictures import click_to_pixel, inspect_scale, render_distribution, render_heatmap
+from pixelrnn.ui.pictures import CHANNEL_NAMES, click_to_pixel, distribution_table, inspect_scale, render_heatmap
 from pixelrnn.ui.uploads import ModelSpec
+
+DISTRIBUTION_PLOTS = 3  # native bar plots of a pixel's distribution per kind, one per channel (grey uses the first)
+FEW_LEVELS = 16  # up to this many levels, one labelled bar per level; more, a numeric axis with a bar per level
+
+
+def distribution_plots(probs: np.ndarray, true: list[int]) -> list[gr.BarPlot]:
+    """(levels, C) probabilities of one pixel -> updates of 2 x DISTRIBUTION_PLOTS bar plots, the labelled ones
+    (few levels) then the numeric ones (many levels): one per channel, titled with its name, true value and most
+    likely value, the true value in its own colour; the others hidden. Two kinds of plot, because Gradio's plot
+    does not redraw reliably when an update changes its binning."""
+    levels, channels = probs.shape
+    labelled = levels <= FEW_LEVELS
+    names = CHANNEL_NAMES.get(channels, [f"channel {c}" for c in range(channels)])
+    shown = []
+    for c in range(channels):
+        p, likely = probs[:, c], int(probs[:, c].argmax())
+        title = f"{names[c]}: true value {true[c]} (p = {p[true[c]]:.3g}), most likely {likely} (p = {p[likely]:.3g})"
+        shown.append(gr.BarPlot(distribution_table(p, true[c], labelled), title=title, visible=True))
+    shown += [gr.BarPlot(None, visible=False) for _ in range(DISTRIBUTION_PLOTS - channels)]
+    hidden = [gr.BarPlot(None, visible=False) for _ in range(DISTRIBUTION_PLOTS)]
+    return shown + hidden if labelled else hidden + shown
 
 
 class InspectTab(StudioBase):
@@ -48,8 +69,8 @@ class InspectTab(StudioBase):
 
     @user_errors
     def inspect(self, model_name: str, image: Any, class_label: Any = None) -> tuple:
-        """Likelihood of an image: (model's view, surprise map, entropy map, NLL table, distribution of the most
-        surprising pixel, its description, row, col)."""
+        """Likelihood of an image: (model's view, surprise map, entropy map, NLL table, the distribution plots of the
+        most surprising pixel (one per channel), its description, row, col)."""
         spec, analysis = self._analysis(model_name, image, class_label)
         scale = inspect_scale(spec.height, spec.width)
         view = upscale(to_rgb(analysis.pixels, spec.levels), scale)
@@ -59,23 +80,23 @@ class InspectTab(StudioBase):
         if analysis.notes:
             table += f"\n\nInput: {'; '.join(analysis.notes)}."
         r, c = np.unravel_index(int(analysis.maps["nll_bits"].sum(0).argmax()), (spec.height, spec.width))
-        dist, text = self._pixel_view(spec, analysis, int(r), int(c))
-        return view, surprise, entropy, table, dist, "Most surprising pixel. " + text, int(r), int(c)
+        *plots, text = self._pixel_view(spec, analysis, int(r), int(c))
+        return view, surprise, entropy, table, *plots, "Most surprising pixel. " + text, int(r), int(c)
 
-    def _pixel_view(self, spec: ModelSpec, analysis: Analysis, r: int, c: int) -> tuple[np.ndarray, str]:
+    def _pixel_view(self, spec: ModelSpec, analysis: Analysis, r: int, c: int) -> tuple:
         probs = analysis.maps["probs"][:, :, r, c]  # (levels, C)
         true = analysis.pixels[:, r, c].tolist()
-        title = f"Pixel (row {r}, col {c}) given the pixels before it; true value marked"
         nll = analysis.maps["nll_bits"][:, r, c].sum()
         entropy = analysis.maps["entropy_bits"][:, r, c].sum()
         value = true[0] if spec.channels == 1 else "(" + ", ".join(str(v) for v in true) + ")"
         text = (f"Pixel (row {r}, col {c}) = {value}: surprise {nll:.2f} bits, entropy of the prediction "
-                f"{entropy:.2f} bits.")
-        return render_distribution(probs, true, title), text
+                f"{entropy:.2f} bits. Below: its predictive distribution given the pixels before it (hover a bar).")
+        return *distribution_plots(probs, true), text
 
     @user_errors
     def pixel(self, model_name: str, image: Any, class_label: Any = None, row: Any = 0, col: Any = 0) -> tuple:
-        """The predictive distribution of one pixel (row, col in model pixels): (chart, description)."""
+        """The predictive distribution of one pixel (row, col in model pixels): (a bar plot per channel, its
+        description)."""
         self._threads()
         spec, analysis = self._analysis(model_name, image, class_label)
         r = parse_int(row, "Row", 0, spec.height - 1)
