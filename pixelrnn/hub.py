@@ -442,6 +442,8 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
         notes = []
         if factor and arch in figures:
             notes.append("The paper's figure is for the single-scale model.")
+        if not figures and dataset_name:
+            notes.append(f"The paper reports no figure for {dataset_name}.")
         if dataset == "cifar10" and isinstance(images, int) and images < 10000:
             notes.append("The paper evaluates on the full 10,000-image CIFAR-10 test set.")
         if unit == "nats" and bpd is not None:

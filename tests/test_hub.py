@@ -293,7 +293,16 @@ def test_model_card_cifar_bits_per_dim(env):
     text = hub.write_model_card(folder).read_text()
     assert "**3.457 bits/dim** on 2,000 test images" in text and "| 3.00 bits/dim |" in text
     assert "full 10,000-image CIFAR-10 test set" in text
-    assert front_matter(text)["datasets"] == ["uoft-cs/cifar10"]
+    assert front_matter(text)["datasets"] == ["uoft-cs/cifar10"] and "reports no figure" not in text
+
+
+def test_model_card_says_when_the_paper_has_no_figure(env):
+    folder = save(pixelrnn.build_model("row_lstm", 1, 256, 8, 8, hidden=6, layers=1, num_classes=10), env / "m256",
+                  {"dataset": "mnist", "arch": "row_lstm", "test_nll_nats": 50.0, "test_bits_per_dim": 1.127,
+                   "unit": "bits/dim", "test_images": 10000})
+    text = hub.write_model_card(folder).read_text()
+    assert "**1.127 bits/dim**" in text and "The paper reports no figure for MNIST (256 levels)." in text
+    assert "| paper," not in text and "class-conditional over 10 classes" in text
 
 
 def test_card_cli(tiny):
