@@ -456,6 +456,9 @@ def test_inspect_and_pixel(studio):
         studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 28, 0)
     _, _, _, table, *_ = studio.inspect("tiny-rgb", ui.ASSETS_DIR / "cifar_cat.png", ui.AUTO_CLASS)
     assert "most likely class" in table
+    view, _, _, table, *plots, text, row, col = studio.inspect_changed("tiny-bin", None)  # the image was removed
+    assert view is None and table is None and text is None and row is None and col is None
+    assert len(plots) == 2 * ui.DISTRIBUTION_PLOTS and not any(plot.visible for plot in plots)
 
 
 def test_model_card(studio):

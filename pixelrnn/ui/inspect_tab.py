@@ -13,7 +13,7 @@ from pixelrnn.ui.base import StudioBase
 from pixelrnn.ui.cards import Analysis, model_title
 from pixelrnn.ui.errors import user_errors
 from pixelrnn.ui.params import parse_int
-from pixelrnn.ui.pictures import CHANNEL_NAMES, click_to_pixel, distribution_table, inspect_scale, render_heatmap
+from pixelrnn.ui.pictures import channel_names, click_to_pixel, distribution_table, inspect_scale, render_heatmap
 from pixelrnn.ui.uploads import ModelSpec
 
 DISTRIBUTION_PLOTS = 3  # native bar plots of a pixel's distribution per kind, one per channel (grey uses the first)
@@ -27,15 +27,19 @@ def distribution_plots(probs: np.ndarray, true: list[int]) -> list[gr.BarPlot]:
     does not redraw reliably when an update changes its binning."""
     levels, channels = probs.shape
     labelled = levels <= FEW_LEVELS
-    names = CHANNEL_NAMES.get(channels, [f"channel {c}" for c in range(channels)])
+    names = channel_names(channels)
     shown = []
     for c in range(channels):
         p, likely = probs[:, c], int(probs[:, c].argmax())
         title = f"{names[c]}: true value {true[c]} (p = {p[true[c]]:.3g}), most likely {likely} (p = {p[likely]:.3g})"
         shown.append(gr.BarPlot(distribution_table(p, true[c], labelled), title=title, visible=True))
-    shown += [gr.BarPlot(None, visible=False) for _ in range(DISTRIBUTION_PLOTS - channels)]
-    hidden = [gr.BarPlot(None, visible=False) for _ in range(DISTRIBUTION_PLOTS)]
-    return shown + hidden if labelled else hidden + shown
+    shown += hidden_plots(DISTRIBUTION_PLOTS - channels)
+    return shown + hidden_plots(DISTRIBUTION_PLOTS) if labelled else hidden_plots(DISTRIBUTION_PLOTS) + shown
+
+
+def hidden_plots(n: int = 2 * DISTRIBUTION_PLOTS) -> list[gr.BarPlot]:
+    """Updates that empty and hide n distribution plots."""
+    return [gr.BarPlot(None, visible=False) for _ in range(n)]
 
 
 class InspectTab(StudioBase):

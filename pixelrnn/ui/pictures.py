@@ -77,6 +77,11 @@ def font(size: int = 13) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+def channel_names(channels: int) -> list[str]:
+    """What a distribution's channels are called: "value" for grey, R, G, B for colour."""
+    return ["value"] if channels == 1 else ["R", "G", "B"][:channels] + [f"c{k}" for k in range(3, channels)]
+
+
 def render_distribution(probs: np.ndarray, marked: Iterable[int] | None = None, title: str = "",
                         width: int = 600, panel_height: int = 86) -> np.ndarray:
     """Bar chart of a pixel's predictive distributions, one panel per channel.
@@ -87,7 +92,7 @@ def render_distribution(probs: np.ndarray, marked: Iterable[int] | None = None, 
     probs = np.nan_to_num(np.asarray(probs, dtype=np.float64), nan=0.0).clip(0, 1)
     levels, channels = probs.shape
     marked = list(marked) if marked is not None else [None] * channels
-    names = ["value"] if channels == 1 else ["R", "G", "B"][:channels] + [f"c{k}" for k in range(3, channels)]
+    names = channel_names(channels)
     colours = CHANNEL_RGB.get(channels, CHANNEL_RGB[1] * channels)
     title_h = 22 if title else 4
     left, right, axis_h = 34, 10, 16
@@ -133,7 +138,6 @@ def render_distribution(probs: np.ndarray, marked: Iterable[int] | None = None, 
     return np.asarray(image)
 
 
-CHANNEL_NAMES = {1: ["value"], 3: ["R", "G", "B"]}
 PLOT_COLOURS = {"predicted": "#5a5a5a", "true value": "#f58200"}  # bar colours of a native distribution plot
 
 
