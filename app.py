@@ -243,35 +243,39 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             classes[name] = model.change(functools.partial(studio.class_update, allow_auto=auto), model, cls,
                                          api_name=name, api_visibility="undocumented", show_progress="hidden")
 
-        # results never outlive the model or input they came from
-        for triggers, outputs in (([gen_model.change], [gen_image, gen_dist, gen_status]),
-                                  ([cmp_model.change, cmp_editor.change], [cmp_image, cmp_dist, cmp_status]),
-                                  ([ups_model.change, ups_input.change], [ups_small, ups_image, ups_dist, ups_entropy,
-                                                                          ups_status])):
-            gr.on(triggers, ui.cleared(len(outputs)), None, outputs, api_visibility="private", queue=False,
-                  show_progress="hidden")
-
+        gen_outputs, cmp_outputs = [gen_image, gen_dist, gen_status], [cmp_image, cmp_dist, cmp_status]
+        ups_outputs = [ups_small, ups_image, ups_dist, ups_entropy, ups_status]
         gen_event = gen_run.click(
-            gpu(studio.generate), [gen_model, gen_class, gen_n, gen_temperature, gen_seed, gen_pace],
-            [gen_image, gen_dist, gen_status], api_name="generate", preprocess=False, show_progress="hidden",
-            concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
+            gpu(studio.generate), [gen_model, gen_class, gen_n, gen_temperature, gen_seed, gen_pace], gen_outputs,
+            api_name="generate", preprocess=False, show_progress="hidden", concurrency_id="sampling",
+            concurrency_limit=ui.SAMPLING_SLOTS)
         gen_stop.click(ui.stopped, None, gen_status, cancels=[gen_event], api_name="stop_generate",
                        api_visibility="private", queue=False)
 
         cmp_event = cmp_run.click(
             gpu(studio.complete),
             [cmp_model, cmp_editor, cmp_class, cmp_mode, cmp_particles, cmp_n, cmp_temperature, cmp_seed, cmp_pace],
-            [cmp_image, cmp_dist, cmp_status], api_name="complete", preprocess=False, show_progress="hidden",
+            cmp_outputs, api_name="complete", preprocess=False, show_progress="hidden",
             concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
         cmp_stop.click(ui.stopped, None, cmp_status, cancels=[cmp_event], api_name="stop_complete",
                        api_visibility="private", queue=False)
 
         ups_event = ups_run.click(
-            gpu(studio.upscale), [ups_model, ups_input, ups_n, ups_temperature, ups_seed, ups_pace],
-            [ups_small, ups_image, ups_dist, ups_entropy, ups_status], api_name="upscale", preprocess=False,
-            show_progress="hidden", concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
+            gpu(studio.upscale), [ups_model, ups_input, ups_n, ups_temperature, ups_seed, ups_pace], ups_outputs,
+            api_name="upscale", preprocess=False, show_progress="hidden", concurrency_id="sampling",
+            concurrency_limit=ui.SAMPLING_SLOTS)
         ups_stop.click(ui.stopped, None, ups_status, cancels=[ups_event], api_name="stop_upscale",
                        api_visibility="private", queue=False)
+
+        # results never outlive the model or input they came from: a model change clears them and stops a running
+        # stream; a new input clears them only (uploads and brush strokes are reported late, maybe after Run)
+        for model, outputs, event in ((gen_model, gen_outputs, gen_event), (cmp_model, cmp_outputs, cmp_event),
+                                      (ups_model, ups_outputs, ups_event)):
+            model.change(ui.cleared(len(outputs)), None, outputs, cancels=[event], api_visibility="private",
+                         queue=False, show_progress="hidden")
+        for image, outputs in ((cmp_editor, cmp_outputs), (ups_input, ups_outputs)):
+            image.change(ui.cleared(len(outputs)), None, outputs, api_visibility="private", queue=False,
+                         show_progress="hidden")
 
         insp_outputs = [insp_view, insp_surprise, insp_entropy, insp_table, *insp_dists, insp_pixel_text, insp_row,
                         insp_col]

@@ -171,14 +171,24 @@ def test_compress_download_and_decode(page, tmp_path):
 
 def test_switching_model_clears_stale_outputs(page):
     page.get_by_role("tab", name="Generate").click()
+    set_slider(page, "gen-n", 1)  # "Generated 1 sample": this run's status, not the one an earlier test left
     set_slider(page, "gen-pace", 0)
     page.click("#gen-run")
-    page.wait_for_function("document.querySelector('#gen-status')?.innerText.includes('Generated')")
+    page.wait_for_function("document.querySelector('#gen-status')?.innerText.includes('Generated 1 sample ')")
     assert page.locator("#gen-image img").count() == 1
     choose(page, "gen-model", "tiny-rgb")
     page.wait_for_function("document.querySelectorAll('#gen-image img').length === 0")
     assert "Generated" not in page.locator("#gen-status").inner_text()
+    # a stream still running when the model changes is stopped: none of its frames come back
+    set_slider(page, "gen-pace", 10)
+    page.click("#gen-run")
+    page.wait_for_function("document.querySelector('#gen-image img')?.src")
     choose(page, "gen-model", "tiny-bin")
+    page.wait_for_function("document.querySelectorAll('#gen-image img').length === 0")
+    page.wait_for_timeout(1500)
+    assert page.locator("#gen-image img").count() == 0 and "Generated" not in page.locator("#gen-status").inner_text()
+    set_slider(page, "gen-n", 4)
+    set_slider(page, "gen-pace", 0)
 
 
 def test_complete_the_cifar_cat_with_auto_class(page):
