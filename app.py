@@ -174,11 +174,10 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                     ups_status = gr.Markdown(label="Status", elem_id="ups-status")
                     with gr.Row():
                         ups_small = _image("Input, reduced to the small size", "Small image", "ups-small")
-                        ups_image = _image("Full-size samples given the small image", "Samples", "ups-samples")
-                    with gr.Row():
                         ups_entropy = _image("Uncertainty: entropy of each pixel's prediction for the input (bits)",
                                              "Uncertainty", "ups-entropy")
-                        ups_dist = _image("Current pixel: predictive distribution", "Distribution", "ups-dist")
+                    ups_image = _image("Full-size samples given the small image", "Samples", "ups-samples")
+                    ups_dist = _image("Current pixel: predictive distribution", "Distribution", "ups-dist")
 
             # --- Inspect --------------------------------------------------------------------------------
             with gr.Tab("Inspect", id="inspect", elem_id="tab-inspect"), gr.Row():
