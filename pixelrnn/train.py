@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict:
             y = None if not args.conditional else torch.arange(args.samples, device=device) % info.num_classes
             images = sample(model, args.samples, y=y, seed=args.seed)
             image_grid(images, levels, columns=math.ceil(args.samples**0.5)).save(args.out / "samples.png")
-        title = f"{args.arch} on {metrics['dataset']}"
+        title = f"{args.arch} on {metrics['dataset']}; validation on {len(quick_x):,} of {len(valid_x):,} images"
         learning_curve(state["history"], unit, title).save(args.out / "learning_curve.png")
         write_model_card(args.out)
         result = (f"test NLL {in_unit(metrics['test_nll_nats']):.3f} {unit} on {len(test_x)} test images"
