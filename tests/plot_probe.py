@@ -39,7 +39,7 @@ OBSERVE = """() => {
 
 def stream_app(variant: str, levels: int, channels: int, frames: int) -> gr.Blocks:
     rng = np.random.default_rng(0)
-    names = ["value"] if channels == 1 else ["R", "G", "B"]
+    names = ui.pictures.channel_names(channels)
 
     def stream():
         for k in range(frames):
