@@ -270,8 +270,8 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
         # stream; a new input clears them only (uploads and brush strokes are reported late, maybe after Run)
         for model, outputs, event in ((gen_model, gen_outputs, gen_event), (cmp_model, cmp_outputs, cmp_event),
                                       (ups_model, ups_outputs, ups_event)):
-            model.change(ui.cleared(len(outputs)), None, outputs, cancels=[event], api_visibility="private",
-                         queue=False, show_progress="hidden")
+            model.change(None, cancels=[event], api_visibility="private", queue=False).then(  # cancel, then clear
+                ui.cleared(len(outputs)), None, outputs, api_visibility="private", queue=False, show_progress="hidden")
         for image, outputs in ((cmp_editor, cmp_outputs), (ups_input, ups_outputs)):
             image.change(ui.cleared(len(outputs)), None, outputs, api_visibility="private", queue=False,
                          show_progress="hidden")
