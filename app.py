@@ -196,10 +196,10 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                     insp_pixel_text = gr.Markdown(label="Pixel text", elem_id="insp-pixel-text")
                     insp_dists = [gr.BarPlot(x="level", y="probability", color="bar", color_map=ui.PLOT_COLOURS,
                                              colors_in_legend=list(ui.PLOT_COLOURS), color_title="",
-                                             x_bin=None if kind == "few" else 1, y_lim=[0, None], height=190,
+                                             x_bin=x_bin, y_lim=[0, None], height=190,
                                              label=f"Pixel distribution {kind} {c}", show_label=False,
                                              elem_id=f"insp-dist-{kind}-{c}", visible=False)
-                                  for kind in ("few", "many") for c in range(ui.DISTRIBUTION_PLOTS)]
+                                  for kind, x_bin in ui.PLOT_BINS.items() for c in range(ui.DISTRIBUTION_PLOTS)]
 
             # --- Compress -------------------------------------------------------------------------------
             with gr.Tab("Compress", id="compress", elem_id="tab-compress"), gr.Row():

@@ -27,7 +27,7 @@ from playwright.sync_api import sync_playwright
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pixelrnn import ui
 
-FRAME_S = 0.05  # 20 frames/s, the live tabs' rate (ui.streaming.FRAME_INTERVAL_S)
+FRAME_S = ui.streaming.FRAME_INTERVAL_S  # 20 frames/s, the live tabs' rate
 VARIANTS = ("none", "image", "plot", "plot 5/s")
 OBSERVE = """() => {
   window.shown = []; window.long = [];

@@ -16,7 +16,7 @@ import gradio as gr
 
 from pixelrnn.images import center_crop_box, quantize, tile, to_rgb, upscale
 from pixelrnn.ui.cards import models_table
-from pixelrnn.ui.inspect_tab import DISTRIBUTION_PLOTS, distribution_plots
+from pixelrnn.ui.inspect_tab import DISTRIBUTION_PLOTS, PLOT_BINS, distribution_plots
 from pixelrnn.ui.params import (
     AUTO_CLASS,
     MODES,
@@ -78,6 +78,7 @@ __all__ = [
     "MAX_UPLOAD_BYTES",
     "MODES",
     "PENDING_RGB",
+    "PLOT_BINS",
     "PLOT_COLOURS",
     "REPO_ROOT",
     "SAMPLING_SLOTS",

@@ -18,6 +18,7 @@ from pixelrnn.ui.uploads import ModelSpec
 
 DISTRIBUTION_PLOTS = 3  # native bar plots of a pixel's distribution per kind, one per channel (grey uses the first)
 FEW_LEVELS = 16  # up to this many levels, one labelled bar per level; more, a numeric axis with a bar per level
+PLOT_BINS = {"few": None, "many": 1}  # the two kinds of distribution plot in output order, with their x_bin
 
 
 def distribution_plots(probs: np.ndarray, true: list[int]) -> list[gr.BarPlot]:
