@@ -148,10 +148,14 @@ def test_ddp_two_processes_match_one_process(tmp_path):
             "8", "--batch-size", "8", "--max-steps", "3", "--eval-every", "0", "--no-progress", "--device", "cpu",
             "--arch", "pixelcnn", "--samples", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], check=True, env=env, cwd=ROOT,
-                   capture_output=True, timeout=300)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
-                    "--out", str(tmp_path / "two")], check=True, env=env, cwd=ROOT, capture_output=True, timeout=300)
+
+    def run(command: list[str]) -> None:
+        done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, check=False, text=True, timeout=300)
+        assert done.returncode == 0, f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+
+    run([sys.executable, *args, "--out", str(tmp_path / "one")])
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
+         "--out", str(tmp_path / "two")])
     one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert one.keys() == two.keys()
     for name in one:
