@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -185,8 +186,7 @@ class TrainStep:
             stream = torch.cuda.Stream(device)
             stream.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(stream):  # warm-up on a side stream, as capture requires
-                for _ in range(3):
-                    self._step()
+                self.warm_up(3)
             torch.cuda.current_stream(device).wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
             optimizer.zero_grad(set_to_none=True)
@@ -194,6 +194,22 @@ class TrainStep:
                 self.loss, self.grad_norm = self._step()
         else:
             self.loss = self.grad_norm = None
+
+    def warm_up(self, steps: int) -> None:
+        """Run `steps` steps, which allocates the optimizer's state as a graph capture requires, then put the
+        weights, their average and the optimizer's state back: the warm-up must not train the model."""
+        tensors = self.params + (self.ema or [])
+        before = [t.detach().clone() for t in tensors]
+        state_before = {(p, k): v.clone() for p, s in self.optimizer.state.items() for k, v in s.items()
+                        if torch.is_tensor(v)}
+        for _ in range(steps):
+            self._step()
+        with torch.no_grad():
+            torch._foreach_copy_(tensors, before)
+            for p, s in self.optimizer.state.items():
+                for k, v in s.items():
+                    if torch.is_tensor(v):  # state that the warm-up created starts from zero, as a fresh one does
+                        v.copy_(state_before[p, k]) if (p, k) in state_before else v.zero_()
 
     def _step(self) -> tuple[Tensor, Tensor]:
         with autocast(self.device, self.bf16):
@@ -221,11 +237,13 @@ class TrainStep:
 
 
 def save_training_state(out: Path, optimizer: torch.optim.Optimizer, state: dict,
-                        weights: dict[str, Tensor]) -> None:
-    """Optimizer tensors and the current (raw and EMA) weights to safetensors, counters to JSON:
-    resuming never unpickles anything."""
+                        weights: dict[str, Tensor], rng: dict[str, Tensor]) -> None:
+    """Optimizer tensors, the current (raw and EMA) weights and the random generators' states to safetensors,
+    counters to JSON: resuming never unpickles anything."""
     opt = optimizer.state_dict()
-    tensors, scalars = {f"weights.{k}": v.detach().contiguous().cpu() for k, v in weights.items()}, {}
+    tensors = {f"weights.{k}": v.detach().contiguous().cpu() for k, v in weights.items()}
+    tensors.update({f"rng.{k}": v.contiguous().cpu() for k, v in rng.items()})
+    scalars = {}
     for index, param_state in opt["state"].items():
         for key, value in param_state.items():
             if torch.is_tensor(value) and value.dim() > 0:
@@ -238,13 +256,15 @@ def save_training_state(out: Path, optimizer: torch.optim.Optimizer, state: dict
                                                          "param_groups": groups}, indent=1))
 
 
-def load_training_state(out: Path, optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, Tensor]]:
-    """-> (counters, weights saved by save_training_state: "model.*" raw, "ema.*" averaged)."""
+def load_training_state(out: Path, optimizer: torch.optim.Optimizer
+                        ) -> tuple[dict, dict[str, Tensor], dict[str, Tensor]]:
+    """-> (counters, weights saved by save_training_state: "model.*" raw, "ema.*" averaged, generator states)."""
     state = json.loads((out / "training_state.json").read_text())
     tensors = load_file(out / "training_state.safetensors")
     weights = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("weights.")}
+    rng = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("rng.")}
     per_param: dict[int, dict] = {}
-    optimizer_tensors = [(k, v) for k, v in tensors.items() if not k.startswith("weights.")]
+    optimizer_tensors = [(k, v) for k, v in tensors.items() if not k.startswith(("weights.", "rng."))]
     for name, value in [*optimizer_tensors, *state.pop("optimizer_scalars").items()]:
         index, key = name.split(".", 1)
         per_param.setdefault(int(index), {})[key] = torch.tensor(value) if key == "step" else value
@@ -253,7 +273,7 @@ def load_training_state(out: Path, optimizer: torch.optim.Optimizer) -> tuple[di
     optimizer.load_state_dict({"state": per_param, "param_groups": groups})
     for group, lr in zip(optimizer.param_groups, lrs):
         group["lr"] = lr
-    return state, weights
+    return state, weights, rng
 
 
 def split_validation(dataset: str, args: argparse.Namespace) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
@@ -292,8 +312,6 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
     is_main = rank == 0
     torch.manual_seed(args.seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     bf16 = device.type == "cuda" if args.bf16 is None else args.bf16
     use_graph = args.cuda_graph and device.type == "cuda" and world == 1
 
@@ -333,19 +351,30 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer = torch.optim.RMSprop(model.parameters(), lr=lr, capturable=use_graph)
     names = [name for name, _ in model.named_parameters()]
     ema = [p.detach().clone() for p in model.parameters()] if args.ema else None
-    state = {"step": 0, "epoch": 0.0, "wall_time_s": 0.0, "history": [], "best": None, "bad_evals": 0}
+    settings = run_settings(args)
+    state = {"step": 0, "epoch": 0.0, "wall_time_s": 0.0, "history": [], "best": None, "bad_evals": 0,
+             "settings": settings, "changes": []}
+    rng: dict[str, Tensor] = {}
     args.out.mkdir(parents=True, exist_ok=True)
     if args.resume and (args.out / "training_state.json").exists():
-        state, weights = load_training_state(args.out, optimizer)
+        loaded, weights, rng = load_training_state(args.out, optimizer)
+        changed = {k: [v, settings.get(k)] for k, v in loaded.get("settings", {}).items() if settings.get(k) != v}
+        if changed.keys() & MODEL_SETTINGS:
+            raise SystemExit(f"{args.out} holds a different model: {changed}")
+        state = {**state, **loaded, "settings": settings}  # states saved before settings were kept: no changes list
+        if changed:  # e.g. a longer --hours: recorded, because the run no longer equals its config from scratch
+            print(f"resuming at step {state['step']} with changed settings (old, new): {changed}")
+            state["changes"].append({"step": state["step"], "changed": changed})
         with torch.no_grad():
             for name, p in model.named_parameters():
-                p.copy_(weights[f"model.{name}"] if f"model.{name}" in weights else weights.get(name, p))
-            if ema is not None:
+                p.copy_(weights[f"model.{name}"])
+            if ema is not None:  # a run that had no average starts it from the current weights
                 for name, e in zip(names, ema):
-                    e.copy_(weights.get(f"ema.{name}", dict(model.named_parameters())[name]))
+                    e.copy_(weights.get(f"ema.{name}", weights[f"model.{name}"]))
     best = None  # state dict of the best evaluated weights, on every process
-    if state["best"] is not None and state["best"].get("valid_images") != len(valid_x):
-        state["best"] = None  # the validation set changed (other CIFAR quarters): compare afresh
+    if state["best"] is not None and (state["best"].get("valid_images"), state["best"].get("eval_images")) != (
+            len(valid_x), len(quick_x)):
+        state["best"] = None  # the validation set or its subset changed (other CIFAR quarters): compare afresh
     if args.resume and state["best"] is not None and (args.out / "best.safetensors").exists():
         best = load_file(args.out / "best.safetensors", device=str(device))
     trained = DistributedDataParallel(LogProb(model)) if world > 1 else LogProb(model)
@@ -357,6 +386,8 @@ def main(argv: list[str] | None = None) -> dict:
     local = args.batch_size // world
     budget_s = args.minutes * 60 if args.minutes else math.inf
     max_steps = args.max_steps or (0 if args.hours else int(args.epochs * steps_per_epoch))
+    if not max_steps and not args.hours:
+        raise SystemExit("the run has no length: give --max-steps, --hours or --epochs above 0")
 
     def progress() -> float:
         by_steps = state["step"] / max_steps if max_steps else 0.0
@@ -392,34 +423,75 @@ def main(argv: list[str] | None = None) -> dict:
             saved.update({f"ema.{name}": e for name, e in zip(names, ema)})
         return saved
 
-    def set_weights(which: str) -> dict[str, Tensor]:
-        """Swap the EMA weights in (which="ema") or restore the raw ones; -> the raw weights."""
+    @contextlib.contextmanager
+    def swapped_in(which: str) -> Iterator[None]:
+        """Within: the model holds the moving average (which="ema") or its own weights ("raw"); after: its own."""
+        if which != "ema":
+            yield
+            return
         raw = [p.detach().clone() for p in model.parameters()]
-        if which == "ema" and ema is not None:
+        with torch.no_grad():
+            torch._foreach_copy_(list(model.parameters()), ema)
+        try:
+            yield
+        finally:
             with torch.no_grad():
-                torch._foreach_copy_(list(model.parameters()), ema)
-        return dict(zip(names, raw))
+                torch._foreach_copy_(list(model.parameters()), raw)
+
+    def save_state() -> None:
+        rng = {"batches": generator.get_state(), "torch": torch.get_rng_state()}
+        save_training_state(args.out, optimizer, {k: state[k] for k in STATE_KEYS}, weights(), rng)
+
+    def validate(rate: float, train_loss: float, grad_norm: float) -> None:
+        """Score the raw and the averaged weights on the validation subset; keep the better if it is the best yet."""
+        nonlocal best
+        record = {"step": state["step"], "images": state["step"] * args.batch_size,
+                  "hours": round(state["wall_time_s"] / 3600, 4), "lr": rate,
+                  "train_loss": in_unit(train_loss * dims), "grad_norm": grad_norm}
+        for which in ("raw", "ema") if ema is not None else ("raw",):
+            with swapped_in(which):
+                record[f"valid_{which}"] = in_unit(evaluate(model, quick_x, quick_y, 500, device, rank, world))
+        best_now = min(v for k, v in record.items() if k.startswith("valid_"))
+        if state["best"] is None or best_now < state["best"]["valid"]:
+            which = "ema" if record.get("valid_ema", math.inf) <= record["valid_raw"] else "raw"
+            state["best"] = {"valid": best_now, "step": state["step"], "weights": which,
+                             "valid_images": len(valid_x), "eval_images": len(quick_x)}
+            state["bad_evals"] = 0
+            with swapped_in(which):
+                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if is_main:
+                save_file({k: v.contiguous().cpu() for k, v in best.items()}, args.out / "best.safetensors")
+        else:
+            state["bad_evals"] += 1
+        state["history"].append(record)
+        if is_main:
+            bar.write(f"step {state['step']}: valid {record['valid_raw']:.3f}"
+                      + (f" (EMA {record['valid_ema']:.3f})" if "valid_ema" in record else "")
+                      + f" {unit} on {len(quick_x)} validation images; train {record['train_loss']:.3f}")
 
     next_batch()
     step_fn = TrainStep(trained, model, optimizer, ema, args, dims, x_batch, y_batch, device, use_graph, bf16)
-    started, earlier_s = time.time(), state["wall_time_s"]  # --minutes budgets this call; wall time accumulates
+    if rng:  # a resumed run draws the batches (and CPU dropout masks) that an uninterrupted one would
+        generator.set_state(rng["batches"])
+        torch.set_rng_state(rng["torch"])
+    started, earlier_s, first_step = time.time(), state["wall_time_s"], state["step"]  # --minutes: this call
     bar = tqdm(total=max_steps or None, initial=state["step"], disable=not is_main or args.no_progress, desc="train")
     model.train()
     stopped = "budget"
     running = []  # (loss, grad norm) tensors since the last log, read in one sync
     while True:
         state["wall_time_s"] = earlier_s + time.time() - started
+        out_of_time = time.time() - started > budget_s
+        if world > 1:  # one clock and one decision for all processes, so that they stop at the same step
+            shared = torch.tensor([state["wall_time_s"], float(out_of_time)], dtype=torch.float64, device=device)
+            dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+            state["wall_time_s"], out_of_time = shared[0].item(), bool(shared[1].item())
         if progress() >= 1:
             stopped = "done"
             break
         if args.patience and state["bad_evals"] >= args.patience:
             stopped = "early stop"
             break
-        out_of_time = time.time() - started > budget_s
-        if world > 1:  # every process stops at the same step
-            flag = torch.tensor(float(out_of_time), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
         if out_of_time:
             break
         rate = learning_rate(args, state["step"], progress())
@@ -440,62 +512,43 @@ def main(argv: list[str] | None = None) -> dict:
             bar.set_postfix({unit: f"{in_unit(mean_loss * dims):.3f}", "grad": f"{mean_norm:.3g}",
                              "lr": f"{rate:.2e}", "epoch": f"{state['epoch']:.2f}"})
         if args.eval_every and state["step"] % args.eval_every == 0:
-            record = {"step": state["step"], "images": state["step"] * args.batch_size,
-                      "hours": round(state["wall_time_s"] / 3600, 4), "lr": rate,
-                      "train_loss": in_unit(mean_loss * dims), "grad_norm": mean_norm}
-            for which in ("raw", "ema") if ema is not None else ("raw",):
-                raw = set_weights(which)
-                record[f"valid_{which}"] = in_unit(evaluate(model, quick_x, quick_y, 500, device, rank, world))
-                with torch.no_grad():
-                    torch._foreach_copy_(list(model.parameters()), list(raw.values()))
-            best_now = min(v for k, v in record.items() if k.startswith("valid_"))
-            if state["best"] is None or best_now < state["best"]["valid"]:
-                which = "ema" if record.get("valid_ema", math.inf) <= record["valid_raw"] else "raw"
-                state["best"] = {"valid": best_now, "step": state["step"], "weights": which,
-                                 "valid_images": len(valid_x)}
-                state["bad_evals"] = 0
-                raw = set_weights(which)
-                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if is_main:
-                    save_file({k: v.contiguous().cpu() for k, v in best.items()}, args.out / "best.safetensors")
-                with torch.no_grad():
-                    torch._foreach_copy_(list(model.parameters()), list(raw.values()))
-            else:
-                state["bad_evals"] += 1
-            state["history"].append(record)
+            validate(rate, mean_loss, mean_norm)
+            state["wall_time_s"] = earlier_s + time.time() - started  # the evaluation's time counts too
             if is_main:
-                bar.write(f"step {state['step']}: valid {record['valid_raw']:.3f}"
-                          + (f" (EMA {record['valid_ema']:.3f})" if "valid_ema" in record else "")
-                          + f" {unit} on {len(quick_x)} validation images; train {record['train_loss']:.3f}")
-                save_training_state(args.out, optimizer, {k: state[k] for k in STATE_KEYS}, weights())
+                save_state()
     bar.close()
+    finished = stopped != "budget"
+    if finished and args.eval_every and state["step"] > first_step and state["step"] % args.eval_every:
+        # the steps since the last evaluation ran at the lowest lr: score them too before choosing what ships
+        if running:
+            mean_loss, mean_norm = torch.stack(running).float().mean(0).tolist()
+        validate(rate, mean_loss, mean_norm)
     state["wall_time_s"] = earlier_s + time.time() - started
     if is_main:
-        save_training_state(args.out, optimizer, {k: state[k] for k in STATE_KEYS}, weights())
-    finished = stopped != "budget"
+        save_state()
     # the model that ships: the best evaluated weights (raw or EMA), else the current EMA
     if best is not None:
         model.load_state_dict(best)
     elif ema is not None:
-        set_weights("ema")
+        with torch.no_grad():
+            torch._foreach_copy_(list(model.parameters()), ema)
     model.eval()
     valid_nll = evaluate(model, valid_x, valid_y, 500, device, rank, world, progress=is_main and not args.no_progress)
     metrics = {
         "dataset": args.dataset + ("_dynamic_binarized" if args.binarize else ""),
         "arch": args.arch, "multiscale_factor": args.factor or None, "parameters": parameters,
-        "unit": unit, "valid_nll_nats": valid_nll, f"valid_{unit}": in_unit(valid_nll), "valid_images": len(valid_x),
+        "unit": unit, "valid_nll_nats": valid_nll, "valid_bits_per_dim": bits_per_dim(valid_nll, dims),
+        "valid_images": len(valid_x),
         "train_images": len(train_x), "images_seen": state["step"] * args.batch_size,
         "steps": state["step"], "epochs": state["epoch"], "batch_size": args.batch_size,
         "wall_time_s": round(state["wall_time_s"], 1), "hours": round(state["wall_time_s"] / 3600, 3),
         "device": f"{world} x {device_name(device)}", "finished": finished, "stopped": stopped,
-        "selected": state["best"], "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                              if k not in ("resume", "no_progress", "out", "data_dir", "config")},
-        "history": state["history"],
+        "selected": state["best"], "config": settings, "changes": state["changes"], "history": state["history"],
     }
     if finished:  # the test split is evaluated once, at the end
         test_nll = evaluate(model, test_x, test_y, 500, device, rank, world, progress=is_main and not args.no_progress)
         metrics.update({"test_nll_nats": test_nll, "test_bits_per_dim": bits_per_dim(test_nll, dims),
-                        f"test_{unit}": in_unit(test_nll), "test_images": len(test_x)})
+                        "test_images": len(test_x)})
     if is_main:
         model.save_pretrained(args.out)
         (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -515,7 +568,15 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
-STATE_KEYS = ("step", "epoch", "wall_time_s", "history", "best", "bad_evals")
+STATE_KEYS = ("step", "epoch", "wall_time_s", "history", "best", "bad_evals", "settings", "changes")
+PER_CALL = ("resume", "no_progress", "out", "data_dir", "config", "minutes")  # options that do not define a run
+# a resume may not change these: the saved weights would be of another model
+MODEL_SETTINGS = {"arch", "dataset", "binarize", "conditional", "hidden", "layers", "out_hidden", "no_skip", "factor"}
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """The options that define a run (and its config file), as JSON values."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in PER_CALL}
 
 
 if __name__ == "__main__":

@@ -127,7 +127,26 @@ def test_training_cli_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     assert math.isclose(-model.log_prob(x.long()).mean().item(), saved["test_nll_nats"], rel_tol=1e-4)
     resumed = run_train(tmp_path, out, "--arch", "row_lstm", "--dataset", "binarized_mnist", "--max-steps", "5",
                         "--resume")
-    assert resumed["steps"] == 5 and len(resumed["history"]) == 2  # evaluations at steps 2 and 4
+    assert resumed["steps"] == 5 and [r["step"] for r in resumed["history"]] == [2, 3, 4, 5]  # and at each end
+    assert resumed["changes"] == [{"step": 3, "changed": {"max_steps": [3, 5]}}]  # the run no longer equals a config
+    with pytest.raises(SystemExit, match="different model"):
+        run_train(tmp_path, out, "--arch", "row_lstm", "--max-steps", "6", "--resume", "--hidden", "8")
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    """Same batches, dropout masks, optimizer and average after an interruption (a constant lr, so that
+    lengthening the run from 3 to 5 steps changes nothing else)."""
+    write_fixture_data(tmp_path)
+    flags = ("--arch", "pixelcnn", "--dropout", "0.3", "--schedule", "constant", "--warmup-steps", "1", "--samples", "0")
+    whole = run_train(tmp_path, tmp_path / "whole", *flags, "--max-steps", "5")
+    run_train(tmp_path, tmp_path / "cut", *flags, "--max-steps", "3")
+    resumed = run_train(tmp_path, tmp_path / "cut", *flags, "--max-steps", "5", "--resume")
+    assert resumed["steps"] == 5 and resumed["changes"] == [{"step": 3, "changed": {"max_steps": [3, 5]}}]
+    one, two = (load_file(tmp_path / run / "training_state.safetensors") for run in ("whole", "cut"))
+    assert one.keys() == two.keys() and any(k.startswith("weights.ema.") for k in one)
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], rtol=0, atol=1e-6, msg=name)
+    assert math.isclose(whole["test_nll_nats"], resumed["test_nll_nats"], rel_tol=1e-6)
 
 
 @pytest.mark.parametrize("extra", [["--dataset", "mnist", "--conditional", "--arch", "pixelcnn"],
@@ -139,6 +158,11 @@ def test_training_cli_datasets(tmp_path, extra):
     metrics = run_train(tmp_path, tmp_path / "run", "--max-steps", "2", *extra)
     assert math.isfinite(metrics["test_nll_nats"]) and metrics["test_nll_nats"] > 0
     assert pixelrnn.load(str(tmp_path / "run")) is not None
+    unit = metrics["unit"]
+    valid = metrics["valid_nll_nats"] if unit == "nats" else metrics["valid_bits_per_dim"]
+    digits = 2 if unit == "nats" else 3
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert f"| this checkpoint, validation split | {valid:.{digits}f} " in card  # the card reads what training wrote
 
 
 def test_ddp_two_processes_match_one_process(tmp_path):
@@ -211,6 +235,30 @@ def test_train_step_clips_the_per_sub_pixel_gradient_and_updates_the_moving_aver
 
 
 
+def test_the_graph_warm_up_allocates_the_optimizer_state_but_trains_nothing():
+    from pixelrnn.train import LogProb, TrainStep
+
+    model = pixelrnn.build_model("pixelcnn", 1, 2, 5, 5, hidden=4, layers=1)
+    twin = pixelrnn.build_model("pixelcnn", 1, 2, 5, 5, hidden=4, layers=1)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randint(0, 2, (4, 1, 5, 5))
+
+    def step_of(m: torch.nn.Module) -> TrainStep:
+        ema = [p.detach().clone() for p in m.parameters()]
+        optimizer = torch.optim.Adam(m.parameters(), lr=1e-2)
+        return TrainStep(LogProb(m), m, optimizer, ema, recipe(), 25, x, None, torch.device("cpu"), False, False)
+
+    warmed, fresh = step_of(model), step_of(twin)
+    warmed.warm_up(3)
+    assert len(warmed.optimizer.state) == len(list(model.parameters()))
+    for _ in range(2):  # afterwards it trains as if the warm-up had never run, from a fresh and from a used state
+        warmed(step=5)
+        fresh(step=5)
+        for a, b in zip([*model.parameters(), *warmed.ema], [*twin.parameters(), *fresh.ema]):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+        warmed.warm_up(2)
+
+
 def test_config_file_sets_defaults_flags_override_and_unknown_keys_fail(tmp_path):
     from pixelrnn.train import parse_args
 
@@ -269,5 +317,5 @@ def test_evaluate_cli_remeasures_the_recorded_test_nll(tmp_path, capsys):
     assert evaluate_main([str(tmp_path / "run"), "--data-dir", str(tmp_path)]) == 0
     assert "(equal)" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    (tmp_path / "run" / "metrics.json").write_text(json.dumps({**metrics, "test_nats": 1.0}))
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({**metrics, "test_nll_nats": 1.0}))
     assert evaluate_main([str(tmp_path / "run"), "--data-dir", str(tmp_path)]) == 1

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One stage of the GPU training session that produced the shipped checkpoints (one H100, three calls of
+# One stage of the GPU training session planned for paper-grade checkpoints (one H100, three calls of
 # under 10 minutes each; files outside $OUT survive between calls only while the machine stays warm).
 #   bash configs/gpu/session.sh STAGE DATA_FOLDER
 # STAGE 1: benchmark, then start the five MNIST runs. STAGE 2: resume them and start CIFAR-10 (quarters a, b).
