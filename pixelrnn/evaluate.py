@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, binarize, load_split
-from pixelrnn.hub import load_folder, read_json, write_model_card
+from pixelrnn.hub import load_folder, read_json, recorded_nll, write_model_card
 from pixelrnn.model import Model, MultiScalePixelRNN, bits_per_dim
-from pixelrnn.train import TEST_BINARIZATION_SEED, evaluate
+from pixelrnn.train import TEST_BINARIZATION_SEED, mean_nll
 
 
 def test_nll(model: Model, dataset: str, data_dir: Path, batch_size: int = 500) -> tuple[float, int]:
@@ -28,7 +28,7 @@ def test_nll(model: Model, dataset: str, data_dir: Path, batch_size: int = 500) 
         x = binarize(x, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
     single = model.small if isinstance(model, MultiScalePixelRNN) else model
     labels = y if single.num_classes else None
-    return evaluate(model, x, labels, batch_size, torch.device("cpu")), len(x)
+    return mean_nll(model, x, labels, batch_size, torch.device("cpu")), len(x)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         nats, images = test_nll(load_folder(folder), dataset, args.data_dir)
         info = DATASETS[dataset.removesuffix("_dynamic_binarized")]
         dims = info.channels * info.height * info.width
-        unit = metrics.get("unit", "nats")
+        recorded, unit = recorded_nll(metrics, "test")
         value = nats if unit == "nats" else bits_per_dim(nats, dims)
-        recorded = metrics.get("test_nll_nats" if unit == "nats" else "test_bits_per_dim")
         same = recorded is not None and math.isclose(value, recorded, rel_tol=1e-4)
         mismatches += not same and not args.update
         print(f"{folder.name}: measured {value:.4f} {unit} on {images} test images; recorded {recorded} "

@@ -364,6 +364,15 @@ def as_number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def recorded_nll(metrics: dict, split: str) -> tuple[float | None, str]:
+    """(the recorded NLL of `split` ("test" or "valid") in the paper's unit, or None; that unit) from metrics.json:
+    nats per image for binarized MNIST, bits/dim otherwise."""
+    unit = metrics.get("unit")
+    if unit not in ("nats", "bits/dim"):
+        unit = "nats" if metrics.get("dataset") == "binarized_mnist" else "bits/dim"
+    return as_number(metrics.get(f"{split}_nll_nats" if unit == "nats" else f"{split}_bits_per_dim")), unit
+
+
 def format_duration(seconds: float) -> str:
     """'42 s', '17 min' or '3.5 h'."""
     if seconds < 120:
@@ -400,11 +409,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
     dataset_name, dataset_id = DATASET_INFO.get(dataset, (dataset, None)) if dataset else (None, None)
     name = repo_id or folder.resolve().name
 
-    nats, bpd = as_number(metrics.get("test_nll_nats")), as_number(metrics.get("test_bits_per_dim"))
-    unit = metrics.get("unit")
-    if unit not in ("nats", "bits/dim"):
-        unit = "nats" if dataset == "binarized_mnist" or bpd is None else "bits/dim"
-    value = nats if unit == "nats" else (bpd if bpd is not None else as_number(metrics.get(f"test_{unit}")))
+    value, unit = recorded_nll(metrics, "test")
     digits = 2 if unit == "nats" else 3
     unit_label = "nats/image" if unit == "nats" else "bits/dim"
 
@@ -431,7 +436,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
         images = metrics.get("test_images")
         on = f" on {images:,} test images" if isinstance(images, int) else ""
         lines += ["| model | test NLL |", "|---|---|", f"| this checkpoint | **{value:.{digits}f} {unit_label}**{on} |"]
-        valid = as_number(metrics.get("valid_nll_nats" if unit == "nats" else "valid_bits_per_dim"))
+        valid, _ = recorded_nll(metrics, "valid")
         if valid is not None:
             lines.append(f"| this checkpoint, validation split | {valid:.{digits}f} {unit_label} |")
         paper_unit, figures = PAPER_RESULTS.get(dataset, (None, {}))
@@ -446,6 +451,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
             notes.append(f"The paper reports no figure for {dataset_name}.")
         if dataset == "cifar10" and isinstance(images, int) and images < 10000:
             notes.append("The paper evaluates on the full 10,000-image CIFAR-10 test set.")
+        bpd = as_number(metrics.get("test_bits_per_dim"))
         if unit == "nats" and bpd is not None:
             notes.append(f"In bits per dimension: {bpd:.4f}.")
         if notes:

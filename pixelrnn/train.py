@@ -131,7 +131,7 @@ def device_name(device: torch.device) -> str:
 
 
 @torch.no_grad()
-def evaluate(model: Model, images: Tensor, labels: Tensor | None, batch_size: int, device: torch.device,
+def mean_nll(model: Model, images: Tensor, labels: Tensor | None, batch_size: int, device: torch.device,
              rank: int = 0, world: int = 1, progress: bool = False) -> float:
     """Mean NLL in nats per image over `images`, in float32 (no autocast), sharded across processes."""
     was_training = model.training
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "train_loss": in_unit(train_loss * dims), "grad_norm": grad_norm}
         for which in ("raw", "ema") if ema is not None else ("raw",):
             with swapped_in(which):
-                record[f"valid_{which}"] = in_unit(evaluate(model, quick_x, quick_y, 500, device, rank, world))
+                record[f"valid_{which}"] = in_unit(mean_nll(model, quick_x, quick_y, 500, device, rank, world))
         best_now = min(v for k, v in record.items() if k.startswith("valid_"))
         if state["best"] is None or best_now < state["best"]["valid"]:
             which = "ema" if record.get("valid_ema", math.inf) <= record["valid_raw"] else "raw"
@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.no_grad():
             torch._foreach_copy_(list(model.parameters()), ema)
     model.eval()
-    valid_nll = evaluate(model, valid_x, valid_y, 500, device, rank, world, progress=is_main and not args.no_progress)
+    valid_nll = mean_nll(model, valid_x, valid_y, 500, device, rank, world, progress=is_main and not args.no_progress)
     metrics = {
         "dataset": args.dataset + ("_dynamic_binarized" if args.binarize else ""),
         "arch": args.arch, "multiscale_factor": args.factor or None, "parameters": parameters,
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> dict:
         "selected": state["best"], "config": settings, "changes": state["changes"], "history": state["history"],
     }
     if finished:  # the test split is evaluated once, at the end
-        test_nll = evaluate(model, test_x, test_y, 500, device, rank, world, progress=is_main and not args.no_progress)
+        test_nll = mean_nll(model, test_x, test_y, 500, device, rank, world, progress=is_main and not args.no_progress)
         metrics.update({"test_nll_nats": test_nll, "test_bits_per_dim": bits_per_dim(test_nll, dims),
                         "test_images": len(test_x)})
     if is_main:

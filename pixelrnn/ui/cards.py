@@ -20,6 +20,7 @@ from pixelrnn.hub import (
     SAMPLES,
     as_number,
     format_duration,
+    recorded_nll,
 )
 from pixelrnn.model import Model, MultiScalePixelRNN
 from pixelrnn.ui.registry import ModelEntry, Registry
@@ -96,10 +97,7 @@ def test_result(entry: ModelEntry) -> tuple[str, str]:
     """(this checkpoint's test NLL, the paper's figure for the same architecture and data) as text."""
     metrics = entry.metrics
     dataset = metrics.get("dataset")
-    unit = metrics.get("unit") if metrics.get("unit") in ("nats", "bits/dim") else None
-    nats, bpd = as_number(metrics.get("test_nll_nats")), as_number(metrics.get("test_bits_per_dim"))
-    unit = unit or ("nats" if dataset == "binarized_mnist" else "bits/dim")
-    value = nats if unit == "nats" else bpd
+    value, unit = recorded_nll(metrics, "test")
     ours = "not evaluated yet" if value is None else f"{value:.2f} nats" if unit == "nats" else f"{value:.3f} bits/dim"
     if value is not None and isinstance(metrics.get("test_images"), int):
         ours += f" ({metrics['test_images']:,} test images)"
@@ -117,11 +115,10 @@ def test_result(entry: ModelEntry) -> tuple[str, str]:
 
 def validation_result(entry: ModelEntry) -> str:
     """The selected weights' NLL on the validation split, as text ("–" if not recorded)."""
-    metrics = entry.metrics
-    nats, bpd = as_number(metrics.get("valid_nll_nats")), as_number(metrics.get("valid_bits_per_dim"))
-    if metrics.get("dataset") == "binarized_mnist" or metrics.get("unit") == "nats":
-        return "–" if nats is None else f"{nats:.2f} nats"
-    return "–" if bpd is None else f"{bpd:.3f} bits/dim"
+    value, unit = recorded_nll(entry.metrics, "valid")
+    if value is None:
+        return "–"
+    return f"{value:.2f} nats" if unit == "nats" else f"{value:.3f} bits/dim"
 
 
 def model_title(entry: ModelEntry) -> str:
