@@ -493,6 +493,11 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
         training.append(f"{metrics['train_images']:,} training images")
     if training:
         lines += ["## Training", "", ", ".join(training) + ".", ""]
+    changes = [c for c in metrics.get("changes") or [] if isinstance(c, dict) and isinstance(c.get("changed"), dict)]
+    if changes:  # resumed with other settings: the run differs from its config started from scratch
+        said = [f"at step {c.get('step')}: " + ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in c["changed"].items()
+                                                        if isinstance(v, list) and len(v) == 2) for c in changes]
+        lines += ["Resumed with changed settings " + "; ".join(said) + ".", ""]
 
     if (folder / SAMPLES).is_file():
         lines += ["## Samples", "", "![samples](samples.png)", ""]

@@ -278,6 +278,13 @@ def test_model_card(tiny):
     assert 'pixelrnn.load("user/tiny")' in text
 
 
+def test_model_card_says_when_a_resume_changed_the_settings(tiny):
+    metrics = json.loads((tiny[1] / "metrics.json").read_text())
+    metrics["changes"] = [{"step": 4000, "changed": {"hours": [1.9, 2.0]}}, {"step": 9, "changed": "garbled"}]
+    (tiny[1] / "metrics.json").write_text(json.dumps(metrics))
+    assert "Resumed with changed settings at step 4000: hours 1.9 -> 2.0." in hub.write_model_card(tiny[1]).read_text()
+
+
 def test_model_card_tolerates_missing_metrics(tiny):
     (tiny[1] / "metrics.json").unlink()
     text = hub.write_model_card(tiny[1]).read_text()
