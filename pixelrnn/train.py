@@ -365,6 +365,8 @@ def main(argv: list[str] | None = None) -> dict:
         if changed:  # e.g. a longer --hours: recorded, because the run no longer equals its config from scratch
             print(f"resuming at step {state['step']} with changed settings (old, new): {changed}")
             state["changes"].append({"step": state["step"], "changed": changed})
+        if "device" in changed:  # another device's generators: their saved states do not fit
+            rng = {}
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(weights[f"model.{name}"])
