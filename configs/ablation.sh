@@ -20,5 +20,5 @@ print(f"| recipe ({sys.argv[1]} steps of 32) | validation NLL (nats, 10,000 imag
 print("|---|---|---|")
 for name, label in [("constant", "constant lr"), ("schedule", "warm-up + cosine"), ("schedule-ema", "+ EMA 0.999")]:
     m = json.load(open(f"runs/ablation-{name}/metrics.json"))
-    print(f"| {label} | {m['valid_nats']:.2f} | {m['selected']['weights']} at step {m['selected']['step']} |")
+    print(f"| {label} | {m['valid_nll_nats']:.2f} | {m['selected']['weights']} at step {m['selected']['step']} |")
 PY

@@ -357,16 +357,18 @@ def main(argv: list[str] | None = None) -> dict:
     rng: dict[str, Tensor] = {}
     args.out.mkdir(parents=True, exist_ok=True)
     if args.resume and (args.out / "training_state.json").exists():
+        saved = json.loads((args.out / "training_state.json").read_text()).get("settings", {})
+        if saved and shape_of(saved) != shape_of(settings):
+            raise SystemExit(f"{args.out} holds another model: {shape_of(saved)}, not {shape_of(settings)}")
         loaded, weights, rng = load_training_state(args.out, optimizer)
-        changed = {k: [v, settings.get(k)] for k, v in loaded.get("settings", {}).items() if settings.get(k) != v}
-        if changed.keys() & MODEL_SETTINGS:
-            raise SystemExit(f"{args.out} holds a different model: {changed}")
+        changed = {k: [v, settings.get(k)] for k, v in saved.items() if settings.get(k) != v}
         state = {**state, **loaded, "settings": settings}  # states saved before settings were kept: no changes list
         if changed:  # e.g. a longer --hours: recorded, because the run no longer equals its config from scratch
             print(f"resuming at step {state['step']} with changed settings (old, new): {changed}")
             state["changes"].append({"step": state["step"], "changed": changed})
-        if "device" in changed:  # another device's generators: their saved states do not fit
-            rng = {}
+        if "device" in changed:  # the batch generator lives on the device: its saved state does not fit another
+            rng.pop("batches", None)
+            rng.pop("cuda", None)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(weights[f"model.{name}"])
@@ -374,8 +376,8 @@ def main(argv: list[str] | None = None) -> dict:
                 for name, e in zip(names, ema):
                     e.copy_(weights.get(f"ema.{name}", weights[f"model.{name}"]))
     best = None  # state dict of the best evaluated weights, on every process
-    if state["best"] is not None and (state["best"].get("valid_images"), state["best"].get("eval_images")) != (
-            len(valid_x), len(quick_x)):
+    if state["best"] is not None and (state["best"].get("valid_images"), state["best"].get("eval_images", len(quick_x))
+                                      ) != (len(valid_x), len(quick_x)):
         state["best"] = None  # the validation set or its subset changed (other CIFAR quarters): compare afresh
     if args.resume and state["best"] is not None and (args.out / "best.safetensors").exists():
         best = load_file(args.out / "best.safetensors", device=str(device))
@@ -442,6 +444,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def save_state() -> None:
         rng = {"batches": generator.get_state(), "torch": torch.get_rng_state()}
+        if device.type == "cuda":  # dropout on the GPU
+            rng["cuda"] = torch.cuda.get_rng_state(device)
         save_training_state(args.out, optimizer, {k: state[k] for k in STATE_KEYS}, weights(), rng)
 
     def validate(rate: float, train_loss: float, grad_norm: float) -> None:
@@ -473,9 +477,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     next_batch()
     step_fn = TrainStep(trained, model, optimizer, ema, args, dims, x_batch, y_batch, device, use_graph, bf16)
-    if rng:  # a resumed run draws the batches (and CPU dropout masks) that an uninterrupted one would
+    # a resumed run draws the batches and dropout masks that an uninterrupted one would
+    if "batches" in rng:
         generator.set_state(rng["batches"])
+    if "torch" in rng:
         torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
     started, earlier_s, first_step = time.time(), state["wall_time_s"], state["step"]  # --minutes: this call
     bar = tqdm(total=max_steps or None, initial=state["step"], disable=not is_main or args.no_progress, desc="train")
     model.train()
@@ -572,13 +580,18 @@ def main(argv: list[str] | None = None) -> dict:
 
 STATE_KEYS = ("step", "epoch", "wall_time_s", "history", "best", "bad_evals", "settings", "changes")
 PER_CALL = ("resume", "no_progress", "out", "data_dir", "config", "minutes")  # options that do not define a run
-# a resume may not change these: the saved weights would be of another model
-MODEL_SETTINGS = {"arch", "dataset", "binarize", "conditional", "hidden", "layers", "out_hidden", "no_skip", "factor"}
 
 
 def run_settings(args: argparse.Namespace) -> dict:
     """The options that define a run (and its config file), as JSON values."""
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in PER_CALL}
+
+
+def shape_of(settings: dict) -> dict:
+    """The model that run settings build (dropout aside, which a resume may change)."""
+    args = argparse.Namespace(**settings)
+    levels = 2 if args.binarize else DATASETS[args.dataset].levels
+    return {k: v for k, v in model_kwargs(args, levels).items() if k != "dropout"}
 
 
 if __name__ == "__main__":
