@@ -217,8 +217,10 @@ class TrainStep:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.args.clip or math.inf)
         self.optimizer.step()
-        if self.ema is not None:  # ema += rate * (params - ema)
-            torch._foreach_add_(self.ema, torch._foreach_mul(torch._foreach_sub(self.params, self.ema), self.ema_rate))
+        if self.ema is not None:  # ema += rate * (params - ema), outside autograd (else each step extends a graph)
+            with torch.no_grad():
+                torch._foreach_add_(self.ema, torch._foreach_mul(torch._foreach_sub(self.params, self.ema),
+                                                                 self.ema_rate))
         if self.graph is None:
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach(), grad_norm.detach()

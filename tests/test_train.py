@@ -245,6 +245,7 @@ def test_train_step_clips_the_per_sub_pixel_gradient_and_updates_the_moving_aver
     assert math.isclose(moved.item(), 1e-3, rel_tol=1e-3), "SGD with lr 1 moves by exactly the clipped norm"
     for e, b, p in zip(ema, before, model.parameters()):
         torch.testing.assert_close(e, 0.9 * b + 0.1 * p.detach())
+        assert not e.requires_grad and e.grad_fn is None, "the average must not grow an autograd graph step by step"
     start = [p.detach().clone() for p in model.parameters()]
     step.ema = [p.clone() for p in start]
     step(step=0)  # warm-up: decay min(0.9, (1 + 0) / (10 + 0)) = 0.1
