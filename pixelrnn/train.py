@@ -445,6 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
                 torch._foreach_copy_(list(model.parameters()), raw)
 
     def save_state() -> None:
+        state["wall_time_s"] = earlier_s + time.time() - started  # evaluations' time counts too
         rng = {"batches": generator.get_state(), "torch": torch.get_rng_state()}
         if device.type == "cuda":  # dropout on the GPU
             rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -491,6 +492,13 @@ def main(argv: list[str] | None = None) -> dict:
     model.train()
     stopped = "budget"
     running = []  # (loss, grad norm) tensors since the last log, read in one sync
+
+    def mean_of_running() -> list[float]:
+        """-> [mean loss, mean gradient norm] since the last call."""
+        means = torch.stack(running).float().mean(0).tolist()
+        running.clear()
+        return means
+
     while True:
         state["wall_time_s"] = earlier_s + time.time() - started
         out_of_time = time.time() - started > budget_s
@@ -519,13 +527,11 @@ def main(argv: list[str] | None = None) -> dict:
         state["epoch"] = state["step"] * args.batch_size / len(train_x)
         bar.update()
         if state["step"] % 50 == 0 or (args.eval_every and state["step"] % args.eval_every == 0):
-            mean_loss, mean_norm = torch.stack(running).float().mean(0).tolist()
-            running.clear()
+            mean_loss, mean_norm = mean_of_running()
             bar.set_postfix({unit: f"{in_unit(mean_loss * dims):.3f}", "grad": f"{mean_norm:.3g}",
                              "lr": f"{rate:.2e}", "epoch": f"{state['epoch']:.2f}"})
         if args.eval_every and state["step"] % args.eval_every == 0:
             validate(rate, mean_loss, mean_norm)
-            state["wall_time_s"] = earlier_s + time.time() - started  # the evaluation's time counts too
             if is_main:
                 save_state()
     bar.close()
@@ -533,9 +539,8 @@ def main(argv: list[str] | None = None) -> dict:
     if finished and args.eval_every and state["step"] > first_step and state["step"] % args.eval_every:
         # the steps since the last evaluation ran at the lowest lr: score them too before choosing what ships
         if running:
-            mean_loss, mean_norm = torch.stack(running).float().mean(0).tolist()
+            mean_loss, mean_norm = mean_of_running()
         validate(rate, mean_loss, mean_norm)
-    state["wall_time_s"] = earlier_s + time.time() - started
     if is_main:
         save_state()
     # the model that ships: the best evaluated weights (raw or EMA), else the current EMA
