@@ -88,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast for training (default: on for CUDA); evaluation is always float32")
+                   help="bf16 autocast for training (default: on for CUDA; also faster on a CPU with bf16 "
+                        "instructions); evaluation is always float32")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
                    help="CUDA: capture the whole training step once and replay it (single process)")
     p.add_argument("--no-progress", action="store_true")
@@ -150,9 +151,9 @@ def mean_nll(model: Model, images: Tensor, labels: Tensor | None, batch_size: in
 
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPU; the cache must be off inside a CUDA graph capture."""
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+    """bf16 autocast (on a GPU, or a CPU with bf16 instructions); the cache must be off inside a CUDA graph capture."""
+    if enabled:
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 

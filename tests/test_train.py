@@ -254,6 +254,23 @@ def test_train_step_clips_the_per_sub_pixel_gradient_and_updates_the_moving_aver
 
 
 
+def test_bf16_training_on_the_cpu_runs_the_network_in_bf16_and_the_loss_in_float32():
+    from pixelrnn.train import LogProb, TrainStep
+
+    model = pixelrnn.build_model("pixelcnn", 3, 256, 6, 6, hidden=8, layers=2)
+    x = torch.randint(0, 256, (4, 3, 6, 6))
+    reference = (-model.log_prob(x).mean() / 108).item()
+    seen = []
+    model.head[1].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    step = TrainStep(LogProb(model), model, optimizer, None, recipe(), 108, x, None,
+                     torch.device("cpu"), graph=False, bf16=True)
+    loss, grad_norm = step()
+    assert seen == [torch.bfloat16], "the network runs under bf16 autocast"
+    assert loss.dtype == torch.float32 and math.isfinite(grad_norm.item())
+    assert math.isclose(loss.item(), reference, rel_tol=2e-2), "bf16 changes the loss by rounding only"
+
+
 def test_the_graph_warm_up_allocates_the_optimizer_state_but_trains_nothing():
     from pixelrnn.train import LogProb, TrainStep
 
