@@ -1,6 +1,6 @@
 """PixelRNN Studio: a Gradio demo of Pixel Recurrent Neural Networks (van den Oord et al., 2016).
 
-Wiring only; the logic is in pixelrnn/ui.py. Run `python app.py` (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
+Wiring only; the logic is in pixelrnn/ui/. Run `python app.py` (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
 are honoured). Models: folders with a config.json under $PIXELRNN_CHECKPOINTS (default checkpoints/),
 plus Hub repo ids in $PIXELRNN_HUB_MODELS (comma-separated), loaded on first use.
 """

@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cifar-parts", default="abcd", help="which CIFAR-10 train quarters to load")
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training images")
     p.add_argument("--hidden", type=int, default=None, help="h: recurrent state size (default: the paper's size)")
-    p.add_argument("--layers", type=int, default=None, help="default: the paper's depth for --arch")
+    p.add_argument("--layers", type=int, default=None, help="default: the paper's depth for --arch and --dataset")
     p.add_argument("--out-hidden", type=int, default=None, help="output layer width (default per dataset)")
     p.add_argument("--no-skip", action="store_true", help="no skip connections to the output")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout on each layer's residual branch")
@@ -108,6 +108,11 @@ TEST_BINARIZATION_SEED = 1234  # --binarize: the one fixed binarization of the t
 PAPER_HIDDEN = {"binarized_mnist": 16, "mnist": 16, "cifar10": 128}  # h of Sec. 5
 
 
+def paper_layers(dataset: str, arch: str) -> int:
+    """Depth of Sec. 5: 15 PixelCNN blocks; 7 recurrent layers on MNIST, 12 on CIFAR-10 (its 12-layer Row LSTM)."""
+    return 12 if dataset == "cifar10" and arch != "pixelcnn" else DEFAULT_LAYERS[arch]
+
+
 def default_out_hidden(channels: int, levels: int) -> int:
     """Output layer width: 64 for a Bernoulli; 128 features per colour for a 256-way softmax."""
     return 64 if levels == 2 else 128 * channels
@@ -116,10 +121,11 @@ def default_out_hidden(channels: int, levels: int) -> int:
 def model_kwargs(args: argparse.Namespace, levels: int) -> dict:
     info = DATASETS[args.dataset]
     kwargs = {"arch": args.arch, "channels": info.channels, "levels": levels, "height": info.height, "width": info.width,
-                  "num_classes": info.num_classes if args.conditional else None,
-                  "hidden": args.hidden or PAPER_HIDDEN[args.dataset], "layers": args.layers or DEFAULT_LAYERS[args.arch],
-                  "out_hidden": args.out_hidden or default_out_hidden(info.channels, levels), "skip": not args.no_skip,
-                  "dropout": args.dropout}
+              "num_classes": info.num_classes if args.conditional else None,
+              "hidden": args.hidden or PAPER_HIDDEN[args.dataset],
+              "layers": args.layers or paper_layers(args.dataset, args.arch),
+              "out_hidden": args.out_hidden or default_out_hidden(info.channels, levels), "skip": not args.no_skip,
+              "dropout": args.dropout}
     if args.factor:
         kwargs["factor"] = args.factor
     return kwargs

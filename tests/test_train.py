@@ -307,6 +307,19 @@ def test_config_file_sets_defaults_flags_override_and_unknown_keys_fail(tmp_path
         parse_args(["--config", str(config)])
 
 
+def test_model_sizes_default_to_the_papers_per_dataset():
+    from pixelrnn.train import model_kwargs, parse_args
+
+    def size(*flags: str) -> tuple:
+        kwargs = model_kwargs(parse_args(list(flags)), 2 if "binarized_mnist" in flags else 256)
+        return kwargs["hidden"], kwargs["layers"], kwargs["out_hidden"]
+
+    assert size("--dataset", "binarized_mnist", "--arch", "diagonal_bilstm") == (16, 7, 64)
+    assert size("--dataset", "binarized_mnist", "--arch", "pixelcnn") == (16, 15, 64)
+    assert size("--dataset", "cifar10", "--arch", "row_lstm") == (128, 12, 384)
+    assert size("--dataset", "cifar10", "--arch", "pixelcnn") == (128, 15, 384)
+    assert size("--dataset", "cifar10", "--arch", "row_lstm", "--layers", "3", "--hidden", "8") == (8, 3, 384)
+
 def test_shipped_configs_parse():
     from pixelrnn.train import parse_args
 
