@@ -489,6 +489,8 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
         training.append(f"{format_duration(metrics['wall_time_s'])} of training")
     if metrics.get("device"):
         training.append(f"on {metrics['device']}")
+    if (metrics.get("config") or {}).get("bf16") is True:
+        training.append("under bf16 autocast (evaluation in float32)")
     if isinstance(metrics.get("train_images"), int):
         training.append(f"{metrics['train_images']:,} training images")
     if training:

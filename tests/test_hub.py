@@ -285,6 +285,14 @@ def test_model_card_says_when_a_resume_changed_the_settings(tiny):
     assert "Resumed with changed settings at step 4000: hours 1.9 -> 2.0." in hub.write_model_card(tiny[1]).read_text()
 
 
+def test_model_card_says_when_training_ran_under_bf16(tiny):
+    assert "bf16" not in hub.write_model_card(tiny[1]).read_text()
+    metrics = json.loads((tiny[1] / "metrics.json").read_text())
+    metrics["config"] = {"bf16": True}
+    (tiny[1] / "metrics.json").write_text(json.dumps(metrics))
+    assert "under bf16 autocast (evaluation in float32)" in hub.write_model_card(tiny[1]).read_text()
+
+
 def test_model_card_tolerates_missing_metrics(tiny):
     (tiny[1] / "metrics.json").unlink()
     text = hub.write_model_card(tiny[1]).read_text()
