@@ -95,7 +95,9 @@ def test_stop_cancels_a_stream(page):
     page.click("#gen-stop")
     page.wait_for_function("document.querySelector('#gen-status')?.innerText.includes('Stopped')")
     page.wait_for_timeout(1500)
-    assert "Generated" not in page.locator("#gen-status").inner_text()  # the stream did not finish after all
+    status = page.locator("#gen-status").inner_text()
+    assert "Stopped" in status, "no late frame of the cancelled stream overwrote the status"
+    assert "Generated" not in status  # the stream did not finish after all
     set_slider(page, "gen-pace", 0)
     page.click("#gen-run")  # the queue is free again
     page.wait_for_function("document.querySelector('#gen-status')?.innerText.includes('Generated 4 samples')")

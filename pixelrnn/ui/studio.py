@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,8 +43,13 @@ def cleared(outputs: int) -> Callable[[], tuple[None, ...]]:
     return lambda: (None,) * outputs
 
 
+STOP_SETTLE_S = 0.3  # a running stream sends a frame every 50 ms; those already on the way land within this
+
+
 def stopped() -> str:
-    """Status shown when the Stop button cancels a stream."""
+    """Status shown once the Stop button has cancelled a stream: said after the frames already on the way have
+    landed, else the last of them would overwrite it."""
+    time.sleep(STOP_SETTLE_S)
     return "Stopped."
 
 
