@@ -253,7 +253,6 @@ def test_train_step_clips_the_per_sub_pixel_gradient_and_updates_the_moving_aver
         torch.testing.assert_close(e, 0.1 * b + 0.9 * p.detach())
 
 
-
 def test_bf16_training_on_the_cpu_runs_the_network_in_bf16_and_the_loss_in_float32():
     from pixelrnn.train import LogProb, TrainStep
 
