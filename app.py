@@ -66,10 +66,11 @@ def _image(caption: str, name: str, elem_id: str, pixelated: bool = True, **kwar
                         elem_classes=["pixelated"] if pixelated else [], buttons=["download", "fullscreen"], **kwargs)
 
 
-def _sampling_settings(prefix: str, pace: float) -> tuple[gr.Slider, gr.Number, gr.Slider]:
+def _sampling_settings(prefix: str, pace: float) -> tuple[gr.Slider, gr.Textbox, gr.Slider]:
     """Temperature, seed and animation length of a sampling tab (elem ids prefix-temperature, -seed, -pace)."""
     temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature", elem_id=f"{prefix}-temperature")
-    seed = gr.Number(0, precision=0, label="Seed (blank: random)", elem_id=f"{prefix}-seed")
+    # a text box: a blank Number would be sent as 0, the same images on every click
+    seed = gr.Textbox("", placeholder="random", label="Seed (blank: random)", max_lines=1, elem_id=f"{prefix}-seed")
     pace_s = gr.Slider(0, 10, value=pace, step=0.5, label="Animation (s)", info="0: full speed",
                        elem_id=f"{prefix}-pace")
     return temperature, seed, pace_s
@@ -194,12 +195,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                     insp_row = gr.Number(label="Row", precision=0, visible=False, elem_id="insp-row")
                     insp_col = gr.Number(label="Column", precision=0, visible=False, elem_id="insp-col")
                     insp_pixel_text = gr.Markdown(label="Pixel text", elem_id="insp-pixel-text")
-                    insp_dists = [gr.BarPlot(x="level", y="probability", color="bar", color_map=ui.PLOT_COLOURS,
-                                             colors_in_legend=list(ui.PLOT_COLOURS), color_title="",
-                                             x_bin=x_bin, y_lim=[0, None], height=190,
-                                             label=f"Pixel distribution {kind} {c}", show_label=False,
-                                             elem_id=f"insp-dist-{kind}-{c}", visible=False)
-                                  for kind, x_bin in ui.PLOT_BINS.items() for c in range(ui.DISTRIBUTION_PLOTS)]
+                    insp_dist = gr.HTML(elem_id="insp-dist", label="Pixel distribution")
 
             # --- Compress -------------------------------------------------------------------------------
             with gr.Tab("Compress", id="compress", elem_id="tab-compress"), gr.Row():
@@ -276,7 +272,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             image.change(ui.cleared(len(outputs)), None, outputs, api_visibility="private", queue=False,
                          show_progress="hidden")
 
-        insp_outputs = [insp_view, insp_surprise, insp_entropy, insp_table, *insp_dists, insp_pixel_text, insp_row,
+        insp_outputs = [insp_view, insp_surprise, insp_entropy, insp_table, insp_dist, insp_pixel_text, insp_row,
                         insp_col]
         insp_run.click(gpu(studio.inspect), [insp_model, insp_image, insp_class], insp_outputs, api_name="inspect",
                        preprocess=False, show_progress_on=[insp_table])
@@ -287,7 +283,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             shown.select(studio.select_pixel, [insp_model], [insp_row, insp_col], api_name=f"select_pixel_{k}",
                          api_visibility="undocumented", show_progress="hidden", queue=False).then(
                 gpu(studio.pixel), [insp_model, insp_image, insp_class, insp_row, insp_col],
-                [*insp_dists, insp_pixel_text], api_name="pixel" if k == 0 else f"pixel_{k}",
+                [insp_dist, insp_pixel_text], api_name="pixel" if k == 0 else f"pixel_{k}",
                 api_visibility="public" if k == 0 else "undocumented", preprocess=False, show_progress="hidden")
 
         zip_run.click(gpu(studio.compress), [zip_model, zip_image, zip_class], [zip_table, zip_file, zip_status],

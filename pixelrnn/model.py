@@ -38,6 +38,20 @@ def bits_per_dim(nats: Tensor | float, dims: int) -> Tensor | float:
     return nats / (dims * math.log(2))
 
 
+def _load_checked(cls: type, name_or_path: str, *, device: str | torch.device = "cpu") -> nn.Module:
+    """`from_pretrained` of both model classes: `pixelrnn.load`'s one checked path (config validated, weights from
+    model.safetensors only, every tensor matched strictly), and a clear error for a checkpoint of the other class.
+    (The Hub mixin's own loader would load with strict=False, fall back to pickle files, and build a PixelRNN
+    from a Multi-Scale config with none of the file's weights.)"""
+    from pixelrnn.hub import CheckpointError, load
+
+    model = load(name_or_path, device)
+    if not isinstance(model, cls):
+        raise CheckpointError(f"{name_or_path} holds a {type(model).__name__}, not a {cls.__name__}: load it with "
+                              f"pixelrnn.load or {type(model).__name__}.from_pretrained")
+    return model
+
+
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -53,6 +67,8 @@ class PixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn", tags=HU
     when set; cond_channels: width of a conditioning map added as a bias in every layer
     (the large model of the Multi-Scale PixelRNN, Sec. 3.6).
     """
+
+    from_pretrained = classmethod(_load_checked)
 
     def __init__(
         self,
@@ -180,6 +196,8 @@ class MultiScalePixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn
     the large model scores only the pixels that the small image leaves open, exactly what
     the sampler draws.
     """
+
+    from_pretrained = classmethod(_load_checked)
 
     def __init__(
         self,

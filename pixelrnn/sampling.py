@@ -306,32 +306,35 @@ def _levels(model: Model) -> int:
 
 
 def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: Tensor | None, temperature: float,
-              generator: torch.Generator, method: str, every: int, particles: int, stage: str) -> Iterator[Step]:
+              generator: torch.Generator, method: str, every: int, particles: int, stage: str,
+              scored: Tensor | None = None) -> Iterator[Step]:
     """Fill the True pixels of `mask` in x (N, C, H, W) in raster order, in place; yield progress.
 
     particles > 1: x holds groups of `particles` consecutive images that share one target;
-    after each row they are weighted by the model's probability of that row's known pixels
-    and resampled when the effective sample size falls below particles / 2 (SMC).
+    after each row they are weighted by the model's (tempered) probability of that row's known
+    pixels that are `scored` (default: every known pixel; a Multi-Scale model's large stage
+    does not score the pixels its small image fixed) and resampled when the effective sample
+    size falls below particles / 2 (SMC).
     """
     n, channels, height, width = x.shape
     stepper = (CachedStepper if method == "cached" else ReferenceStepper)(model, x, y, cond)
     uniforms = torch.rand(height, width, channels, n, generator=generator).to(x.device)
-    done = torch.zeros(height, width, dtype=torch.bool, device=x.device)
+    done = ~mask  # pixels that are final: the known ones from the start
     log_weights = torch.zeros(n, dtype=torch.float64, device=x.device)
     ess_trace: list[Tensor] = []
-    fill = mask.tolist()
+    fill, score = mask.tolist(), (~mask if scored is None else scored).tolist()
     for r in range(height):
         for j in range(width):
             if fill[r][j]:
                 probs = []  # per channel (N, levels), stacked only when reported
                 for c in range(channels):  # R, then G given R, then B given R and G
-                    channel_probs = tempered_probs(stepper.logits(x, r, j)[:, :, c], temperature)
+                    channel_probs = tempered_log_probs(stepper.logits(x, r, j)[:, :, c], temperature).exp()
                     cdf = channel_probs.cumsum(1)
                     x[:, c, r, j] = torch.searchsorted(cdf, uniforms[r, j, c, :, None] * cdf[:, -1:])[:, 0]
                     probs.append(channel_probs)
             else:  # a known pixel: one pass scores all its channels (channel c sees only channels < c)
-                probs = torch.log_softmax(stepper.logits(x, r, j).float(), dim=1)  # (N, levels, C)
-                if particles > 1:
+                probs = tempered_log_probs(stepper.logits(x, r, j), temperature)  # (N, levels, C)
+                if particles > 1 and score[r][j]:
                     log_weights += probs.gather(1, x[:, None, :, r, j]).sum((1, 2)).double()
             done[r, j] = True
             if every and (r * width + j + 1) % every == 0:
@@ -345,9 +348,12 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
         yield Step(x.clone(), (height - 1, width - 1), _probs(probs), done.clone(), stage, list(ess_trace))
 
 
-def tempered_probs(logits: Tensor, temperature: float) -> Tensor:
-    """softmax(logits / temperature) over dim 1, in float32, finite for every positive temperature.
+def tempered_log_probs(logits: Tensor, temperature: float) -> Tensor:
+    """log_softmax(logits / temperature) over dim 1, in float32, finite or -inf for every positive temperature.
 
+    Every sub-pixel, drawn or scored, uses these conditionals: the sampler's target is the *tempered model*,
+    p_T(x) = prod_i softmax(logits_i / T)[x_i], a normalised autoregressive model (at T = 1 the model itself),
+    and SMC completion conditions p_T on the known pixels.
     Dividing float32 logits by a tiny temperature overflows (at t = 1e-40, logits / t is inf and softmax NaN).
     Here the largest logit is subtracted first, in float64, where no positive temperature rounds to 0:
     (l - max) / t is 0 for the largest logit and at worst -inf, whose exp is 0, for the others. A tiny
@@ -355,7 +361,7 @@ def tempered_probs(logits: Tensor, temperature: float) -> Tensor:
     """
     shifted = logits.double()
     shifted = shifted - shifted.amax(1, keepdim=True)
-    return torch.softmax(shifted / temperature, dim=1).float()
+    return torch.log_softmax(shifted / temperature, dim=1).float()
 
 
 def _check_levels(x: Tensor, levels: int, r: int, stop: int) -> None:
@@ -415,7 +421,7 @@ def _sample_steps(model: Model, n: int = 1, y=None, image=None, mask=None, tempe
         generator.manual_seed(seed)
     if particles > 1:
         x, labels = x.repeat_interleave(particles, 0), None if labels is None else labels.repeat_interleave(particles)
-    cond = None
+    cond = scored = None
     if multiscale:  # Sec. 3.6: the small image first, then the full image given it
         small, small_fill = model.downsample(x).clone(), model.downsample(fill)
         for step in _generate(model.small, small, small_fill, labels, None, temperature, generator, method,
@@ -423,10 +429,12 @@ def _sample_steps(model: Model, n: int = 1, y=None, image=None, mask=None, tempe
             if every:
                 yield _first_particles(step, n, particles)
         x[..., :: model.factor, :: model.factor] = small
-        fill = fill.clone()
-        fill[:: model.factor, :: model.factor] = False  # the small image fixes those pixels
+        open_pixels = model.open_pixels(large.height, large.width, device)
+        scored = ~fill & open_pixels  # log p(x) has no large-model term for the pixels the small image fixes
+        fill = fill & open_pixels
         cond = model.condition(small)
-    for step in _generate(large, x, fill, labels, cond, temperature, generator, method, every, particles, "full"):
+    for step in _generate(large, x, fill, labels, cond, temperature, generator, method, every, particles, "full",
+                          scored):
         yield _first_particles(step, n, particles)
 
 
@@ -436,10 +444,14 @@ def sample_steps(model: Model, n: int = 1, y=None, image=None, mask=None, temper
     """Generate (or complete) n images, yielding a `Step` every `every` pixels and at the end.
 
     image (C, H, W) or (n, C, H, W) with mask (H, W) bool, True = to fill: completion; known
-    pixels never change. particles > 1: context-aware completion by SMC, where each image
-    is the pick of `particles` particles weighted by all the known pixels (Step.ess).
+    pixels never change. Plain completion draws each unknown pixel given the pixels before it;
+    particles > 1: context-aware completion by SMC, where each image is the pick of `particles`
+    particles weighted by all the known pixels (Step.ess), which approaches the posterior
+    p(unknown | known) as particles grow.
     temperature: any positive finite number; every level is drawn from softmax(logits / temperature)
-    computed without overflow (`tempered_probs`), so tiny temperatures give the most likely levels.
+    computed without overflow (`tempered_log_probs`), so tiny temperatures give the most likely levels.
+    The target is the tempered model p_T (each conditional tempered): SMC weighs the known pixels with
+    the same tempered conditionals, so it targets p_T(unknown | known), at T = 1 the model's posterior.
     The last Step's image is the result; its levels always lie in [0, levels).
     """
     steps = _sample_steps(model, n, y, image, mask, temperature, seed, method, every, particles)

@@ -1,4 +1,5 @@
 import contextlib
+import re
 import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 import pixelrnn
+from pixelrnn.ui.inspect_tab import TRUE_ORANGE
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +59,13 @@ def running_app(checkpoints: Path, hub_models: Iterable[str] = ()) -> Iterator[s
         yield f"http://127.0.0.1:{port}"
     finally:
         demo.close()
+
+
+def chart_bars(html: str) -> tuple[tuple[int, int], list[list[tuple[int, float, bool]]]]:
+    """The Inspect chart's (row, col) and, per channel, its bars (level, probability, is the true value)."""
+    where = re.search(r'data-row="(\d+)" data-col="(\d+)"', html)
+    channels = []
+    for figure in html.split('<figure')[1:]:
+        bars = re.findall(r'<rect data-level="(\d+)" data-p="([^"]+)"[^>]* fill="([^"]+)"', figure)
+        channels.append([(int(v), float(p), fill == TRUE_ORANGE) for v, p, fill in bars])
+    return (int(where[1]), int(where[2])), channels

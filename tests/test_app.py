@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import running_app, save_tiny_checkpoints
+from conftest import chart_bars, running_app, save_tiny_checkpoints
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -232,21 +232,20 @@ def test_full_mask_equals_generation(server, client, files, checkpoints):
 
 
 def test_inspect_and_pixel(server, client, files):
-    view, surprise, entropy, table, *plots, text, row, _ = client.predict(
+    view, surprise, entropy, table, chart, text, row, col = client.predict(
         "tiny-bin", handle_file(str(files["rgb"])), None, api_name=INSPECT)
-    assert len(plots) == 2 * ui.DISTRIBUTION_PLOTS and plots[0]["visible"] and not plots[1]["visible"]
+    assert chart_bars(chart)[0] == (row, col)
     scale = ui.inspect_scale(28, 28)
     assert fetch(server, view).shape == (28 * scale, 28 * scale, 3)
     assert fetch(server, surprise).shape == (28 * scale + ui.LEGEND_PX, 28 * scale, 3)
     assert fetch(server, entropy).shape == (28 * scale + ui.LEGEND_PX, 28 * scale, 3)
     assert "tiny-bin" in table and "bits/dim" in table and "Most surprising" in text and 0 <= row < 28
-    *plots, text = client.predict("tiny-bin", handle_file(str(files["rgb"])), None, 4, 7, api_name=PIXEL)
-    assert "row 4, col 7" in text
-    rows = plots[0]["value"]["data"]  # binary: one labelled bar per level, the true value marked
-    assert [level for level, _, _ in rows] == ["0", "1"] and sum(p for _, p, _ in rows) == pytest.approx(1, abs=1e-6)
-    true_p = [p for _, p, bar in rows if bar == "true value"]
+    chart, text = client.predict("tiny-bin", handle_file(str(files["rgb"])), None, 4, 7, api_name=PIXEL)
+    where, [bars] = chart_bars(chart)  # binary: one bar per level, the true value marked
+    assert "row 4, col 7" in text and where == (4, 7)
+    assert [v for v, _, _ in bars] == [0, 1] and sum(p for _, p, _ in bars) == pytest.approx(1, abs=1e-5)
+    true_p = [p for _, p, marked in bars if marked]
     assert len(true_p) == 1 and f"surprise {-np.log2(true_p[0]):.2f} bits" in text
-    assert not any(plot["visible"] for plot in plots[1:])
     table = client.predict("tiny-rgb", handle_file(str(files["palette"])), ui.AUTO_CLASS, api_name=INSPECT)[3]
     assert "most likely class" in table
     with pytest.raises(Exception, match="not an image"):
@@ -275,7 +274,7 @@ def test_eight_concurrent_clients_get_their_own_samples(server, checkpoints):
         except BaseException as err:  # noqa: BLE001 - reported below
             errors.append(err)
 
-    threads = [threading.Thread(target=one, args=(100 + k,)) for k in range(8)]
+    threads = [threading.Thread(target=one, args=(100 + k,), daemon=True) for k in range(8)]
     for t in threads:
         t.start()
     for t in threads:

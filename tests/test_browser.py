@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import running_app, save_tiny_checkpoints
+from conftest import chart_bars, running_app, save_tiny_checkpoints
 
 from pixelrnn import ui
 
@@ -26,8 +25,13 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with running_app(save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"), multiscale=True)) as url:
+def checkpoints(tmp_path_factory):
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"), multiscale=True)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints):
+    with running_app(checkpoints) as url:
         yield url
 
 
@@ -87,6 +91,23 @@ def test_generate(page):
     page.screenshot(path=SCREENSHOTS / "generate.png", full_page=True)
 
 
+def test_generate_with_a_blank_seed_gives_new_images_each_time(page):
+    """Defect: the seed box said "blank: random" but held 0, so every click drew the same images."""
+    assert page.locator("#gen-seed input").input_value() == ""
+    set_slider(page, "gen-pace", 0)
+    seeds, images = [], []
+    for _ in range(2):
+        before = page.evaluate("document.querySelector('#gen-status')?.innerText ?? ''")
+        page.click("#gen-run")
+        page.wait_for_function(f"(s => s.startsWith('Generated 4 samples') && s !== {before!r})"
+                               "(document.querySelector('#gen-status')?.innerText ?? '')")
+        status = page.locator("#gen-status").inner_text()
+        seeds.append(status.split("(seed ")[1].split(",")[0])
+        images.append(page.evaluate("fetch(document.querySelector('#gen-image img').src).then(r => r.arrayBuffer())"
+                                    ".then(b => Array.from(new Uint8Array(b)).join(','))"))
+    assert seeds[0] != seeds[1] and images[0] != images[1]
+
+
 def test_stop_cancels_a_stream(page):
     set_slider(page, "gen-pace", 10)
     page.click("#gen-run")
@@ -124,29 +145,37 @@ def test_upload_paint_and_complete(page):
     page.screenshot(path=SCREENSHOTS / "complete.png", full_page=True)
 
 
-def test_inspect_and_click_a_pixel(page):
+def click_pixel(page, elem_id: str, row: int, col: int) -> None:
+    """Click the centre of model pixel (row, col) of a 28x28 Inspect map (its colour bar adds height below)."""
+    image = page.locator(f"#{elem_id} img")
+    image.wait_for(state="visible")
+    box = image.bounding_box()
+    image.click(position={"x": box["width"] * (col + 0.5) / 28, "y": box["width"] * (row + 0.5) / 28})
+
+
+def shown_chart(page) -> str:
+    return page.evaluate("document.querySelector('#insp-dist #pixel-dist-data')?.outerHTML ?? ''")
+
+
+def test_inspect_shows_the_clicked_pixels_distribution_every_time(page, checkpoints):
+    """Defect: after a click on pixel A then on B, the text named B while the bars still showed A's distribution."""
     page.get_by_role("tab", name="Inspect").click()
     page.wait_for_selector("#insp-image input[type=file]", state="attached")
     page.locator("#insp-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_2.png"))
     page.wait_for_function("document.querySelector('#insp-table')?.innerText.includes('bits/dim')")
     page.wait_for_function("document.querySelector('#insp-pixel-text')?.innerText.includes('Most surprising')")
-    image = page.locator("#insp-surprise img")
-    image.wait_for(state="visible")
-    box = image.bounding_box()
-    # the map is 28 model pixels wide (plus a colour bar below): click the centre of pixel (row 3, col 20)
-    body_height = box["width"]  # square map; the legend adds height below it
-    image.click(position={"x": box["width"] * 20.5 / 28, "y": body_height * 3.5 / 28})
-    page.wait_for_function("document.querySelector('#insp-pixel-text')?.innerText.includes('Pixel (row 3, col 20)')")
+    studio = ui.Studio(ui.Registry(checkpoints, device="cpu"))
+    for row, col in ((3, 20), (14, 9), (20, 14)):  # three different pixels, one after the other
+        click_pixel(page, "insp-surprise", row, col)
+        page.wait_for_function("document.querySelector('#insp-pixel-text')?.innerText"
+                               f".includes('Pixel (row {row}, col {col})')")
+        page.wait_for_function(f"document.querySelector('#insp-dist #pixel-dist-data')?.dataset.row === '{row}'"
+                               f" && document.querySelector('#insp-dist #pixel-dist-data')?.dataset.col === '{col}'")
+        expected, _ = studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_2.png", None, row, col)
+        assert chart_bars(shown_chart(page)) == chart_bars(expected)  # the bars are this pixel's, not the last one's
     assert "Most surprising" not in page.locator("#insp-pixel-text").inner_text()
-    plot = page.locator("#insp-dist-few-0 svg").first  # the binary model's distribution: a native bar plot
-    plot.wait_for(state="visible")
-    box = plot.bounding_box()
-    tooltip = page.locator("#vg-tooltip-element")
-    for x, y in ((x, y) for y in (0.6, 0.45, 0.3) for x in np.linspace(0.1, 0.9, 17)):
-        page.mouse.move(box["x"] + box["width"] * x, box["y"] + box["height"] * y)  # until a bar's tooltip shows
-        if tooltip.count() and "probability" in tooltip.inner_text():
-            break
-    assert "probability" in tooltip.inner_text() and "level" in tooltip.inner_text()
+    bar = page.locator("#insp-dist rect").first
+    assert "probability" in bar.locator("title").text_content()  # each bar says its value on hover
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "inspect.png", full_page=True)
 

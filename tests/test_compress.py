@@ -45,7 +45,7 @@ def test_decoding_row_by_row_from_other_threads(factor):
         steps.append(next(rows, None))
 
     while not steps or steps[-1] is not None:
-        thread = threading.Thread(target=resume)
+        thread = threading.Thread(target=resume, daemon=True)
         thread.start()
         thread.join()
     expected = [(0, r) for r in range(3)] + [(1, r) for r in range(6)] if factor else [(0, r) for r in range(6)]

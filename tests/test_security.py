@@ -27,7 +27,7 @@ from conftest import running_app, save_tiny_checkpoints
 import pixelrnn
 from pixelrnn import ui
 
-PROMPT_S = 5.0  # an error answer must come within this many seconds
+PROMPT_S = 10.0  # an answer that must not wait for a download or a retry (20+ s) comes within this, even on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_a_named_server_path_gives_one_generic_error_promptly(server, planted, a
 def test_uploads_and_examples_still_work(server):
     """The control for the test above: an example image (the app's allowed folder) is read."""
     event, outputs, _ = call(server, "inspect", ["tiny-bin", {"path": str(ui.ASSETS_DIR / "mnist_7.png")}, None])
-    assert event == "complete" and "Most surprising pixel" in outputs[4 + 2 * ui.DISTRIBUTION_PLOTS]
+    assert event == "complete" and "Most surprising pixel" in outputs[5]
 
 
 # --- 2. sampling is numerically safe at any accepted temperature --------------------------------------------------
@@ -317,7 +317,8 @@ def test_a_local_model_is_served_while_a_hub_download_stalls(hub_env, tmp_path, 
     hub_env.stall()
     with running_app(save_tiny_checkpoints(tmp_path / "checkpoints", rgb=False), ["user/tiny-rgb"]) as server:
         card: list = []
-        thread = threading.Thread(target=lambda: card.append(call(server, "model_card", ["user/tiny-rgb"], 60)))
+        thread = threading.Thread(target=lambda: card.append(call(server, "model_card", ["user/tiny-rgb"], 60)),
+                                  daemon=True)
         thread.start()
         deadline = time.monotonic() + 10
         while hub_env.count("GET") == 0 and time.monotonic() < deadline:  # the download has started, and stalls
@@ -340,23 +341,30 @@ def test_a_local_model_is_served_while_a_hub_download_stalls(hub_env, tmp_path, 
 
 def test_one_long_job_cannot_starve_short_ones(server, monkeypatch):
     """Defect: two long jobs occupied both sampling slots, and a 1-sample generate waited for them (95 s in the
-    probe). Here "long" is lowered to 1,000 pixel samples and the long jobs are slowed by a 4 s animation."""
+    probe). Here "long" is lowered to 1,000 pixel samples and the long jobs are slowed by a 4 s animation. Asserted
+    as an order of events, not a time a busy machine could miss: the short job ends before the long one it ran
+    beside, and the refused long job is answered before the short one even starts."""
     monkeypatch.setattr(ui.base, "LONG_WORK", 1_000)
     long_jobs: list = []
-    threads = [threading.Thread(target=lambda: long_jobs.append(call(server, "generate",
-                                                                    ["tiny-bin", None, 2, 1.0, 0, 4.0])))
-               for _ in range(2)]
+
+    def long_job() -> None:
+        long_jobs.append((*call(server, "generate", ["tiny-bin", None, 2, 1.0, 0, 4.0]), time.monotonic()))
+
+    threads = [threading.Thread(target=long_job, daemon=True) for _ in range(2)]  # daemons: a failure cannot hang
     for thread in threads:
         thread.start()
     time.sleep(0.5)
-    event, _, seconds = call(server, "generate", ["tiny-bin", None, 1, 1.0, 0, 0])  # 784 pixel samples
-    assert event == "complete" and seconds < 2.5, seconds
+    refused_before_short = [job[0] for job in long_jobs]
+    event, _, _ = call(server, "generate", ["tiny-bin", None, 1, 1.0, 0, 0])  # 784 pixel samples
+    short_done = time.monotonic()
+    assert event == "complete"
     for thread in threads:
-        thread.join(timeout=30)
+        thread.join(timeout=60)
     assert sorted(job[0] for job in long_jobs) == ["complete", "error"]
     message = next(job[1] for job in long_jobs if job[0] == "error")
     assert "Another large request is running" in message and "fewer samples" in message
-    assert min(job[2] for job in long_jobs) < 2.0  # refused at once, not queued
+    assert refused_before_short == ["error"]  # refused at once, not queued behind the other
+    assert short_done < next(job[3] for job in long_jobs if job[0] == "complete")
 
 
 def test_requests_above_the_work_budget_are_refused(server, monkeypatch):

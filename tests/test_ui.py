@@ -12,7 +12,7 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from conftest import save_tiny_checkpoints
+from conftest import chart_bars, save_tiny_checkpoints
 from PIL import Image
 
 import pixelrnn
@@ -247,19 +247,17 @@ def test_rendering_shapes():
     assert ui.colormap(np.array([0.0, 1.0]), 1.0).tolist() == [list(ui.VIRIDIS[0]), list(ui.VIRIDIS[-1])]
 
 
-def test_distribution_plots_mark_the_true_value_per_channel():
+def test_distribution_chart_shows_every_level_and_marks_the_true_value_per_channel():
     probs = np.random.default_rng(0).dirichlet(np.ones(256), 3).T  # (levels, C)
-    plots = ui.distribution_plots(probs, [7, 128, 255])
-    few, many = plots[: ui.DISTRIBUTION_PLOTS], plots[ui.DISTRIBUTION_PLOTS :]
-    assert not any(plot.visible for plot in few) and all(plot.visible for plot in many)
-    assert [plot.title.split(":")[0] for plot in many] == ["R", "G", "B"] and "true value 128" in many[1].title
-    table = ui.distribution_table(probs[:, 1], 128)
-    assert table["level"].tolist() == list(range(256)) and np.allclose(table["probability"], probs[:, 1])
-    assert table.index[table["bar"] == "true value"].tolist() == [128]
-    labels = ui.distribution_table(np.full(12, 1 / 12), 3, labelled=True)["level"].tolist()
-    assert labels == sorted(labels) and labels[:2] == ["00", "01"]  # labels sort in level order
-    plots = ui.distribution_plots(np.array([[0.9], [0.1]]), [1])
-    assert [plot.visible for plot in plots] == [True] + [False] * 5 and "p = 0.1" in plots[0].title
+    html = ui.distribution_html(probs, [7, 128, 255], 4, 9)
+    where, channels = chart_bars(html)
+    assert where == (4, 9) and len(channels) == 3 and "G: true value 128" in html
+    for c, true in enumerate((7, 128, 255)):
+        assert [v for v, _, _ in channels[c]] == list(range(256))
+        assert np.allclose([p for _, p, _ in channels[c]], probs[:, c], rtol=1e-5)
+        assert [v for v, _, marked in channels[c] if marked] == [true]
+    _, [bars] = chart_bars(ui.distribution_html(np.array([[0.9], [0.1]]), [1], 0, 0))
+    assert bars == [(0, 0.9, False), (1, 0.1, True)]
 
 
 def test_click_to_pixel():
@@ -310,7 +308,7 @@ def test_sampler_resumes_on_other_threads(studio):
         except Exception as err:  # noqa: BLE001 - reported below
             errors.append(err)
 
-    thread = threading.Thread(target=finish)
+    thread = threading.Thread(target=finish, daemon=True)
     thread.start()
     thread.join()
     assert not errors and first.done.sum() == 97 and rest[-1].done.all()
@@ -444,21 +442,24 @@ def test_complete_keeps_known_pixels_with_smc(studio):
 
 
 def test_inspect_and_pixel(studio):
-    view, surprise, _, table, *plots, text, row, _ = studio.inspect("tiny-bin", ui.ASSETS_DIR / "mnist_7.png")
-    assert len(plots) == 2 * ui.DISTRIBUTION_PLOTS
+    view, surprise, _, table, chart, text, row, col = studio.inspect("tiny-bin", ui.ASSETS_DIR / "mnist_7.png")
+    assert chart_bars(chart)[0] == (row, col)
     scale = ui.inspect_scale(28, 28)
     assert view.shape == (28 * scale, 28 * scale, 3) and surprise.shape[0] == 28 * scale + ui.LEGEND_PX
     assert "tiny-ms" in table and "no-weights" in table and "bits/dim" in table  # every model of the same format
     assert "tiny-rgb" not in table and "Most surprising pixel" in text and 0 <= row < 28
-    *plots, text = studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 3, 4)
-    assert "row 3, col 4" in text and [plot.visible for plot in plots] == [True] + [False] * 5
+    chart, text = studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 3, 4)
+    (where, [bars]) = chart_bars(chart)
+    maps = pixelrnn.likelihood_maps(studio.registry.load("tiny-bin"),
+                                    torch.from_numpy(ui.prepare_image(ui.ASSETS_DIR / "mnist_7.png", BIN).pixels))
+    assert "row 3, col 4" in text and where == (3, 4)
+    assert np.allclose([p for _, p, _ in bars], maps["probs"][:, 0, 3, 4].numpy(), rtol=1e-5)
     with pytest.raises(gr.Error, match="Row"):
         studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 28, 0)
     _, _, _, table, *_ = studio.inspect("tiny-rgb", ui.ASSETS_DIR / "cifar_cat.png", ui.AUTO_CLASS)
     assert "most likely class" in table
-    view, _, _, table, *plots, text, row, col = studio.inspect_changed("tiny-bin", None)  # the image was removed
-    assert view is None and table is None and text is None and row is None and col is None
-    assert len(plots) == 2 * ui.DISTRIBUTION_PLOTS and not any(plot.visible for plot in plots)
+    view, _, _, table, chart, text, row, col = studio.inspect_changed("tiny-bin", None)  # the image was removed
+    assert view is None and table is None and chart is None and text is None and row is None and col is None
 
 
 def test_model_card(studio):

@@ -16,7 +16,7 @@ import gradio as gr
 
 from pixelrnn.images import center_crop_box, quantize, tile, to_rgb, upscale
 from pixelrnn.ui.cards import models_table
-from pixelrnn.ui.inspect_tab import DISTRIBUTION_PLOTS, PLOT_BINS, distribution_plots
+from pixelrnn.ui.inspect_tab import distribution_html
 from pixelrnn.ui.params import (
     AUTO_CLASS,
     MODES,
@@ -31,12 +31,10 @@ from pixelrnn.ui.pictures import (
     CURSOR_RGB,
     LEGEND_PX,
     PENDING_RGB,
-    PLOT_COLOURS,
     VIRIDIS,
     click_to_pixel,
     colormap,
     display_scale,
-    distribution_table,
     grid_scale,
     inspect_scale,
     masked_original,
@@ -69,7 +67,6 @@ __all__ = [
     "ASSETS_DIR",
     "AUTO_CLASS",
     "CURSOR_RGB",
-    "DISTRIBUTION_PLOTS",
     "LEGEND_PX",
     "LOAD_WAIT_S",
     "MAX_COMPLETIONS",
@@ -78,8 +75,6 @@ __all__ = [
     "MAX_UPLOAD_BYTES",
     "MODES",
     "PENDING_RGB",
-    "PLOT_BINS",
-    "PLOT_COLOURS",
     "REPO_ROOT",
     "SAMPLING_SLOTS",
     "VIRIDIS",
@@ -94,8 +89,7 @@ __all__ = [
     "click_to_pixel",
     "colormap",
     "display_scale",
-    "distribution_plots",
-    "distribution_table",
+    "distribution_html",
     "editor_parts",
     "example_images",
     "extract_mask",

@@ -13,34 +13,42 @@ from pixelrnn.ui.base import StudioBase
 from pixelrnn.ui.cards import Analysis, model_title
 from pixelrnn.ui.errors import user_errors
 from pixelrnn.ui.params import parse_int
-from pixelrnn.ui.pictures import channel_names, click_to_pixel, distribution_table, inspect_scale, render_heatmap
+from pixelrnn.ui.pictures import channel_names, click_to_pixel, inspect_scale, render_heatmap
 from pixelrnn.ui.uploads import ModelSpec
 
-DISTRIBUTION_PLOTS = 3  # native bar plots of a pixel's distribution per kind, one per channel (grey uses the first)
-FEW_LEVELS = 16  # up to this many levels, one labelled bar per level; more, a numeric axis with a bar per level
-PLOT_BINS = {"few": None, "many": 1}  # the two kinds of distribution plot in output order, with their x_bin
+BAR_GREY, TRUE_ORANGE = "#5a5a5a", "#f58200"  # bars: predicted; the pixel's true value
+PLOT_W, PLOT_H, AXIS_H = 560, 150, 18  # one channel's chart, in SVG units (it scales to the page's width)
 
 
-def distribution_plots(probs: np.ndarray, true: list[int]) -> list[gr.BarPlot]:
-    """(levels, C) probabilities of one pixel -> updates of 2 x DISTRIBUTION_PLOTS bar plots, the labelled ones
-    (few levels) then the numeric ones (many levels): one per channel, titled with its name, true value and most
-    likely value, the true value in its own colour; the others hidden. Two kinds of plot, because Gradio's plot
-    does not redraw reliably when an update changes its binning."""
+def distribution_html(probs: np.ndarray, true: list[int], row: int, col: int) -> str:
+    """(levels, C) probabilities of pixel (row, col) -> an HTML block with one SVG bar chart per channel.
+
+    Drawn here rather than by a native plot: the page shows exactly the data of the pixel it names (Gradio's
+    bar plot could keep drawing the previous pixel's bars). Each bar says its level and probability on hover
+    (an SVG <title>) and carries them as data attributes; the true value's bar is orange."""
     levels, channels = probs.shape
-    labelled = levels <= FEW_LEVELS
     names = channel_names(channels)
-    shown = []
+    charts = []
     for c in range(channels):
-        p, likely = probs[:, c], int(probs[:, c].argmax())
-        title = f"{names[c]}: true value {true[c]} (p = {p[true[c]]:.3g}), most likely {likely} (p = {p[likely]:.3g})"
-        shown.append(gr.BarPlot(distribution_table(p, true[c], labelled), title=title, visible=True))
-    shown += hidden_plots(DISTRIBUTION_PLOTS - channels)
-    return shown + hidden_plots(DISTRIBUTION_PLOTS) if labelled else hidden_plots(DISTRIBUTION_PLOTS) + shown
-
-
-def hidden_plots(n: int = 2 * DISTRIBUTION_PLOTS) -> list[gr.BarPlot]:
-    """Updates that empty and hide n distribution plots."""
-    return [gr.BarPlot(None, visible=False) for _ in range(n)]
+        p, likely = probs[:, c].astype(np.float64), int(probs[:, c].argmax())
+        top, width = max(float(p.max()), 1e-12), PLOT_W / levels
+        bars = []
+        for v in range(levels):
+            height = (PLOT_H - 14) * p[v] / top
+            colour = TRUE_ORANGE if v == true[c] else BAR_GREY
+            bars.append(f'<rect data-level="{v}" data-p="{p[v]:.6g}" x="{v * width:.2f}" y="{PLOT_H - height:.2f}" '
+                        f'width="{max(width - (1 if levels <= 64 else 0), 0.5):.2f}" height="{height:.2f}" '
+                        f'fill="{colour}"><title>level {v}: probability {p[v]:.4g}</title></rect>')
+        ticks = range(levels) if levels <= 16 else (0, levels // 4, levels // 2, 3 * levels // 4, levels - 1)
+        labels = [f'<text x="{(v + 0.5) * width:.1f}" y="{PLOT_H + 13}" font-size="11" text-anchor="middle" '
+                  f'fill="#5a5a5a">{v}</text>' for v in ticks]
+        title = (f"{names[c]}: true value {true[c]} (p = {p[true[c]]:.3g}, orange), most likely {likely} "
+                 f"(p = {p[likely]:.3g})")
+        charts.append(f'<figure class="pixel-dist" data-channel="{c}" style="margin:0 0 8px 0">'
+                      f'<figcaption style="font-size:0.9em">{title}</figcaption>'
+                      f'<svg viewBox="0 0 {PLOT_W} {PLOT_H + AXIS_H}" width="100%" role="img" '
+                      f'aria-label="{title}">{"".join(bars)}{"".join(labels)}</svg></figure>')
+    return f'<div id="pixel-dist-data" data-row="{row}" data-col="{col}">{"".join(charts)}</div>'
 
 
 class InspectTab(StudioBase):
@@ -74,8 +82,8 @@ class InspectTab(StudioBase):
 
     @user_errors
     def inspect(self, model_name: str, image: Any, class_label: Any = None) -> tuple:
-        """Likelihood of an image: (model's view, surprise map, entropy map, NLL table, the distribution plots of the
-        most surprising pixel (one per channel), its description, row, col)."""
+        """Likelihood of an image: (model's view, surprise map, entropy map, NLL table, the distribution of the
+        most surprising pixel (a bar chart per channel, as HTML), its description, row, col)."""
         spec, analysis = self._analysis(model_name, image, class_label)
         scale = inspect_scale(spec.height, spec.width)
         view = upscale(to_rgb(analysis.pixels, spec.levels), scale)
@@ -85,8 +93,8 @@ class InspectTab(StudioBase):
         if analysis.notes:
             table += f"\n\nInput: {'; '.join(analysis.notes)}."
         r, c = np.unravel_index(int(analysis.maps["nll_bits"].sum(0).argmax()), (spec.height, spec.width))
-        *plots, text = self._pixel_view(spec, analysis, int(r), int(c))
-        return view, surprise, entropy, table, *plots, "Most surprising pixel. " + text, int(r), int(c)
+        chart, text = self._pixel_view(spec, analysis, int(r), int(c))
+        return view, surprise, entropy, table, chart, "Most surprising pixel. " + text, int(r), int(c)
 
     def _pixel_view(self, spec: ModelSpec, analysis: Analysis, r: int, c: int) -> tuple:
         probs = analysis.maps["probs"][:, :, r, c]  # (levels, C)
@@ -96,12 +104,12 @@ class InspectTab(StudioBase):
         value = true[0] if spec.channels == 1 else "(" + ", ".join(str(v) for v in true) + ")"
         text = (f"Pixel (row {r}, col {c}) = {value}: surprise {nll:.2f} bits, entropy of the prediction "
                 f"{entropy:.2f} bits. Below: its predictive distribution given the pixels before it (hover a bar).")
-        return *distribution_plots(probs, true), text
+        return distribution_html(probs, true, r, c), text
 
     @user_errors
     def pixel(self, model_name: str, image: Any, class_label: Any = None, row: Any = 0, col: Any = 0) -> tuple:
-        """The predictive distribution of one pixel (row, col in model pixels): (a bar plot per channel, its
-        description)."""
+        """The predictive distribution of one pixel (row, col in model pixels): (a bar chart per channel, as
+        HTML; its description)."""
         self._threads()
         spec, analysis = self._analysis(model_name, image, class_label)
         r = parse_int(row, "Row", 0, spec.height - 1)

@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from cmap import Colormap
 from PIL import Image, ImageDraw, ImageFont
 
@@ -136,19 +135,6 @@ def render_distribution(probs: np.ndarray, marked: Iterable[int] | None = None, 
             label += f" · marked {value} (p={p[value]:.3f})"
         draw.text((left, top - 13), label, fill=(40, 40, 40), font=font(11))
     return np.asarray(image)
-
-
-PLOT_COLOURS = {"predicted": "#5a5a5a", "true value": "#f58200"}  # bar colours of a native distribution plot
-
-
-def distribution_table(probs: np.ndarray, marked: int | None = None, labelled: bool = False) -> pd.DataFrame:
-    """One channel's predictive distribution, (levels,) probabilities, as the rows of a native bar plot:
-    level, probability, and `bar` ("true value" for the level `marked`, else "predicted"). `labelled`: the levels
-    are labels ("0", "1", ...; zero-padded so they sort in order), for a plot of few wide bars."""
-    levels = np.arange(len(probs))
-    level = [str(v).zfill(len(str(levels[-1]))) for v in levels] if labelled else levels
-    return pd.DataFrame({"level": level, "probability": np.asarray(probs, dtype=np.float64),
-                         "bar": np.where(levels == marked, "true value", "predicted")})
 
 
 def colormap(values: np.ndarray, vmax: float) -> np.ndarray:

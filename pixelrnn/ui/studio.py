@@ -11,7 +11,7 @@ import numpy as np
 from pixelrnn.ui.cards import model_card
 from pixelrnn.ui.compress_tab import CompressTab
 from pixelrnn.ui.errors import user_errors
-from pixelrnn.ui.inspect_tab import InspectTab, hidden_plots
+from pixelrnn.ui.inspect_tab import InspectTab
 from pixelrnn.ui.sampling import SamplingTabs
 from pixelrnn.ui.settings import ASSETS_DIR
 
@@ -21,8 +21,8 @@ class Studio(SamplingTabs, InspectTab, CompressTab):
 
     # -- runs when an input changes: on an image, else the outputs are emptied --
     def inspect_changed(self, model_name: str, image: Any, class_label: Any = None) -> tuple:
-        if image is None:  # view, surprise, entropy, table, the plots, text, row, col
-            return (None,) * 4 + (*hidden_plots(),) + (None,) * 3
+        if image is None:  # view, surprise, entropy, table, the distribution, text, row, col
+            return (None,) * 8
         return self.inspect(model_name, image, class_label)
 
     def compress_changed(self, model_name: str, image: Any, class_label: Any = None) -> Iterator[tuple]:
