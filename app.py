@@ -245,7 +245,8 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             api_name="generate", preprocess=False, show_progress="hidden", concurrency_id="sampling",
             concurrency_limit=ui.SAMPLING_SLOTS)
         gen_stop.click(None, cancels=[gen_event], api_name="stop_generate", api_visibility="private",
-                       queue=False).then(ui.stopped, None, gen_status, api_visibility="private", queue=False)
+                       queue=False).then(ui.settle, api_visibility="private", queue=False, show_progress="hidden").then(
+            ui.stopped, gen_status, gen_status, api_visibility="private", queue=False, show_progress="hidden")
 
         cmp_event = cmp_run.click(
             gpu(studio.complete),
@@ -253,21 +254,25 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             cmp_outputs, api_name="complete", preprocess=False, show_progress="hidden",
             concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
         cmp_stop.click(None, cancels=[cmp_event], api_name="stop_complete", api_visibility="private",
-                       queue=False).then(ui.stopped, None, cmp_status, api_visibility="private", queue=False)
+                       queue=False).then(ui.settle, api_visibility="private", queue=False, show_progress="hidden").then(
+            ui.stopped, cmp_status, cmp_status, api_visibility="private", queue=False, show_progress="hidden")
 
         ups_event = ups_run.click(
             gpu(studio.upscale), [ups_model, ups_input, ups_n, ups_temperature, ups_seed, ups_pace], ups_outputs,
             api_name="upscale", preprocess=False, show_progress="hidden", concurrency_id="sampling",
             concurrency_limit=ui.SAMPLING_SLOTS)
         ups_stop.click(None, cancels=[ups_event], api_name="stop_upscale", api_visibility="private",
-                       queue=False).then(ui.stopped, None, ups_status, api_visibility="private", queue=False)
+                       queue=False).then(ui.settle, api_visibility="private", queue=False, show_progress="hidden").then(
+            ui.stopped, ups_status, ups_status, api_visibility="private", queue=False, show_progress="hidden")
 
         # results never outlive the model or input they came from: a model change clears them and stops a running
         # stream; a new input clears them only (uploads and brush strokes are reported late, maybe after Run)
         for model, outputs, event in ((gen_model, gen_outputs, gen_event), (cmp_model, cmp_outputs, cmp_event),
                                       (ups_model, ups_outputs, ups_event)):
             model.change(None, cancels=[event], api_visibility="private", queue=False).then(  # cancel, then clear
-                ui.cleared(len(outputs)), None, outputs, api_visibility="private", queue=False, show_progress="hidden")
+                ui.settle, api_visibility="private", queue=False, show_progress="hidden").then(
+                ui.model_changed(len(outputs)), outputs[-1], outputs, api_visibility="private", queue=False,
+                show_progress="hidden")
         for image, outputs in ((cmp_editor, cmp_outputs), (ups_input, ups_outputs)):
             image.change(ui.cleared(len(outputs)), None, outputs, api_visibility="private", queue=False,
                          show_progress="hidden")

@@ -121,7 +121,11 @@ def test_stop_cancels_a_stream(page):
     assert "Generated" not in status  # the stream did not finish after all
     set_slider(page, "gen-pace", 0)
     page.click("#gen-run")  # the queue is free again
-    page.wait_for_function("document.querySelector('#gen-status')?.innerText.includes('Generated 4 samples')")
+    page.wait_for_function("document.querySelector('#gen-status')?.innerText.startsWith('Generated 4 samples')")
+    summary = page.locator("#gen-status").inner_text()
+    page.click("#gen-stop")  # nothing runs: the finished run keeps its summary (with its seed)
+    page.wait_for_timeout(1500)
+    assert page.locator("#gen-status").inner_text() == summary
 
 
 def test_upload_paint_and_complete(page):
@@ -216,11 +220,12 @@ def test_switching_model_clears_stale_outputs(page):
     page.click("#gen-run")
     page.wait_for_function("document.querySelector('#gen-image img')?.src")
     choose(page, "gen-model", "tiny-bin")
+    page.wait_for_function("document.querySelector('#gen-status')?.innerText.includes('Stopped: the model was changed')")
     page.wait_for_timeout(1500)
     shown = page.evaluate("document.querySelector('#gen-image img')?.src ?? null")
     page.wait_for_timeout(1500)
     assert page.evaluate("document.querySelector('#gen-image img')?.src ?? null") == shown
-    assert "Generated" not in page.locator("#gen-status").inner_text()
+    assert page.locator("#gen-status").inner_text() == "Stopped: the model was changed."  # said once, kept
     set_slider(page, "gen-n", 4)
     set_slider(page, "gen-pace", 0)
 

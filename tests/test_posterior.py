@@ -11,6 +11,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import fit
 
 import pixelrnn
 from pixelrnn.model import MultiScalePixelRNN
@@ -116,3 +117,25 @@ def test_tempered_smc_weighs_with_the_tempered_conditionals():
     assert tv(mixed, tempered) > 2 * BOUND
     smc = pixelrnn.sample(model, DRAWS, image=image, mask=mask, temperature=2.0, seed=3, particles=PARTICLES)
     assert tv(empirical(smc, completions), tempered) < BOUND
+
+
+def test_smc_weights_restart_after_a_resampling_mid_image():
+    """A model trained so that pixel (0, 1) copies (0, 0) 90% of the time and (0, 0) is mostly 1: the known (0, 1)
+    = 0 makes the weights so uneven after row 0 that the particles are resampled there. Resampled particles
+    start again with equal weights: row 1's known pixels (random in the training data) say little, so the
+    effective sample size after row 1 is high again; weights kept across the resampling would leave it low."""
+    torch.manual_seed(0)
+    first = (torch.rand(2000) < 0.85).long()
+    images = torch.randint(0, 2, (2000, 1, 3, 3))
+    images[:, 0, 0, 0] = first
+    images[:, 0, 0, 1] = torch.where(torch.rand(2000) < 0.9, first, 1 - first)
+    model = fit(pixelrnn.build_model("row_lstm", 1, 2, 3, 3, hidden=4, layers=1, out_hidden=8), images, steps=300)
+    mask = torch.tensor([[1, 0, 1], [0, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    image = torch.zeros(1, 3, 3, dtype=torch.long)
+    image[0, 2, 0] = image[0, 1, 2] = 1
+    completions, plain, posterior = exact_targets(model.double(), image, mask, 1.0)
+    assert tv(plain, posterior) > 2 * BOUND
+    *_, last = pixelrnn.sample_steps(model, DRAWS, image=image, mask=mask, seed=4, particles=PARTICLES, every=0)
+    assert (last.ess[0] < PARTICLES / 2).float().mean() > 0.9  # resampled after row 0 in (almost) every group
+    assert last.ess[1].mean() > 0.8 * PARTICLES
+    assert tv(empirical(last.image, completions), posterior) < BOUND

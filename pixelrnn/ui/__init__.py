@@ -53,7 +53,7 @@ from pixelrnn.ui.settings import (
     SAMPLING_SLOTS,
 )
 from pixelrnn.ui.streaming import FrameGate, Pacer, with_last
-from pixelrnn.ui.studio import Studio, cleared, example_images, stopped
+from pixelrnn.ui.studio import Studio, cleared, example_images, model_changed, settle, stopped
 from pixelrnn.ui.uploads import (
     ModelSpec,
     PreparedImage,
@@ -97,6 +97,7 @@ __all__ = [
     "grid_scale",
     "inspect_scale",
     "masked_original",
+    "model_changed",
     "models_table",
     "parse_class",
     "parse_int",
@@ -110,6 +111,7 @@ __all__ = [
     "render_distribution",
     "render_heatmap",
     "render_images",
+    "settle",
     "spec_of",
     "stopped",
     "tile",

@@ -21,7 +21,7 @@ from pixelrnn.ui.errors import release_memory
 from pixelrnn.ui.params import AUTO_CLASS, parse_class
 from pixelrnn.ui.registry import Registry
 from pixelrnn.ui.settings import LONG_WORK, MAX_WORK
-from pixelrnn.ui.streaming import FrameGate, Pacer, with_last
+from pixelrnn.ui.streaming import PROGRESS_END, FrameGate, Pacer, with_last
 from pixelrnn.ui.uploads import ModelSpec, prepare_image
 
 
@@ -97,7 +97,7 @@ class StudioBase:
             started = time.monotonic()
             image, dist = render(step, final)
             seconds = time.monotonic() - start
-            status = summary(last) if final else f"Pixel {min(k, total):,} of {total:,}, {seconds:.1f} s…"
+            status = summary(last) if final else f"Pixel {min(k, total):,} of {total:,}, {seconds:.1f} s{PROGRESS_END}"
             yield gate.fresh("image", image), gate.fresh("dist", dist), gate.fresh("status", status)
             gate.spent(time.monotonic() - started)
 

@@ -11,6 +11,12 @@ import gradio as gr
 import numpy as np
 
 FRAME_INTERVAL_S = 1 / 20  # streamed frames: at most 20 updates per second
+PROGRESS_END = "…"  # a running stream's status line ends so; a finished one's summary ends with a full stop
+
+
+def is_progress(status: str | None) -> bool:
+    """Whether a status line is a running stream's progress (not a summary, an error or empty)."""
+    return isinstance(status, str) and status.rstrip().endswith(PROGRESS_END)
 
 
 class FrameGate:

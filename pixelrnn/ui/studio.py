@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import gradio as gr
 import numpy as np
 
 from pixelrnn.ui.cards import model_card
@@ -14,6 +15,7 @@ from pixelrnn.ui.errors import user_errors
 from pixelrnn.ui.inspect_tab import InspectTab
 from pixelrnn.ui.sampling import SamplingTabs
 from pixelrnn.ui.settings import ASSETS_DIR
+from pixelrnn.ui.streaming import is_progress
 
 
 class Studio(SamplingTabs, InspectTab, CompressTab):
@@ -46,11 +48,24 @@ def cleared(outputs: int) -> Callable[[], tuple[None, ...]]:
 STOP_SETTLE_S = 0.3  # a running stream sends a frame every 50 ms; those already on the way land within this
 
 
-def stopped() -> str:
-    """Status shown once the Stop button has cancelled a stream: said after the frames already on the way have
-    landed, else the last of them would overwrite it."""
+def settle() -> None:
+    """Wait until the frames of a cancelled stream that were already on the way have landed."""
     time.sleep(STOP_SETTLE_S)
-    return "Stopped."
+
+
+def stopped(status: str | None) -> Any:
+    """Status once Stop has cancelled a stream (read after `settle`): "Stopped." if a stream was running (its
+    status a progress line), else unchanged: a run that had finished keeps its summary, and Stop while idle
+    says nothing."""
+    return "Stopped." if is_progress(status) else gr.skip()
+
+
+def model_changed(outputs: int) -> Callable[[str | None], tuple]:
+    """Handler for a model switch, after the tab's stream is cancelled: empties the outputs (the last one is the
+    status) and says so if a run was stopped by the switch."""
+    def clear(status: str | None) -> tuple:
+        return (None,) * (outputs - 1) + ("Stopped: the model was changed." if is_progress(status) else None,)
+    return clear
 
 
 def example_images() -> list[str]:
