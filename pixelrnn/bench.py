@@ -175,7 +175,7 @@ def bench_compress(args: argparse.Namespace, device: torch.device) -> None:
             with torch.no_grad():
                 nll = -model.log_prob(x[i : i + 1].long(), None if label is None else torch.tensor([label])).item()
             start = time.perf_counter()
-            data = encode(model, x[i].long(), label, name=folder.name)
+            data = encode(model, x[i].long(), label)
             middle = time.perf_counter()
             image, _ = decode(model, data)
             end = time.perf_counter()

@@ -11,8 +11,12 @@ float32 on one CPU thread, fed the same partial image at every step (the encoder
 image sub-pixel by sub-pixel exactly as the decoder rebuilds it). That makes both sides'
 probabilities bit-identical; the tests check it on every architecture.
 
-File layout: header (magic, version, model name and weight hash, shape, levels, label,
-multi-scale factor, payload length, CRC-32 of the pixels), then the range coder's words.
+File layout (version 2, 8 bytes of header for an unconditional or 10-class model): a format byte, the first
+4 bytes of the model's weight hash (the decoder finds the model whose weights match), the class label + 1
+(0: none) as a LEB128 varint, 16 bits of the pixels' CRC-32, then the range coder's bytes (trailing zero
+bytes left out; the decoder reads missing bytes as zeros). Version 1 files (a 32-byte header with the model's
+name) still decode; every field of theirs is checked against the model and the file's size before anything
+is allocated.
 """
 
 from __future__ import annotations
@@ -38,11 +42,13 @@ from tqdm import tqdm
 from pixelrnn.model import Model, MultiScalePixelRNN, PixelRNN
 from pixelrnn.sampling import CachedStepper
 
-MAGIC, VERSION = b"PRNN", 1
-# magic, version, name length, first 8 bytes of the weights' SHA-256, C, H, W, levels, label (-1: none),
-# multi-scale factor (0: none), the coder's bytes (whole 32-bit words; the file leaves out trailing zero bytes),
-# CRC-32 of the pixels: 32 bytes, then the model name, then the coder's bytes
-_FIXED = struct.Struct("<4sBB8sBHHHhBII")
+FORMAT_V2 = 0xF2  # the first byte of a version-2 file (a version-1 file starts with b"PRNN")
+HASH_BYTES = 4  # of the weight hash in a version-2 header: enough to tell a handful of models apart
+MAGIC_V1 = b"PRNN"
+# version 1: magic, version, name length, first 8 bytes of the weights' SHA-256, C, H, W, levels, label (-1: none),
+# multi-scale factor (0: none), the coder's bytes (whole 32-bit words), CRC-32 of the pixels; then the name, payload
+V1_HEADER = struct.Struct("<4sBB8sBHHHhBII")
+MAX_V1_ZERO_BYTES = 64  # a version-1 header announces the payload with the zero bytes left out: a few, never more
 
 
 class CompressionError(ValueError):
@@ -128,8 +134,9 @@ def _categorical(probs: np.ndarray) -> constriction.stream.model.Categorical:
     return constriction.stream.model.Categorical(np.ascontiguousarray(probs, dtype=np.float64), perfect=False)
 
 
-def encode(model: Model, image: torch.Tensor, y: int | None = None, name: str = "", progress: bool = False) -> bytes:
-    """image (C, H, W) integer levels -> the .prnn bytes. y: the class label of a class-conditional model."""
+def encode(model: Model, image: torch.Tensor, y: int | None = None, progress: bool = False) -> bytes:
+    """image (C, H, W) integer levels -> the .prnn bytes (version 2). y: the class label of a class-conditional
+    model."""
     channels, height, width, levels = _shape(model)
     image = torch.as_tensor(image)
     if image.shape != (channels, height, width) or image.is_floating_point():
@@ -156,31 +163,69 @@ def encode(model: Model, image: torch.Tensor, y: int | None = None, name: str = 
 
     for _ in _code(model, x, labels, symbol, progress):
         pass
-    words = encoder.get_compressed().tobytes()
-    payload = words.rstrip(b"\0")  # zero bytes at the end are implied: the reader pads back to `len(words)`
-    name_bytes = name.encode()[:255]
-    crc = zlib.crc32(truth.to(torch.int32).numpy().tobytes())
-    header = _FIXED.pack(MAGIC, VERSION, len(name_bytes), weights_hash(model), channels, height, width, levels,
-                         -1 if y is None else y, getattr(model, "factor", 0), len(words), crc)
-    return header + name_bytes + payload
+    payload = encoder.get_compressed().tobytes().rstrip(b"\0")  # zero bytes at the end are implied
+    crc = zlib.crc32(truth.to(torch.int32).numpy().tobytes()) & 0xFFFF
+    label = _varint(0 if y is None else y + 1)
+    return bytes([FORMAT_V2]) + weights_hash(model)[:HASH_BYTES] + label + crc.to_bytes(2, "little") + payload
+
+
+def _varint(value: int) -> bytes:
+    """Unsigned LEB128: 7 bits per byte, the high bit set on all but the last."""
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, start: int, max_bytes: int = 3) -> tuple[int, int]:
+    """-> (value, index after it); CompressionError if it runs past the data or `max_bytes`."""
+    value = 0
+    for k in range(max_bytes):
+        if start + k >= len(data):
+            break
+        value |= (data[start + k] & 0x7F) << (7 * k)
+        if not data[start + k] & 0x80:
+            return value, start + k + 1
+    raise CompressionError("the file is truncated or its header is corrupted (the class label does not end)")
 
 
 def read_header(data: bytes) -> dict:
-    """The header of a .prnn stream, checked for magic, version and length."""
+    """The header of a .prnn stream (version 2 or 1), checked for format and size; nothing is allocated by what
+    a header announces. -> name ("" in version 2), hash (4 or 8 bytes), label (None: none), shape, levels and
+    factor (version 1 only, else None), payload (the coder's bytes), crc and crc_bits."""
     if not data:
         raise CompressionError("the file is empty")
-    if len(data) < _FIXED.size or data[:4] != MAGIC:
+    if data[0] == FORMAT_V2:
+        if len(data) < 1 + HASH_BYTES + 3:
+            raise CompressionError(f"the file is truncated ({len(data)} bytes, shorter than a header)")
+        label, end = _read_varint(data, 1 + HASH_BYTES)
+        if end + 2 > len(data):
+            raise CompressionError(f"the file is truncated ({len(data)} bytes, shorter than its header)")
+        return {"version": 2, "name": "", "hash": data[1 : 1 + HASH_BYTES], "label": None if label == 0 else label - 1,
+                "shape": None, "levels": None, "factor": None, "payload": data[end + 2 :],
+                "crc": int.from_bytes(data[end : end + 2], "little"), "crc_bits": 16}
+    if data[:4] != MAGIC_V1 or len(data) < V1_HEADER.size:
         raise CompressionError("not a PixelRNN compressed file (.prnn): wrong magic bytes")
-    _, version, name_len, digest, c, h, w, levels, label, factor, payload, crc = _FIXED.unpack_from(data)
-    if version != VERSION:
-        raise CompressionError(f"unsupported .prnn format version {version} (this reader knows {VERSION})")
-    body = data[_FIXED.size + name_len :]
-    if len(data) < _FIXED.size + name_len or len(body) > payload or payload % 4:
+    _, version, name_len, digest, c, h, w, levels, label, factor, payload, crc = V1_HEADER.unpack_from(data)
+    if version != 1:
+        raise CompressionError(f"unsupported .prnn format version {version} (this reader knows 1 and 2)")
+    body = data[V1_HEADER.size + name_len :]
+    if len(data) < V1_HEADER.size + name_len or len(body) > payload or payload % 4:
         raise CompressionError(f"the file is truncated or has trailing bytes ({len(data)} bytes; the header "
-                               f"announces {_FIXED.size + name_len} + up to {payload})")
-    name = data[_FIXED.size : _FIXED.size + name_len].decode(errors="replace")
-    return {"name": name, "hash": digest, "shape": (c, h, w), "levels": levels, "label": None if label < 0 else label,
-            "factor": factor, "payload": body, "words": body.ljust(payload, b"\0"), "crc": crc}
+                               f"announces {V1_HEADER.size + name_len} + up to {payload})")
+    if payload - len(body) > MAX_V1_ZERO_BYTES:
+        raise CompressionError(f"the header announces {payload:,} payload bytes, the file holds {len(body):,}: "
+                               f"it is truncated or its header is corrupted")
+    name = data[V1_HEADER.size : V1_HEADER.size + name_len].decode(errors="replace")
+    return {"version": 1, "name": name, "hash": digest, "label": None if label < 0 else label, "shape": (c, h, w),
+            "levels": levels, "factor": factor, "payload": body, "crc": crc, "crc_bits": 32}
+
+
+def written_by(header: dict, model: Model) -> bool:
+    """Whether the stream's header names this model (its weight hash)."""
+    return weights_hash(model)[: len(header["hash"])] == header["hash"]
 
 
 def decode_rows(model: Model, data: bytes, progress: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -188,18 +233,20 @@ def decode_rows(model: Model, data: bytes, progress: bool = False) -> Iterator[t
     small image. The pixels are unverified until the generator ends: it raises CompressionError then if they
     fail their checksum (and at once for a bad header)."""
     header = read_header(data)
-    if header["hash"] != weights_hash(model):
-        raise CompressionError(f"this file was written with another model ({header['name'] or 'unnamed'}, weights "
-                               f"{header['hash'].hex()[:12]}); decode it with that model")
+    if not written_by(header, model):
+        raise CompressionError(f"this file was written with another model ({header['name'] or 'weights'} "
+                               f"{header['hash'].hex()}); decode it with that model")
     channels, height, width, levels = _shape(model)
-    if header["shape"] != (channels, height, width) or header["levels"] != levels:
-        raise CompressionError("the header's shape or levels do not match the model")
+    if header["version"] == 1 and (header["shape"] != (channels, height, width) or header["levels"] != levels
+                                   or header["factor"] != getattr(model, "factor", 0)):
+        raise CompressionError("the header's shape, levels or multi-scale factor do not match the model")
     label, num_classes = header["label"], _single(model).num_classes
     if (label is None) != (num_classes is None) or (label is not None and label >= num_classes):
         raise CompressionError("the header's label does not fit the model")
     labels = None if label is None else torch.tensor([label])
     model.eval()
-    words = np.frombuffer(header["words"], dtype="<u4").astype(np.uint32)
+    payload = header["payload"]  # at most the upload's size; the coder reads bytes left out as zeros
+    words = np.frombuffer(payload.ljust(-(-len(payload) // 4) * 4, b"\0"), dtype="<u4").astype(np.uint32)
     decoder = constriction.stream.queue.RangeDecoder(words)
     x = torch.zeros(1, channels, height, width, dtype=torch.long)
 
@@ -210,8 +257,10 @@ def decode_rows(model: Model, data: bytes, progress: bool = False) -> Iterator[t
             raise CompressionError(f"the payload is corrupted or truncated ({error})") from None
 
     yield from _code(model, x, labels, symbol, progress)
-    if zlib.crc32(x[0].to(torch.int32).numpy().tobytes()) != header["crc"]:
+    if zlib.crc32(x[0].to(torch.int32).numpy().tobytes()) & ((1 << header["crc_bits"]) - 1) != header["crc"]:
         raise CompressionError("the decoded pixels fail their checksum: the file is corrupted or truncated")
+    if not decoder.maybe_exhausted():
+        raise CompressionError("the file has trailing bytes after the coded image: it is corrupted")
 
 
 def decode(model: Model, data: bytes, progress: bool = False) -> tuple[torch.Tensor, int | None]:
@@ -270,6 +319,20 @@ def _recorded_nll_bits_per_dim(folder: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def _shipped_model_for(header: dict) -> str:
+    """The folder under checkpoints/ whose weights wrote the stream; CompressionError if none did."""
+    from pixelrnn.hub import CHECKPOINTS_DIR, CheckpointError, load
+
+    for folder in sorted(p for p in CHECKPOINTS_DIR.glob("*") if (p / "config.json").is_file()):
+        try:
+            if written_by(header, load(folder)):
+                return str(folder)
+        except CheckpointError:
+            continue
+    raise CompressionError(f"no checkpoint in {CHECKPOINTS_DIR} has the weights {header['hash'].hex()} that wrote "
+                           f"this file: pass --model")
+
+
 def main(argv: list[str] | None = None) -> int:
     from pixelrnn.hub import load, resolve
 
@@ -283,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     dec = sub.add_parser("decode", help=".prnn -> PNG")
     dec.add_argument("input", type=Path)
     dec.add_argument("output", type=Path)
-    dec.add_argument("--model", help="default: the model named in the file")
+    dec.add_argument("--model", help="default: the shipped checkpoint whose weights the file names")
     args = p.parse_args(argv)
     try:
         if args.command == "encode":
@@ -291,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             channels, height, width, levels = _shape(model)
             image = image_to_levels(args.input, channels, height, width, levels)
             start = time.perf_counter()
-            data = encode(model, image, args.label, name=args.model, progress=True)
+            data = encode(model, image, args.label, progress=True)
             seconds = time.perf_counter() - start
             args.output.write_bytes(data)
             dims = channels * height * width
@@ -304,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data = args.input.read_bytes()
             header = read_header(data)
-            model = load(args.model or header["name"])
+            model = load(args.model or header["name"] or _shipped_model_for(header))
             start = time.perf_counter()
             image, label = decode(model, data, progress=True)
             levels_to_image(image, _shape(model)[3]).save(args.output)

@@ -334,7 +334,8 @@ def test_compress_shows_sizes_and_offers_the_file(prnn, checkpoints, files):
     image, label = pixelrnn.compress.decode(model, data)
     assert np.array_equal(image.numpy(), prepared.pixels) and label == int(per_class.argmax())  # auto: most likely
     nll = pixelrnn.bits_per_dim(-float(per_class.max()), 3 * 32 * 32)
-    payload_bits = 8 * (len(data) - 32 - len("tiny-rgb"))  # the header: 32 bytes and the model's name
+    payload_bits = 8 * len(pixelrnn.compress.read_header(data)["payload"])
+    assert len(data) * 8 - payload_bits == 64 and "8 B header" in row
     assert f"| {nll:.3f} |" in row and abs(payload_bits / 3072 - nll) < 0.01  # the code length is the NLL
 
 
@@ -356,8 +357,7 @@ def test_decompress_refuses_bad_files(server, prnn, tmp_path):
     data = prnn["path"].read_bytes()
     bad = {"empty.prnn": (b"", "empty"), "magic.prnn": (b"GIF89a" + data[6:], "wrong magic"),
            "short.prnn": (data[:-3], None),
-           "foreign.prnn": (data[:5] + bytes([4]) + data[6:32] + b"nope" + data[32 + len("tiny-rgb"):],
-                            "does not have")}
+           "foreign.prnn": (data[:1] + bytes(4) + data[5:], "does not have")}  # weights no model here has
     flipped = bytearray(data)
     flipped[-1] ^= 0x55
     bad["flipped.prnn"] = (bytes(flipped), "checksum")

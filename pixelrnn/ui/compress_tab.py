@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
@@ -55,7 +56,7 @@ class CompressTab(StudioBase):
             _, analysis = self._analysis(name, image, class_label if name == model_name else None)
             model = self.registry.load(name)
             start = time.monotonic()
-            data = compress.encode(model, pixels, analysis.label, name=name)
+            data = compress.encode(model, pixels, analysis.label)
             seconds = time.monotonic() - start
             nll = pixelrnn.bits_per_dim(analysis.nll_nats, dims)
             header = len(data) - len(compress.read_header(data)["payload"])
@@ -76,6 +77,22 @@ class CompressTab(StudioBase):
                 status += f" Input: {'; '.join(prepared.notes)}."
             yield "\n".join(rows + baselines), str(download), status
 
+    def _writer(self, header: dict) -> str:
+        """The model that wrote a .prnn stream: named in a version-1 header; else the model (of those loaded or
+        local, so that no download is started) whose weight hash the header holds."""
+        if header["name"]:
+            if header["name"] in self.registry.entries:
+                return header["name"]
+        else:
+            for name, entry in self.registry.entries.items():
+                if self.registry.problem(name) is None and (entry.source == "local" or self.registry.loaded(name)):
+                    with contextlib.suppress(gr.Error):
+                        if compress.written_by(header, self.registry.load(name)):
+                            return name
+        raise gr.Error(f"This file was compressed with a model this app does not have ("
+                       f"{header['name'] or 'weights ' + header['hash'].hex()}; it has "
+                       f"{', '.join(self.registry.names)}).")
+
     @user_errors
     def decompress(self, file: Any) -> Iterator[tuple]:
         """Decode an uploaded .prnn file with the model named in it, row by row: yields (image, status). The image
@@ -89,10 +106,7 @@ class CompressTab(StudioBase):
             header = compress.read_header(data)
         except compress.CompressionError as err:
             raise gr.Error(f"This file cannot be decoded: {err}.") from None
-        name = header["name"]
-        if name not in self.registry.entries:
-            raise gr.Error(f"This file was compressed with the model {name or '(unnamed)'!r}, which this app does not "
-                           f"have (it has {', '.join(self.registry.names)}).")
+        name = self._writer(header)
         spec = self.registry.spec(name)
         model = self.registry.load(name)
         start, gate, scale = time.monotonic(), FrameGate(), display_scale(spec.height, spec.width, 280)

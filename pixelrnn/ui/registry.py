@@ -254,6 +254,12 @@ class Registry:
             del self._jobs[entry.name]
         job.set_exception(gr.Error(f"Cannot load model {entry.name!r}: {reason}"))
 
+    def loaded(self, name: str) -> bool:
+        """Whether the model is loaded (its current weights), so that `load` returns at once."""
+        with self._lock:
+            cached = self._cache.get(name)
+        return cached is not None and cached[0] == self._version(self.entries[name])
+
     def version(self, name: str) -> Any:
         with self._lock:
             return self._cache.get(name, (None,))[0]
