@@ -66,7 +66,7 @@ PAPER_RESULTS = {
 }
 DATASET_INFO = {  # name in metrics.json -> (display name, Hub dataset id)
     "binarized_mnist": ("Binarized MNIST", "ylecun/mnist"),
-    "mnist": ("MNIST (256 levels)", "ylecun/mnist"),
+    "mnist": ("MNIST", "ylecun/mnist"),
     "mnist_dynamic_binarized": ("MNIST, dynamically binarized", "ylecun/mnist"),
     "cifar10": ("CIFAR-10", "uoft-cs/cifar10"),
 }
@@ -374,12 +374,18 @@ def recorded_nll(metrics: dict, split: str) -> tuple[float | None, str]:
 
 
 def format_duration(seconds: float) -> str:
-    """'42 s', '17 min' or '3.5 h'."""
+    """'42 s', '17 min' or '1.6 h': one unit per range, so that cards compare at a glance."""
     if seconds < 120:
         return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
+    if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def device_text(device: str) -> str:
+    """A metrics.json device as a reader wants it: '1 x cpu (x86_64, 1 threads)', as older runs recorded one
+    process, -> 'cpu (x86_64, 1 thread)'; several processes keep their count ('2 x NVIDIA H200')."""
+    return re.sub(r"\b1 threads\b", "1 thread", re.sub(r"^1 x ", "", str(device)))
 
 
 def _count_parameters(config: dict) -> int | None:
@@ -413,14 +419,19 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
     digits = 2 if unit == "nats" else 3
     unit_label = "nats/image" if unit == "nats" else "bits/dim"
 
+    conditional = bool(config.get("num_classes"))
+    # the Hub has no pipeline for class-conditional generation: such a model gets no pipeline tag, not a wrong one
+    task = ("class-conditional-image-generation", "Class-conditional image generation") if conditional else (
+        "unconditional-image-generation", "Image generation")
     eval_results = None
     if value is not None and dataset:
-        eval_results = [EvalResult(task_type="unconditional-image-generation", task_name="Image generation",
+        eval_results = [EvalResult(task_type=task[0], task_name=task[1],
                                    dataset_type=dataset, dataset_name=dataset_name, dataset_split="test",
                                    metric_type="nll", metric_name=f"Test NLL ({unit_label})",
                                    metric_value=round(value, digits + 2))]
-    tags = sorted({*HUB_TAGS, arch.replace("_", "-")} | ({"multi-scale"} if factor else set()))
-    data = ModelCardData(library_name="pixelrnn", license="mit", pipeline_tag="unconditional-image-generation",
+    tags = sorted({*HUB_TAGS, arch.replace("_", "-")} | ({"multi-scale"} if factor else set())
+                  | ({"class-conditional"} if conditional else set()))
+    data = ModelCardData(library_name="pixelrnn", license="mit", pipeline_tag=None if conditional else task[0],
                          tags=tags, datasets=[dataset_id] if dataset_id else None,
                          model_name=name if eval_results else None,
                          eval_results=eval_results)
@@ -440,13 +451,13 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
         if valid is not None:
             lines.append(f"| this checkpoint, validation split | {valid:.{digits}f} {unit_label} |")
         paper_unit, figures = PAPER_RESULTS.get(dataset, (None, {}))
-        if paper_unit == unit and arch in figures:
+        if paper_unit == unit and arch in figures and not factor:  # the paper reports no Multi-Scale MNIST figure
             lines.append(f"| paper, {arch_name} ({'Table 4' if unit == 'nats' else 'Table 5'}) "
                          f"| {figures[arch]:.2f} {unit_label} |")
         lines.append("")
         notes = []
         if factor and arch in figures:
-            notes.append("The paper's figure is for the single-scale model.")
+            notes.append(f"The paper reports no figure for a Multi-Scale model on {dataset_name}.")
         if not figures and dataset_name:
             notes.append(f"The paper reports no figure for {dataset_name}.")
         if dataset == "cifar10" and isinstance(images, int) and images < 10000:
@@ -488,7 +499,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
     if as_number(metrics.get("wall_time_s")) is not None:
         training.append(f"{format_duration(metrics['wall_time_s'])} of training")
     if metrics.get("device"):
-        training.append(f"on {metrics['device']}")
+        training.append(f"on {device_text(metrics['device'])}")
     if (metrics.get("config") or {}).get("bf16") is True:
         training.append("under bf16 autocast (evaluation in float32)")
     if isinstance(metrics.get("train_images"), int):

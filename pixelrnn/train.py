@@ -567,7 +567,8 @@ def main(argv: list[str] | None = None) -> dict:
         "train_images": len(train_x), "images_seen": state["step"] * args.batch_size,
         "steps": state["step"], "epochs": state["epoch"], "batch_size": args.batch_size,
         "wall_time_s": round(state["wall_time_s"], 1), "hours": round(state["wall_time_s"] / 3600, 3),
-        "device": f"{world} x {device_name(device)}", "finished": finished, "stopped": stopped,
+        "device": device_name(device) if world == 1 else f"{world} x {device_name(device)}", "finished": finished,
+        "stopped": stopped,
         "selected": state["best"], "config": settings, "changes": state["changes"], "history": state["history"],
     }
     if finished:  # the test split is evaluated once, at the end

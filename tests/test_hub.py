@@ -14,6 +14,7 @@ import torch
 import yaml
 from fakehub import FakeHub
 from huggingface_hub import constants
+from safetensors.torch import load_file, save_file
 
 import pixelrnn
 from pixelrnn import hub
@@ -316,7 +317,7 @@ def test_model_card_says_when_the_paper_has_no_figure(env):
                   {"dataset": "mnist", "arch": "row_lstm", "test_nll_nats": 50.0, "test_bits_per_dim": 1.127,
                    "unit": "bits/dim", "test_images": 10000})
     text = hub.write_model_card(folder).read_text()
-    assert "**1.127 bits/dim**" in text and "The paper reports no figure for MNIST (256 levels)." in text
+    assert "**1.127 bits/dim**" in text and "The paper reports no figure for MNIST." in text
     assert "| paper," not in text and "class-conditional over 10 classes" in text
 
 
@@ -349,3 +350,48 @@ def test_push_refuses_invalid_checkpoint(fake_hub, tiny, capsys):
     assert hub.main(["push", str(tiny[1]), "user/bad"]) == 1
     assert "arch must be one of" in capsys.readouterr().err
     assert fake_hub.count() == 0
+
+
+def test_model_cards_of_conditional_and_multi_scale_models(env):
+    """Defects: class-conditional checkpoints were tagged unconditional-image-generation; the Multi-Scale card gave
+    the single-scale paper figure as its comparison; "1 x cpu (1 threads)"; "109 min" beside "2.0 h"."""
+    folder = save(pixelrnn.build_model("row_lstm", 1, 256, 8, 8, hidden=6, layers=1, num_classes=10), env / "cond",
+                  {"dataset": "mnist", "arch": "row_lstm", "test_bits_per_dim": 1.1, "unit": "bits/dim",
+                   "wall_time_s": 6540, "device": "1 x cpu (x86_64, 1 threads)"})
+    text = hub.write_model_card(folder).read_text()
+    meta = front_matter(text)
+    assert "pipeline_tag" not in meta and "class-conditional" in meta["tags"]
+    assert meta["model-index"][0]["results"][0]["task"]["type"] == "class-conditional-image-generation"
+    assert "unconditional-image-generation" not in text
+    assert "1.8 h of training, on cpu (x86_64, 1 thread)" in text
+    folder = save(tiny_model(factor=2), env / "ms", {"dataset": "binarized_mnist", "arch": "row_lstm",
+                                                      "test_nll_nats": 84.9, "unit": "nats", "multiscale_factor": 2})
+    text = hub.write_model_card(folder).read_text()
+    assert front_matter(text)["pipeline_tag"] == "unconditional-image-generation"
+    assert "| paper," not in text and "no figure for a Multi-Scale model on Binarized MNIST" in text
+
+
+def test_format_duration_uses_one_unit_per_range():
+    assert [hub.format_duration(s) for s in (42, 1020, 5760, 6540, 7200)] == ["42 s", "17 min", "1.6 h", "1.8 h",
+                                                                             "2.0 h"]
+
+
+def test_from_pretrained_loads_exactly_or_refuses(env):
+    """Defect: PixelRNN.from_pretrained on a Multi-Scale checkpoint built a model and loaded none of the file (the
+    Hub mixin loads with strict=False), and it would fall back to pickle files."""
+    multiscale = tiny_model(factor=2)
+    folder = save(multiscale, env / "ms")
+    loaded = pixelrnn.MultiScalePixelRNN.from_pretrained(str(folder))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), multiscale.state_dict().values()))
+    with pytest.raises(hub.CheckpointError, match="holds a MultiScalePixelRNN, not a PixelRNN"):
+        pixelrnn.PixelRNN.from_pretrained(str(folder))
+    single = save(tiny_model(), env / "single")
+    assert isinstance(pixelrnn.PixelRNN.from_pretrained(str(single)), pixelrnn.PixelRNN)
+    (single / "model.safetensors").rename(single / "pytorch_model.bin")
+    with pytest.raises(hub.CheckpointError, match="refusing to load pickle"):
+        pixelrnn.PixelRNN.from_pretrained(str(single))
+    partial = save(tiny_model(), env / "partial")
+    state = load_file(partial / "model.safetensors")
+    save_file({k: v for k, v in state.items() if not k.startswith("head.1")}, partial / "model.safetensors")
+    with pytest.raises(hub.CheckpointError, match="missing head.1"):
+        pixelrnn.PixelRNN.from_pretrained(str(partial))

@@ -19,6 +19,7 @@ from pixelrnn.hub import (
     PAPER_RESULTS,
     SAMPLES,
     as_number,
+    device_text,
     format_duration,
     recorded_nll,
 )
@@ -104,10 +105,9 @@ def test_result(entry: ModelEntry) -> tuple[str, str]:
     paper_unit, figures = PAPER_RESULTS.get(dataset, (None, {}))
     arch = entry.spec.arch if entry.spec else metrics.get("arch")
     paper = "–"
-    if arch in figures and paper_unit == unit:
+    multiscale = entry.spec.factor if entry.spec else metrics.get("multiscale_factor")
+    if arch in figures and paper_unit == unit and not multiscale:  # the paper has no Multi-Scale MNIST figure
         paper = f"{figures[arch]:.2f} {'nats' if unit == 'nats' else 'bits/dim'} ({ARCH_NAMES.get(arch, arch)})"
-        if entry.spec and entry.spec.factor:
-            paper += ", single-scale"
         if entry.spec and entry.spec.num_classes:
             paper += ", unconditional"
     return ours, paper
@@ -149,7 +149,7 @@ def models_table(registry: Registry) -> str:
         params = f"{entry.parameters:,}" if entry.parameters else "?"
         ours, paper = test_result(entry)
         wall = as_number(metrics.get("wall_time_s"))
-        training = f"{format_duration(wall)} on {metrics.get('device', '?')}" if wall is not None else "?"
+        training = f"{format_duration(wall)} on {device_text(metrics.get('device', '?'))}" if wall is not None else "?"
         rows.append(f"| `{entry.name}` | {model_title(entry)} | {dataset} | {params} | {ours} | {paper} | {training} | "
                     f"{model_status(registry, entry)} |")
     return "\n".join(rows)
@@ -187,7 +187,7 @@ def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None, n
     if as_number(metrics.get("wall_time_s")) is not None:
         training.append(format_duration(metrics["wall_time_s"]))
     if metrics.get("device"):
-        training.append(f"on {metrics['device']}")
+        training.append(f"on {device_text(metrics['device'])}")
     if entry.source == "local":
         try:
             where = f"local folder `{Path(entry.location).resolve().relative_to(REPO_ROOT)}`"
