@@ -74,6 +74,10 @@ def load_split(
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
 
-def binarize(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Dynamic binarization of 8-bit images: each pixel is 1 with probability value / 255."""
-    return torch.bernoulli(images.float() / 255, generator=generator).to(torch.uint8)
+def binarize(images: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
+    """Dynamic binarization of 8-bit images: each pixel is 1 with probability value / 255 (255 always, 0 never).
+
+    noise: uniform numbers in [0, 1) of the images' shape; drawn from `generator` when not given."""
+    if noise is None:
+        noise = torch.rand(images.shape, generator=generator, device=images.device)
+    return (noise * 255 < images).to(torch.uint8)

@@ -286,6 +286,18 @@ def load_training_state(out: Path, optimizer: torch.optim.Optimizer
     return state, weights, rng
 
 
+def validation_subset(count: int, size: int) -> Tensor:
+    """Indices of the validation images scored during training: a fixed random pick of `size` of `count` (all of
+    them when size is 0), never the first ones, as the splits are sorted by digit."""
+    pick = torch.randperm(count, generator=torch.Generator().manual_seed(99))
+    return pick[:size] if size else pick
+
+
+def better_weights(record: dict) -> str:
+    """Which weights of an evaluation did better on the validation subset: "ema" (ties included) or "raw"."""
+    return "ema" if record.get("valid_ema", math.inf) <= record["valid_raw"] else "raw"
+
+
 def split_validation(dataset: str, args: argparse.Namespace) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
     """-> (train x, train y, validation x, validation y).
 
@@ -345,9 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
     # the whole training set lives on the device as uint8; batches are gathered by random index there
     train_x = train_x.to(device)
     train_y = None if train_y is None else train_y.to(device)
-    eval_pick = torch.randperm(len(valid_x), generator=torch.Generator().manual_seed(99))
-    if args.eval_images:
-        eval_pick = eval_pick[: args.eval_images]  # a fixed random subset: the splits are sorted by digit
+    eval_pick = validation_subset(len(valid_x), args.eval_images)
     quick_x, quick_y = valid_x[eval_pick], None if valid_y is None else valid_y[eval_pick]
 
     model = build_model(**model_kwargs(args, levels)).to(device)
@@ -422,8 +432,7 @@ def main(argv: list[str] | None = None) -> dict:
         x = train_x[index[rank * local : (rank + 1) * local]]
         mine = slice(rank * local, (rank + 1) * local)
         if args.binarize:  # dynamic binarization, on the device
-            noise = torch.rand(args.batch_size, *x.shape[1:], device=device, generator=generator)[mine]
-            x = (noise * 255 < x).to(torch.uint8)
+            x = binarize(x, noise=torch.rand(args.batch_size, *x.shape[1:], device=device, generator=generator)[mine])
         if args.hflip:
             flip = (torch.rand(args.batch_size, 1, 1, 1, device=device, generator=generator) < 0.5)[mine]
             x = torch.where(flip, x.flip(-1), x)
@@ -468,9 +477,9 @@ def main(argv: list[str] | None = None) -> dict:
         for which in ("raw", "ema") if ema is not None else ("raw",):
             with swapped_in(which):
                 record[f"valid_{which}"] = in_unit(mean_nll(model, quick_x, quick_y, 500, device, rank, world))
-        best_now = min(v for k, v in record.items() if k.startswith("valid_"))
+        which = better_weights(record)
+        best_now = record[f"valid_{which}"]
         if state["best"] is None or best_now < state["best"]["valid"]:
-            which = "ema" if record.get("valid_ema", math.inf) <= record["valid_raw"] else "raw"
             state["best"] = {"valid": best_now, "step": state["step"], "weights": which,
                              "valid_images": len(valid_x), "eval_images": len(quick_x)}
             state["bad_evals"] = 0

@@ -195,3 +195,17 @@ def test_multiscale_likelihood_maps_are_the_open_pixels_given_the_small_image():
     assert (maps["entropy_bits"][:, ~fixed] > 0).all()
     assert torch.equal(maps["probs"][:, :, fixed].argmax(0), image[:, fixed])  # one-hot at the known value
     assert torch.allclose(maps["probs"].sum(0), torch.ones(1, 6, 6))
+
+
+@pytest.mark.parametrize("levels", [2, 256])
+def test_maps_are_in_bits_a_uniform_prediction_has_log2_levels(levels):
+    """A model whose output layer is zero predicts the uniform distribution: every sub-pixel's entropy and surprise
+    are exactly log2(levels) bits (in nats they would be ln(levels))."""
+    model = make("row_lstm", 3, levels)
+    with torch.no_grad():
+        model.head[1].weight.zero_()
+        model.head[1].bias.zero_()
+    maps = pixelrnn.likelihood_maps(model, torch.randint(0, levels, (3, 5, 6)))
+    expected = torch.full((3, 5, 6), math.log2(levels), dtype=maps["entropy_bits"].dtype)
+    torch.testing.assert_close(maps["entropy_bits"], expected)
+    torch.testing.assert_close(maps["nll_bits"], expected)

@@ -175,7 +175,16 @@ def test_training_cli_datasets(tmp_path, extra):
     write_fixture_data(tmp_path)
     metrics = run_train(tmp_path, tmp_path / "run", "--max-steps", "2", *extra)
     assert math.isfinite(metrics["test_nll_nats"]) and metrics["test_nll_nats"] > 0
-    assert pixelrnn.load(str(tmp_path / "run")) is not None
+    shipped = pixelrnn.load(str(tmp_path / "run"))  # the shipped model re-measures the recorded test NLL
+    x, y = load_split(extra[1], "test", tmp_path)
+    if "--binarize" in extra:
+        from pixelrnn.data import binarize
+        from pixelrnn.train import TEST_BINARIZATION_SEED
+
+        x = binarize(x, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
+    with torch.no_grad():
+        nats = -shipped.log_prob(x.long(), y.long() if "--conditional" in extra else None).mean().item()
+    assert math.isclose(nats, metrics["test_nll_nats"], rel_tol=1e-4)
     unit = metrics["unit"]
     valid = metrics["valid_nll_nats"] if unit == "nats" else metrics["valid_bits_per_dim"]
     digits = 2 if unit == "nats" else 3
@@ -367,3 +376,80 @@ def test_evaluate_cli_remeasures_the_recorded_test_nll(tmp_path, capsys):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     (tmp_path / "run" / "metrics.json").write_text(json.dumps({**metrics, "test_nll_nats": 1.0}))
     assert evaluate_main([str(tmp_path / "run"), "--data-dir", str(tmp_path)]) == 1
+
+
+def write_split_fixture(folder: Path) -> None:
+    """Binarized MNIST whose validation images are all black and test images all white: a model scored on the
+    wrong split gets a very different number."""
+    rng = np.random.default_rng(1)
+    pack = lambda images: np.packbits(images.astype(np.uint8), axis=-1)
+    train = rng.random((48, 28, 28)) < np.linspace(0.05, 0.6, 28)[None, :, None]
+    np.savez_compressed(folder / "binarized_mnist.npz", train=pack(train), valid=pack(np.zeros((8, 28, 28))),
+                        test=pack(np.ones((16, 28, 28))))
+
+
+def validation_nll(model: pixelrnn.Model, folder: Path) -> float:
+    x, _ = load_split("binarized_mnist", "valid", folder)
+    with torch.no_grad():
+        return -model.log_prob(x.long()).mean().item()
+
+
+def test_training_selects_on_the_validation_split_and_ships_the_selected_weights(tmp_path):
+    """Defects a reviewer made on purpose and the old tests missed: the last raw weights shipped instead of the
+    selected ones; EMA and raw swapped; selection scored on the test split."""
+    write_split_fixture(tmp_path)
+    out = tmp_path / "run"
+    done = run_train(tmp_path, out, "--arch", "pixelcnn", "--max-steps", "8", "--lr", "0.3", "--warmup-steps", "1",
+                     "--ema", "0.9")
+    history, selected = done["history"], done["selected"]
+    # every evaluation scored the validation split: the raw and averaged weights of the last step, re-scored here
+    state = load_file(out / "training_state.safetensors")
+    for which, prefix in (("raw", "weights.model."), ("ema", "weights.ema.")):
+        model = pixelrnn.build_model("pixelcnn", 1, 2, 28, 28, hidden=4, layers=1, out_hidden=8)
+        model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=False)
+        assert math.isclose(validation_nll(model.eval(), tmp_path), history[-1][f"valid_{which}"], rel_tol=1e-4)
+    # the selection is the best of all evaluations, raw or EMA, and the shipped model is exactly it
+    best = min((r[f"valid_{w}"], r["step"], w) for r in history for w in ("raw", "ema"))
+    assert (selected["valid"], selected["step"], selected["weights"]) == best
+    assert (selected["step"], selected["weights"]) != (history[-1]["step"], "raw")  # the last raw weights would fail
+    assert history[-1]["valid_raw"] != history[-1]["valid_ema"]
+    assert math.isclose(validation_nll(pixelrnn.load(str(out)), tmp_path), selected["valid"], rel_tol=1e-4)
+    assert math.isclose(done["valid_nll_nats"], selected["valid"], rel_tol=1e-4)  # all 8 images are the subset
+
+
+def test_better_weights_and_the_validation_subset():
+    from pixelrnn.train import better_weights, validation_subset
+
+    assert better_weights({"valid_raw": 80.0, "valid_ema": 79.0}) == "ema"
+    assert better_weights({"valid_raw": 79.0, "valid_ema": 80.0}) == "raw"
+    assert better_weights({"valid_raw": 79.0}) == "raw"
+    digits = torch.arange(10).repeat_interleave(1000)  # sorted by digit, as binarized MNIST's splits are
+    pick = validation_subset(10_000, 2000)
+    assert len(pick) == 2000 and len(set(pick.tolist())) == 2000 and torch.equal(pick, validation_subset(10_000, 2000))
+    assert digits[pick].bincount(minlength=10).min() > 150  # every digit, not the first 2,000 images' zeros and ones
+    assert sorted(validation_subset(7, 0).tolist()) == list(range(7))
+
+
+def test_dynamic_binarization_keeps_white_pixels_on_and_black_ones_off():
+    from pixelrnn.data import binarize
+
+    image = torch.tensor([[[0, 255, 128]]], dtype=torch.uint8).expand(1, 1000, 3)
+    bits = binarize(image, torch.Generator().manual_seed(0))
+    assert bits[..., 0].sum() == 0 and bits[..., 1].all() and 400 < int(bits[..., 2].sum()) < 600
+    noise = torch.full(image.shape, 0.3)
+    assert binarize(image, noise=noise)[0, 0].tolist() == [0, 1, 1]  # 1 where noise * 255 < value
+
+
+def test_evaluate_reports_bits_per_sub_pixel_of_an_rgb_model(tmp_path, capsys):
+    from pixelrnn.evaluate import main as evaluate_main
+
+    write_fixture_data(tmp_path)
+    run_train(tmp_path, tmp_path / "rgb", "--arch", "pixelcnn", "--dataset", "cifar10", "--cifar-parts", "ab",
+              "--max-steps", "1")
+    model = pixelrnn.load(str(tmp_path / "rgb"))
+    x, _ = load_split("cifar10", "test", tmp_path)
+    with torch.no_grad():
+        nats = -model.log_prob(x.long()).mean().item()
+    assert evaluate_main([str(tmp_path / "rgb"), "--data-dir", str(tmp_path)]) == 0
+    measured = float(capsys.readouterr().out.split("measured ")[1].split(" bits/dim")[0])
+    assert math.isclose(measured, nats / (3 * 32 * 32 * math.log(2)), rel_tol=1e-3)  # C x H x W sub-pixels
