@@ -149,7 +149,9 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                     with gr.Accordion("Settings", open=True, elem_id="cmp-settings"):
                         cmp_mode = gr.Radio(list(ui.MODES), value=ui.MODES[0], label="Completion",
                                             info="context-aware: each completion is picked among particles weighted "
-                                                 "by how well they fit the known pixels below and right of the hole",
+                                                 "by how well they fit the known pixels below and right of the hole "
+                                                 "(at temperature T, drawn and weighted with the same tempered "
+                                                 "probabilities: the tempered model given the known pixels)",
                                             elem_id="cmp-mode")
                         with gr.Row():
                             cmp_particles = gr.Slider(2, ui.MAX_PARTICLES, value=8, step=1, label="Particles (SMC)",

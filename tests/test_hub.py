@@ -114,7 +114,7 @@ def test_offline_with_empty_cache_fails_fast(fake_hub, tiny, monkeypatch):
     started = time.monotonic()
     with pytest.raises(HubUnreachableError, match=r"'user/tiny' is not in the Hugging Face cache.*offline mode"):
         hub.load("user/tiny")
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5  # no retries (they take 20+ s), with room for a busy machine
     assert fake_hub.count() == 0
 
 
@@ -122,7 +122,7 @@ def test_unreachable_endpoint_fails_fast(env):
     started = time.monotonic()
     with pytest.raises(HubUnreachableError, match="cannot reach the Hugging Face Hub") as info:
         hub.load("user/tiny")
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10  # refused at once: no 23 s of retries
     assert isinstance(info.value, ConnectionError) and isinstance(info.value, CheckpointError)
 
 
@@ -134,7 +134,7 @@ def test_silent_endpoint_fails_within_probe_timeout(env, monkeypatch):
         started = time.monotonic()
         with pytest.raises(HubUnreachableError, match="cannot reach"):
             hub.load("user/tiny")
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < hub.PROBE_TIMEOUT_S + 2.5  # the probe's limit, not 200 s of silence
 
 
 def test_hub_answering_503_is_unreachable(fake_hub, tiny):

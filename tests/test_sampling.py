@@ -209,3 +209,17 @@ def test_maps_are_in_bits_a_uniform_prediction_has_log2_levels(levels):
     expected = torch.full((3, 5, 6), math.log2(levels), dtype=maps["entropy_bits"].dtype)
     torch.testing.assert_close(maps["entropy_bits"], expected)
     torch.testing.assert_close(maps["nll_bits"], expected)
+
+
+def test_known_pixels_are_final_from_the_first_step():
+    """Step.done marks the pixels that are final: a completion's known pixels, and once a Multi-Scale model's
+    full-size stage starts, the pixels its small image fixed (the Generate tab painted those grey)."""
+    model = make("row_lstm", 1, 2, 4, 6, factor=2)
+    steps = list(pixelrnn.sample_steps(model, 1, seed=0, every=1))
+    first_full = next(s for s in steps if s.stage == "full")
+    fixed = ~model.open_pixels(4, 6)
+    assert first_full.done[fixed].all() and first_full.done.sum() == fixed.sum()  # its first pixel is a fixed one
+    image, mask = torch.zeros(1, 4, 6, dtype=torch.long), torch.zeros(4, 6, dtype=torch.bool)
+    mask[2:] = True
+    first = next(iter(pixelrnn.sample_steps(make("pixelcnn", 1, 2, 4, 6), 1, image=image, mask=mask, every=1)))
+    assert first.done[:2].all() and first.done.sum() == 12  # rows 0-1 known; the first step visits (0, 0), known
