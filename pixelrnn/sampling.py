@@ -385,9 +385,12 @@ def _resample(stepper, x: Tensor, log_weights: Tensor, particles: int, generator
     `force`, after the last row, so that each group's first particle is a weighted draw)
     -> the ESS before resampling, (groups,)."""
     grouped = log_weights.view(-1, particles)
-    weights = torch.softmax(grouped, dim=1)
+    # a group whose every particle has probability 0 (at a tiny temperature, known pixels that greedy decoding
+    # would never produce) carries no preference: equal weights, reset with the others
+    hopeless = torch.isneginf(grouped).all(1)
+    weights = torch.softmax(torch.where(hopeless[:, None], 0.0, grouped), dim=1)
     ess = 1.0 / (weights**2).sum(1)
-    low = (ess < particles / 2) | force
+    low = (ess < particles / 2) | force | hopeless
     if low.any():
         picks = torch.multinomial(weights.float().cpu(), particles, replacement=True, generator=generator)
         picks = picks.to(x.device)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import chart_bars, running_app, save_tiny_checkpoints
 
-from pixelrnn import ui
+from pixelrnn import compress, ui
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -196,7 +196,7 @@ def test_compress_download_and_decode(page, tmp_path):
         link.click()
     path = tmp_path / download.value.suggested_filename
     download.value.save_as(path)
-    assert path.name.endswith(".tiny-bin.prnn") and path.read_bytes().startswith(b"PRNN")
+    assert path.name.endswith(".tiny-bin.prnn") and path.read_bytes()[0] == compress.FORMAT_V2
     page.locator("#unzip-file input[type=file]").set_input_files(str(path))
     page.wait_for_function("document.querySelector('#unzip-status')?.innerText.includes('checksum holds')")
     assert page.locator("#unzip-image img").get_attribute("src")
