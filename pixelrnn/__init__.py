@@ -2,7 +2,7 @@
 
 from pixelrnn.images import load_image
 from pixelrnn.model import ARCHS, Model, MultiScalePixelRNN, PixelRNN, bits_per_dim, build_model
-from pixelrnn.sampling import Step, likelihood_maps, sample, sample_steps
+from pixelrnn.sampling import Step, class_posterior, likelihood_maps, sample, sample_steps
 
 _HUB_NAMES = ("CheckpointError", "HubUnreachableError", "load")
 
@@ -27,6 +27,7 @@ __all__ = [
     "Step",
     "bits_per_dim",
     "build_model",
+    "class_posterior",
     "likelihood_maps",
     "load",
     "load_image",

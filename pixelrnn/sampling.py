@@ -486,6 +486,26 @@ def sample(model: Model, n: int = 1, y=None, image=None, mask=None, temperature:
 
 
 @torch.no_grad()
+def class_posterior(model: Model, image: Tensor, mask: Tensor) -> tuple[Tensor, int]:
+    """Bayes over the classes of a class-conditional model, given the known pixels of `image` (C, H, W) that come
+    before the region `mask` (H, W) in generation order, under a uniform prior: p(y | prefix) ∝ p(prefix | y),
+    exact because the prefix is scored given nothing after it (later known pixels would be scored given the
+    region's old content). A Multi-Scale model's prefix lies in its small image. -> (posterior (classes,) float64,
+    number of pixels in the prefix; 0: no evidence, the uniform prior)."""
+    net = model.small if isinstance(model, MultiScalePixelRNN) else model
+    if not net.num_classes:
+        raise ValueError("this model is unconditional: it has no classes")
+    x, mask = torch.as_tensor(image), torch.as_tensor(mask, dtype=torch.bool).cpu()
+    if isinstance(model, MultiScalePixelRNN):
+        x, mask = model.downsample(x), mask[:: model.factor, :: model.factor]
+    first = int(mask.flatten().int().argmax()) if mask.any() else mask.numel()  # raster index of the first hole
+    keep = (torch.arange(mask.numel()).reshape(mask.shape) < first).to(x.device)
+    batch = x[None].expand(net.num_classes, *x.shape).long()
+    per_class = net.log_prob(batch, torch.arange(net.num_classes, device=x.device), None, keep).double().cpu()
+    return torch.softmax(per_class, 0), first
+
+
+@torch.no_grad()
 def likelihood_maps(model: Model, image: Tensor, y=None) -> dict[str, Tensor]:
     """One teacher-forced pass over image (C, H, W) -> per-pixel maps.
 

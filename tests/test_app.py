@@ -160,29 +160,34 @@ def test_complete_plain_and_smc(server, client, files):
     assert "SMC, 3 particles" in last_values(frames)[2]
 
 
-def test_complete_with_auto_class_uses_the_pixels_before_the_region(server, client, files, checkpoints):
-    """Defect: Complete conditioned an upload on the class "airplane" without a word; "auto" now picks the class
-    that best explains the known pixels before the region (the top half here), and says so."""
-    grid, _, status = client.predict("tiny-rgb", editor(files["rgb"], files["mask"]), ui.AUTO_CLASS, "plain", 2, 1,
+def test_complete_with_auto_class_draws_each_class_from_the_posterior(server, client, files, checkpoints):
+    """Defect: "auto" committed every completion to the argmax class with full confidence. Now each completion
+    draws its class from the posterior given the known pixels before the region (the top half here), and the
+    status says the posterior and whether it is confident."""
+    grid, _, status = client.predict("tiny-rgb", editor(files["rgb"], files["mask"]), ui.AUTO_CLASS, "plain", 2, 3,
                                      1.0, 7, 0, api_name=COMPLETE)
     model = pixelrnn.load(str(checkpoints / "tiny-rgb"))
+    names = ui.spec_of(model, "cifar10").class_names
     x = ui.prepare_image(Image.open(files["rgb"]), ui.spec_of(model, "cifar10")).tensor()
     top = torch.zeros(32, 32, dtype=torch.bool)
     top[:16] = True
     with torch.inference_mode():
         per_class = model.log_prob(x[None].expand(10, -1, -1, -1), torch.arange(10), None, top)
-    best = int(per_class.argmax())
-    name = ui.spec_of(model, "cifar10").class_names[best]
-    assert f"Class {name!r}: the most likely given the 512 known pixels before the region" in status
+    posterior = torch.softmax(per_class.double(), 0)
+    best = int(posterior.argmax())
+    assert f"the posterior given the 512 known pixels before the region is {names[best]!r} {posterior[best]:.0%}" \
+        in status
+    drawn = torch.multinomial(posterior.float(), 3, replacement=True, generator=torch.Generator().manual_seed(7))
+    assert f"each completion draws its class from it: {', '.join(names[k] for k in drawn.tolist())}." in status
     hole = ~top
     torch.set_num_threads(1)
-    expected = pixelrnn.sample(model, 1, y=best, image=x, mask=hole, seed=7)
+    expected = pixelrnn.sample(model, 3, y=drawn, image=x, mask=hole, seed=7)
     scale = ui.display_scale(32, 32)
-    completion = fetch(server, grid)[:, 32 * scale + GAP_PX:]
-    assert np.array_equal(completion, ui.render_images(expected.numpy(), 256, scale)[0])
-    with pytest.raises(Exception, match="starts at the top-left pixel"):
-        client.predict("tiny-rgb", editor(files["rgb"], files["full_mask"]), ui.AUTO_CLASS, "plain", 2, 1, 1.0, 7, 0,
-                       api_name=COMPLETE)
+    completions = fetch(server, grid)[:, 32 * scale + GAP_PX:]
+    assert np.array_equal(completions[:, : 32 * scale], ui.render_images(expected.numpy(), 256, scale)[0])
+    _, _, status = client.predict("tiny-rgb", editor(files["rgb"], files["full_mask"]), ui.AUTO_CLASS, "plain", 2, 1,
+                                  1.0, 7, 0, api_name=COMPLETE)
+    assert "no known pixel comes before the region: the uniform prior" in status
 
 
 @pytest.mark.parametrize("image", ["rgba", "palette", "g16", "gray", "rgb"])

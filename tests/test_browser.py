@@ -238,7 +238,7 @@ def test_complete_the_cifar_cat_with_auto_class(page):
     paint_bottom_half(page, "cmp-editor")
     set_slider(page, "cmp-pace", 0)
     page.click("#cmp-run")
-    page.wait_for_function("document.querySelector('#cmp-status')?.innerText.includes('the most likely given')")
+    page.wait_for_function("document.querySelector('#cmp-status')?.innerText.includes('each completion draws its class from it')")
     assert page.locator("#cmp-image img").get_attribute("src")
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "complete-auto-class.png", full_page=True)

@@ -139,3 +139,24 @@ def test_smc_weights_restart_after_a_resampling_mid_image():
     assert (last.ess[0] < PARTICLES / 2).float().mean() > 0.9  # resampled after row 0 in (almost) every group
     assert last.ess[1].mean() > 0.8 * PARTICLES
     assert tv(empirical(last.image, completions), posterior) < BOUND
+
+
+def test_class_posterior_is_bayes_over_the_pixels_before_the_region():
+    """Auto class: p(y | the known pixels before the region), the prefix's marginal over every possible rest of the
+    image, summed here by enumeration."""
+    model = pixelrnn.build_model("row_lstm", 1, 2, 2, 3, num_classes=3, hidden=4, layers=2, out_hidden=8).double()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.4)
+    model.eval()
+    image = torch.tensor([[[1, 0, 1], [0, 1, 1]]])
+    mask = torch.tensor([[0, 0, 1], [1, 0, 1]], dtype=torch.bool)  # the region starts at (0, 2): prefix (0, 0), (0, 1)
+    posterior, known = pixelrnn.class_posterior(model, image, mask)
+    everything = torch.tensor(list(itertools.product((0, 1), repeat=6))).view(-1, 1, 2, 3)
+    with_prefix = everything[(everything[:, 0, 0, :2] == image[0, 0, :2]).all(1)]
+    with torch.no_grad():
+        joint = torch.stack([model.log_prob(with_prefix, torch.full((len(with_prefix),), y)) for y in range(3)])
+    exact = torch.softmax(joint.logsumexp(1), 0)
+    assert known == 2 and float(posterior.max()) < 0.9 and float(posterior.max() - posterior.min()) > 0.05  # uncertain
+    torch.testing.assert_close(posterior, exact.double())

@@ -23,7 +23,7 @@ from pixelrnn.hub import (
     format_duration,
     recorded_nll,
 )
-from pixelrnn.model import Model, MultiScalePixelRNN
+from pixelrnn.model import Model
 from pixelrnn.ui.registry import ModelEntry, Registry
 from pixelrnn.ui.settings import REPO_ROOT
 from pixelrnn.ui.uploads import ModelSpec, PreparedImage, decode_image
@@ -36,24 +36,22 @@ def class_log_likelihoods(model: Model, x: torch.Tensor, num_classes: int) -> to
         return model.log_prob(batch, torch.arange(num_classes, device=x.device)).double().cpu()
 
 
-def most_likely_class(model: Model, x: torch.Tensor, mask: np.ndarray) -> tuple[int, float, int]:
-    """The class that best explains the known pixels before the region to regenerate in raster order, where the
-    model's likelihood is exact (later known pixels would be scored given the region's old content):
-    -> (class, its posterior probability under a uniform prior, number of pixels used)."""
-    net = model.small if isinstance(model, MultiScalePixelRNN) else model
-    if isinstance(model, MultiScalePixelRNN):  # the small image comes first, and the region covers part of it
-        x, mask = model.downsample(x), mask[:: model.factor, :: model.factor]
-    first = int(mask.argmax()) if mask.any() else mask.size  # raster index of the first pixel to regenerate
-    if first == 0:
-        raise gr.Error("The region starts at the top-left pixel, so no known pixel comes before it to guess the "
-                       "class from: choose a class.")
-    keep = torch.arange(mask.size, device=x.device).reshape(mask.shape) < first
-    with torch.inference_mode():
-        batch = x[None].expand(net.num_classes, *x.shape)
-        per_class = net.log_prob(batch, torch.arange(net.num_classes, device=x.device), None, keep).double().cpu()
-    posterior = torch.softmax(per_class, 0)
-    best = int(posterior.argmax())
-    return best, float(posterior[best]), first
+CONFIDENT = 0.99  # a class posterior this high is reported as confident
+
+
+def auto_classes(model: Model, x: torch.Tensor, mask: np.ndarray, names: tuple[str, ...], n: int, seed: int
+                 ) -> tuple[torch.Tensor, str]:
+    """"auto" class for n completions, as Bayes says: each completion's class is drawn from the posterior given
+    the known pixels before the region -> (labels (n,), a sentence saying the posterior and how sure it is)."""
+    posterior, known = pixelrnn.class_posterior(model, x, torch.from_numpy(mask))
+    labels = torch.multinomial(posterior.float(), n, replacement=True, generator=torch.Generator().manual_seed(seed))
+    top = posterior.argsort(descending=True)[:3].tolist()
+    shown = ", ".join(f"{names[k]!r} {float(posterior[k]):.0%}" for k in top if posterior[k] >= 0.005)
+    sure = ("confident" if float(posterior.max()) >= CONFIDENT else "uncertain: classes differ between completions"
+            if known else "no known pixel comes before the region: the uniform prior")
+    drawn = ", ".join(names[k] for k in labels.tolist())
+    return labels, (f" Auto class ({sure}): the posterior given the {known} known pixels before the region is "
+                    f"{shown}; each completion draws its class from it: {drawn}.")
 
 
 def maps_of(model: Model, x: torch.Tensor, y: int | None) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ import torch
 import pixelrnn
 from pixelrnn.images import tile
 from pixelrnn.ui.base import StudioBase
-from pixelrnn.ui.cards import maps_of, most_likely_class
+from pixelrnn.ui.cards import auto_classes, maps_of
 from pixelrnn.ui.errors import user_errors
 from pixelrnn.ui.params import parse_class, parse_int, parse_mode, parse_pace, parse_seed, parse_temperature
 from pixelrnn.ui.pictures import (
@@ -90,9 +90,7 @@ class SamplingTabs(StudioBase):
             auto = ""
             if spec.num_classes and y is None:
                 device = next(model.parameters()).device
-                y, probability, known = most_likely_class(model, prepared.tensor().to(device), mask)
-                auto = (f" Class {spec.class_names[y]!r}: the most likely given the {known} known pixels before the "
-                        f"region ({probability:.0%}).")
+                y, auto = auto_classes(model, prepared.tensor().to(device), mask, spec.class_names, n, seed)
             start = time.monotonic()
             steps = pixelrnn.sample_steps(model, n, y=y, image=prepared.tensor(), mask=torch.from_numpy(mask),
                                           temperature=temperature, seed=seed, every=1, particles=k)

@@ -1,0 +1,187 @@
+"""Does "pick a class" give the class? A small independent classifier per data set, and the on-class rate.
+
+    python -m pixelrnn.classify train --dataset mnist          # -> checkpoints/classifiers/mnist (test accuracy)
+    python -m pixelrnn.classify rate checkpoints/NAME          # on-class rate of a class-conditional checkpoint
+
+The on-class rate of a class-conditional model: draw `per_class` samples of every class at temperature 1 and
+count how many the classifier assigns to the class they were drawn for (per class and overall). The classifier
+is trained here on the training split only and never sees samples; its test accuracy bounds what the rate can
+show. `--update` writes the rate into the checkpoint's metrics.json and card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, load_split
+from pixelrnn.hub import CHECKPOINTS_DIR, load_folder, read_json, write_model_card
+from pixelrnn.model import Model, MultiScalePixelRNN, scale_pixels
+from pixelrnn.sampling import sample
+
+CLASSIFIERS_DIR = CHECKPOINTS_DIR / "classifiers"
+WIDTH = {"mnist": 16, "cifar10": 32}  # the first conv block's channels: enough for ~99% on MNIST; CIFAR needs more
+ON_CLASS_SAMPLES = 50  # per class
+
+
+class Classifier(nn.Module):
+    """A small CNN on integer levels (B, C, H, W): three conv blocks (width, 2 width, 4 width channels), global
+    pooling, a linear layer."""
+
+    def __init__(self, channels: int, levels: int, num_classes: int = 10, width: int = 32):
+        super().__init__()
+        self.channels, self.levels, self.num_classes, self.width = channels, levels, num_classes, width
+        blocks, features = [], channels
+        for k in range(3):
+            out = width * 2**k
+            blocks += [nn.Conv2d(features, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(),
+                       nn.Conv2d(out, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
+            features = out
+        self.body = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3))
+        self.head = nn.Linear(features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) levels -> class logits (B, num_classes)."""
+        return self.head(self.body(scale_pixels(x, self.levels)))
+
+    def config(self) -> dict:
+        return {"channels": self.channels, "levels": self.levels, "num_classes": self.num_classes, "width": self.width}
+
+
+@torch.no_grad()
+def predict(classifier: Classifier, images: Tensor, batch_size: int = 500) -> Tensor:
+    """-> the most likely class of each image, (N,)."""
+    classifier.eval()
+    return torch.cat([classifier(images[k : k + batch_size]).argmax(1) for k in range(0, len(images), batch_size)])
+
+
+def train_classifier(dataset: str, data_dir: Path, epochs: float, batch_size: int = 64, lr: float = 2e-3,
+                     seed: int = 0, progress: bool = True) -> tuple[Classifier, float]:
+    """Train on the training split (with random shifts; flips too for CIFAR-10) -> (classifier, test accuracy)."""
+    info = DATASETS[dataset]
+    x, y = load_split(dataset, "train", data_dir)
+    test_x, test_y = load_split(dataset, "test", data_dir)
+    torch.manual_seed(seed)
+    classifier = Classifier(info.channels, info.levels, info.num_classes, WIDTH[dataset])
+    steps = int(epochs * len(x) / batch_size)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
+    classifier.train()
+    for _ in tqdm(range(steps), desc=f"classifier ({dataset})", disable=not progress):
+        index = torch.randint(len(x), (batch_size,))
+        batch = augment(x[index].long(), flips=dataset == "cifar10")
+        loss = F.cross_entropy(classifier(batch), y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    accuracy = (predict(classifier, test_x.long()) == test_y).float().mean().item()
+    return classifier.eval(), accuracy
+
+
+def augment(x: Tensor, flips: bool) -> Tensor:
+    """Random shifts of up to 2 pixels (zero padding), and left-right flips when `flips`."""
+    padded = F.pad(x, (2, 2, 2, 2))
+    dy, dx = (int(v) for v in torch.randint(0, 5, (2,)))
+    x = padded[..., dy : dy + x.shape[2], dx : dx + x.shape[3]]
+    if flips:
+        x = torch.where(torch.rand(len(x), 1, 1, 1) < 0.5, x.flip(-1), x)
+    return x
+
+
+def save_classifier(classifier: Classifier, folder: Path, metrics: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(classifier.config(), indent=1))
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+
+
+def load_classifier(folder: Path) -> tuple[Classifier, dict]:
+    """-> (classifier in eval mode, its metrics.json); safetensors only, every tensor matched."""
+    classifier = Classifier(**json.loads((folder / "config.json").read_text()))
+    classifier.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    return classifier.eval(), read_json(folder / "metrics.json")
+
+
+def on_class_rate(model: Model, classifier: Classifier, per_class: int = ON_CLASS_SAMPLES, temperature: float = 1.0,
+                  seed: int = 0, batch: int = 100) -> dict:
+    """Sample `per_class` images of every class; -> {"rate": overall fraction the classifier puts in the requested
+    class, "per_class": [fraction per class], "samples_per_class", "temperature", "seed"}."""
+    num_classes = (model.small if isinstance(model, MultiScalePixelRNN) else model).num_classes
+    if not num_classes:
+        raise ValueError("the model is not class-conditional")
+    requested = torch.arange(num_classes).repeat_interleave(per_class)
+    hits = []
+    for k in tqdm(range(0, len(requested), batch), desc="on-class samples", leave=False):
+        labels = requested[k : k + batch]
+        images = sample(model, len(labels), y=labels, temperature=temperature, seed=seed + k)
+        hits.append(predict(classifier, images.cpu()) == labels)
+    per = torch.cat(hits).float().view(num_classes, per_class).mean(1)
+    return {"rate": per.mean().item(), "per_class": [round(v, 4) for v in per.tolist()],
+            "samples_per_class": per_class, "temperature": temperature, "seed": seed}
+
+
+def rate_checkpoint(folder: Path, classifiers: Path = CLASSIFIERS_DIR, per_class: int = ON_CLASS_SAMPLES,
+                    update: bool = False) -> dict:
+    """The on-class rate of a checkpoint folder, with the classifier of its data set; `update` writes it into
+    metrics.json ("on_class") and rewrites the card."""
+    metrics = read_json(folder / "metrics.json")
+    dataset = str(metrics.get("dataset", ""))
+    if dataset not in ("mnist", "cifar10"):
+        raise ValueError(f"{folder}: on-class rates exist for class-conditional MNIST and CIFAR-10 models")
+    classifier, classifier_metrics = load_classifier(classifiers / dataset)
+    start = time.perf_counter()
+    result = on_class_rate(load_folder(folder), classifier, per_class)
+    result.update({"classifier": f"classifiers/{dataset}",
+                   "classifier_test_accuracy": classifier_metrics.get("test_accuracy"),
+                   "seconds": round(time.perf_counter() - start, 1)})
+    if update:
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "on_class": result}, indent=1))
+        write_model_card(folder)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="train the classifier of a data set on its training split")
+    tr.add_argument("--dataset", choices=("mnist", "cifar10"), required=True)
+    tr.add_argument("--epochs", type=float, default=2.0)
+    tr.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    tr.add_argument("--out", type=Path, help="default: checkpoints/classifiers/DATASET")
+    rate = sub.add_parser("rate", help="on-class rate of class-conditional checkpoints")
+    rate.add_argument("folders", nargs="+", type=Path)
+    rate.add_argument("--per-class", type=int, default=ON_CLASS_SAMPLES)
+    rate.add_argument("--classifiers", type=Path, default=CLASSIFIERS_DIR)
+    rate.add_argument("--update", action="store_true", help="write the rate into metrics.json and the card")
+    args = p.parse_args(argv)
+    if args.command == "train":
+        start = time.perf_counter()
+        classifier, accuracy = train_classifier(args.dataset, args.data_dir, args.epochs)
+        minutes = (time.perf_counter() - start) / 60
+        out = args.out or CLASSIFIERS_DIR / args.dataset
+        save_classifier(classifier, out, {"dataset": args.dataset, "test_accuracy": accuracy, "epochs": args.epochs,
+                                          "test_images": len(load_split(args.dataset, "test", args.data_dir)[0]),
+                                          "minutes": round(minutes, 1), "threads": torch.get_num_threads()})
+        print(f"{out}: test accuracy {accuracy:.2%} after {args.epochs:g} epochs ({minutes:.1f} min)")
+        return 0
+    for folder in args.folders:
+        result = rate_checkpoint(folder, args.classifiers, args.per_class, args.update)
+        per = " ".join(f"{v:.0%}" for v in result["per_class"])
+        print(f"{folder.name}: on-class rate {result['rate']:.1%} ({result['samples_per_class']} samples per class at "
+              f"temperature {result['temperature']:g}; per class {per}; classifier test accuracy "
+              f"{result['classifier_test_accuracy']:.2%})" + (" (written)" if args.update else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
