@@ -31,11 +31,27 @@ def test_nll(model: Model, dataset: str, data_dir: Path, batch_size: int = 500) 
     return mean_nll(model, x, labels, batch_size, torch.device("cpu")), len(x)
 
 
+def on_class(folder: Path, recorded: dict | None, update: bool, classifiers: Path) -> bool:
+    """Re-measure a checkpoint's on-class rate; print it beside the recorded one -> whether they agree."""
+    from pixelrnn.classify import rate_checkpoint
+
+    measured = rate_checkpoint(folder, classifiers, update=update)
+    before = recorded.get("rate") if isinstance(recorded, dict) else None
+    same = before is not None and math.isclose(measured["rate"], before, abs_tol=1e-9)
+    print(f"{folder.name}: on-class rate {measured['rate']:.1%} ({measured['samples_per_class']} samples per class); "
+          f"recorded {before} ({'equal' if same else 'updated' if update else 'DIFFERENT'})")
+    return same or update
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", type=Path)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    p.add_argument("--update", action="store_true", help="write the measured test NLL into metrics.json")
+    p.add_argument("--update", action="store_true", help="write the measured figures into metrics.json and the card")
+    p.add_argument("--on-class", action="store_true", help="class-conditional checkpoints: also re-measure the "
+                   "on-class rate (pixelrnn.classify), equal to the recorded one for the same samples")
+    p.add_argument("--classifiers", type=Path, default=Path(__file__).resolve().parent.parent / "checkpoints"
+                   / "classifiers", help="folder of the classifiers (one per data set)")
     args = p.parse_args(argv)
     mismatches = 0
     for folder in args.folders:
@@ -57,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             metrics.update({"test_nll_nats": nats, "test_bits_per_dim": bits_per_dim(nats, dims), "test_images": images})
             (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
             write_model_card(folder)  # the card quotes the figure
+        if args.on_class and info.num_classes and (metrics.get("config") or {}).get("conditional"):
+            mismatches += not on_class(folder, metrics.get("on_class"), args.update, args.classifiers)
     return 1 if mismatches else 0
 
 

@@ -397,6 +397,22 @@ def _count_parameters(config: dict) -> int | None:
         return None
 
 
+def on_class_lines(on_class: Any) -> list[str]:
+    """Card lines for a class-conditional model's on-class rate (metrics.json "on_class"), if measured."""
+    if not isinstance(on_class, dict) or as_number(on_class.get("rate")) is None:
+        return []
+    per_class = on_class.get("per_class") or []
+    accuracy = as_number(on_class.get("classifier_test_accuracy"))
+    return ["## Does the class show?", "",
+            f"**{on_class['rate']:.1%}** of samples drawn for a class (at temperature {on_class.get('temperature', 1):g},"
+            f" {on_class.get('samples_per_class', '?')} per class) are assigned to that class by an independent "
+            f"classifier trained on the training split"
+            + (f" ({accuracy:.2%} test accuracy)" if accuracy is not None else "") + ". Per class: "
+            + ", ".join(f"{k}: {v:.0%}" for k, v in enumerate(per_class) if isinstance(v, int | float)) + ".",
+            "", ("Re-measured by `python -m pixelrnn.evaluate CHECKPOINT_DIR --on-class` (the classifiers are in "
+                 "checkpoints/classifiers/ of the pixelrnn repository)."), ""]
+
+
 def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
     """Write folder/README.md, a Hub model card built from config.json and metrics.json (both optional).
 
@@ -470,6 +486,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
     else:
         lines += ["No test result recorded (metrics.json missing or without `test_nll_nats`).", ""]
 
+    lines += on_class_lines(metrics.get("on_class"))
     lines += ["## Architecture", ""]
     if config:
         shape = f"{config.get('channels', '?')} x {config.get('height', '?')} x {config.get('width', '?')}"

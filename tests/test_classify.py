@@ -1,0 +1,51 @@
+"""The on-class rate: an independent classifier per data set, and how often a class-conditional model's samples
+are assigned to the class they were drawn for."""
+
+import json
+
+import torch
+from test_train import run_train, write_fixture_data
+
+import pixelrnn
+from pixelrnn import classify
+from pixelrnn.evaluate import main as evaluate_main
+
+
+class Always(torch.nn.Module):
+    """A stand-in classifier that assigns every image to one class."""
+
+    def __init__(self, label: int):
+        super().__init__()
+        self.label = label
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.full((len(x),), self.label), 10).float()
+
+
+def test_on_class_rate_counts_each_sample_against_the_class_it_was_drawn_for():
+    model = pixelrnn.build_model("pixelcnn", 1, 4, 6, 6, num_classes=10, hidden=4, layers=1)
+    result = classify.on_class_rate(model, Always(3), per_class=4)
+    assert result["per_class"] == [0.0, 0.0, 0.0, 1.0] + [0.0] * 6 and abs(result["rate"] - 0.1) < 1e-6
+    assert result["samples_per_class"] == 4 and result["temperature"] == 1.0
+
+
+def test_classifier_training_rating_the_card_and_evaluate(tmp_path, capsys):
+    write_fixture_data(tmp_path, n_train=64)
+    classifier, accuracy = classify.train_classifier("mnist", tmp_path, epochs=2, batch_size=16, progress=False)
+    assert 0.0 <= accuracy <= 1.0
+    classify.save_classifier(classifier, tmp_path / "classifiers" / "mnist", {"test_accuracy": accuracy})
+    loaded, metrics = classify.load_classifier(tmp_path / "classifiers" / "mnist")
+    x = torch.randint(0, 256, (5, 1, 28, 28))
+    assert torch.equal(classify.predict(loaded, x), classify.predict(classifier, x)) and metrics["test_accuracy"] == accuracy
+
+    run_train(tmp_path, tmp_path / "cond", "--arch", "pixelcnn", "--dataset", "mnist", "--conditional", "--max-steps", "1")
+    result = classify.rate_checkpoint(tmp_path / "cond", tmp_path / "classifiers", per_class=2, update=True)
+    recorded = json.loads((tmp_path / "cond" / "metrics.json").read_text())["on_class"]
+    assert recorded["rate"] == result["rate"] and len(recorded["per_class"]) == 10
+    card = (tmp_path / "cond" / "README.md").read_text()
+    assert f"**{result['rate']:.1%}** of samples drawn for a class" in card
+    assert "Does the class show?" in card
+
+    assert evaluate_main([str(tmp_path / "cond"), "--data-dir", str(tmp_path), "--on-class",
+                          "--classifiers", str(tmp_path / "classifiers")]) == 0
+    assert "on-class rate" in capsys.readouterr().out
