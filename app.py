@@ -8,6 +8,12 @@ plus Hub repo ids in $PIXELRNN_HUB_MODELS (comma-separated), loaded on first use
 from __future__ import annotations
 
 import functools
+import os
+
+# a demo that reads people's images sends nothing anywhere unless asked: no usage reports (set these to opt in)
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any

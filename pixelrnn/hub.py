@@ -294,6 +294,26 @@ def _check_weights(path: Path, expected: dict[str, torch.Size]) -> None:
         raise CheckpointError(f"{path} does not match its config.json: {'; '.join(problems[:5])}{more}")
 
 
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, all finite; CheckpointError if it cannot be read or is not finite."""
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: cannot read tensors (corrupt or truncated?): {err}") from err
+    check_finite(state, path)
+    return state
+
+
+def check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """CheckpointError if any weight is NaN or infinite (a diverged run): such a model samples garbage and breaks
+    the range coder, so it is never loaded."""
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(f"{path} has non-finite weights (NaN or infinite) in {', '.join(bad[:3])}{more}: "
+                              f"the training run diverged; retrain or pick another checkpoint")
+
+
 def pickle_weights(folder: str | Path) -> list[str]:
     """Names of pickle weight files (pytorch_model.bin, *.pt, ...) in a folder: never loaded, only reported."""
     return sorted({p.name for pattern in PICKLE_WEIGHTS for p in Path(folder).glob(pattern)})
@@ -326,10 +346,7 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> Pixel
     folder = Path(folder)
     cls, config = check_folder(folder)
     weights = folder / WEIGHTS
-    try:
-        state = load_file(weights)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{weights}: cannot read tensors (corrupt or truncated?): {err}") from err
+    state = read_weights(weights)
     model = cls(**config)
     try:
         model.load_state_dict(state, strict=True)

@@ -18,11 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gradio.analytics
 import gradio.utils
 import httpx
 import pytest
 import torch
 from conftest import running_app, save_tiny_checkpoints
+from safetensors.torch import load_file, save_file
 
 import pixelrnn
 from pixelrnn import ui
@@ -385,3 +387,46 @@ def test_a_cancelled_long_job_frees_its_slot(checkpoints, monkeypatch):
         next(studio.generate("tiny-bin", None, 2, 1.0, 0, 0))
     first.close()  # what Gradio's cancel does to the stream
     assert len(list(studio.generate("tiny-bin", None, 2, 1.0, 0, 0))) > 1
+
+
+# --- reliability, third pass ---------------------------------------------------------------------------------------
+
+def test_a_checkpoint_with_nan_weights_is_refused_and_never_the_default(tmp_path):
+    """Defect: a checkpoint with NaN weights was "ready", could become every tab's default, and broke Compress for
+    the other models."""
+    root = save_tiny_checkpoints(tmp_path / "checkpoints", rgb=False)
+    shutil.copytree(root / "tiny-bin", root / "a-nan")
+    state = load_file(root / "a-nan" / "model.safetensors")
+    state["head.1.bias"][0] = float("nan")
+    save_file(state, root / "a-nan" / "model.safetensors")
+    with pytest.raises(pixelrnn.CheckpointError, match="non-finite weights"):
+        pixelrnn.load(str(root / "a-nan"))
+    studio = ui.Studio(ui.Registry(root, device="cpu"))
+    assert "non-finite weights (NaN or infinite) in head.1.bias" in studio.registry.problem("a-nan")
+    assert studio.registry.default(["a-nan"]) == "tiny-bin" and "⚠ " in ui.models_table(studio.registry)
+    table, _, status = list(studio.compress("tiny-bin", ui.ASSETS_DIR / "mnist_7.png"))[-1]
+    assert "ready to download" in status and "a-nan" not in table
+
+
+def test_only_common_image_formats_are_decoded():
+    """Defect: every Pillow format was opened (ICO, TGA, PCX, PPM, TIFF; EPS runs Ghostscript where installed)
+    while the message named five."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    for fmt in ("PPM", "TGA", "PCX", "TIFF", "ICO"):
+        buffer = BytesIO()
+        Image.new("RGB", (32, 32), "white").save(buffer, fmt)
+        with pytest.raises(ui.gr.Error, match="use a PNG, JPEG, GIF, BMP or WEBP image"):
+            ui.uploads.decode_image(buffer.getvalue(), "image")
+    buffer = BytesIO()
+    Image.new("RGB", (32, 32), "white").save(buffer, "PNG")
+    assert ui.uploads.decode_image(buffer.getvalue(), "image").size == (32, 32)
+
+
+def test_the_app_sends_no_telemetry_unless_asked():
+    import app  # noqa: F401 - importing the app sets the defaults
+
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    assert not gradio.analytics.analytics_enabled()

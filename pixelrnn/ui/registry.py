@@ -25,6 +25,7 @@ from pixelrnn.hub import (
     pickle_weights,
     read_config,
     read_json,
+    read_weights,
     resolve,
 )
 from pixelrnn.model import Model, MultiScalePixelRNN
@@ -124,6 +125,7 @@ class Registry:
             entry.parameters = sum(p.numel() for p in skeleton.parameters())
             if entry.weights.is_file() or pickle_weights(folder):
                 check_folder(folder)
+                read_weights(entry.weights)  # non-finite weights (a diverged run) are never "ready"
         except pixelrnn.CheckpointError as err:
             log.warning("checkpoint %s cannot be loaded: %s", folder, err)
             self._failures[entry.name] = LoadFailure(self._version(entry), redact_paths(str(err)), time.monotonic())

@@ -109,12 +109,15 @@ def open_image(source: Any, what: str = "image") -> Image.Image:
     return image
 
 
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # the only decoders run on uploads (never EPS and the like)
+
+
 def decode_image(data: bytes, what: str) -> Image.Image:
     """Decode image file bytes (the first frame, EXIF rotation applied); a bomb is refused from its header."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
                 width, height = image.size  # from the header: refuse a bomb before decoding it
                 if width * height > MAX_UPLOAD_PIXELS:
                     raise gr.Error(f"The {what} is {width}x{height} pixels, too large: upload one of at most "
@@ -132,8 +135,8 @@ def decode_image(data: bytes, what: str) -> Image.Image:
         raise gr.Error(f"The {what} is too large to decode safely (a decompression bomb?): upload one of at most "
                        f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels.") from err
     except UnidentifiedImageError as err:
-        raise gr.Error(f"The uploaded file is not an image this app can read: use a PNG, JPEG, GIF, BMP or WebP "
-                       f"{what}.") from err
+        raise gr.Error(f"The uploaded file is not an image this app reads: use a {', '.join(IMAGE_FORMATS[:-1])} "
+                       f"or {IMAGE_FORMATS[-1]} {what}.") from err
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as err:
         raise gr.Error(f"The {what} could not be decoded (truncated or corrupt file): {err}") from err
 
