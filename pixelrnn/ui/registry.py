@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 
 RETRY_AFTER_S = 120.0  # a model that failed to load is tried again after this long (at once if its weights change)
-LOAD_WAIT_S = 20.0  # a request waits this long for a model being loaded (a Hub download goes on in the background)
+LOAD_WAIT_S = 20.0  # a request waits this long for a local model being loaded
+HUB_WAIT_S = 3.0  # the request that starts a Hub download waits this long (a small checkpoint arrives); later
+# requests for a model still downloading answer at once: a stalled download never holds a sampling slot
 
 
 def default_device() -> str:
@@ -93,7 +95,8 @@ class Registry:
     a broken checkpoint is listed with its reason and never offered as the default. A failed load is
     remembered and not retried for RETRY_AFTER_S seconds, or until the weights change. Loading, Hub
     downloads included, runs in a background thread and outside the registry's lock, which guards only its
-    dictionaries: a request waits at most LOAD_WAIT_S for it, and never for another model's download.
+    dictionaries: a request waits at most LOAD_WAIT_S for a local model, HUB_WAIT_S for the Hub download it
+    starts, not at all for one already under way, and never for another model's download.
     """
 
     def __init__(self, root: str | Path | None = None, hub_ids: Iterable[str] = (), device: str | None = None):
@@ -202,8 +205,8 @@ class Registry:
         return entry.spec
 
     def load(self, name: Any) -> Model:
-        """The model, loaded on first use; gr.Error with the reason if it cannot be loaded (remembered), or if a
-        download takes longer than LOAD_WAIT_S (it goes on in the background)."""
+        """The model, loaded on first use; gr.Error with the reason if it cannot be loaded (remembered), or while it
+        is still loading or downloading (that goes on in the background; see the class's waits)."""
         entry = self.entry(name)
         version = self._version(entry)
         if entry.source == "local" and version is None and not pickle_weights(entry.location):
@@ -216,12 +219,13 @@ class Registry:
             if failure is not None and failure.version == version and time.monotonic() - failure.at < RETRY_AFTER_S:
                 raise gr.Error(f"Cannot load model {name!r}: {failure.reason}")
             job = self._jobs.get(name)
+            wait = LOAD_WAIT_S if entry.source == "local" else HUB_WAIT_S if job is None else 0.0
             if job is None:
                 job = self._jobs[name] = Future()
                 threading.Thread(target=self._load_job, args=(entry, version, job), name=f"load {name}",
                                  daemon=True).start()
         try:
-            return job.result(timeout=LOAD_WAIT_S)
+            return job.result(timeout=wait)
         except TimeoutError:
             doing = "downloaded from the Hugging Face Hub" if entry.source == "hub" else "loaded"
             raise gr.Error(f"Model {name!r} is still being {doing}: try again in a minute.") from None
