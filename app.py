@@ -287,17 +287,19 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
 
         insp_outputs = [insp_view, insp_surprise, insp_entropy, insp_table, insp_dist, insp_pixel_text, insp_row,
                         insp_col]
+        analysis = {"concurrency_id": "analysis", "concurrency_limit": ui.ANALYSIS_SLOTS}  # one limit for them all
         insp_run.click(gpu(studio.inspect), [insp_model, insp_image, insp_class], insp_outputs, api_name="inspect",
-                       preprocess=False, show_progress_on=[insp_table])
+                       preprocess=False, show_progress_on=[insp_table], **analysis)
         for trigger in (insp_image.change, classes["classes_inspect"].success):  # a new image, or a model's classes
             trigger(gpu(studio.inspect_changed), [insp_model, insp_image, insp_class], insp_outputs,
-                    api_visibility="private", preprocess=False, show_progress_on=[insp_table])
+                    api_visibility="private", preprocess=False, show_progress_on=[insp_table], **analysis)
         for k, shown in enumerate((insp_view, insp_surprise, insp_entropy)):
             shown.select(studio.select_pixel, [insp_model], [insp_row, insp_col], api_name=f"select_pixel_{k}",
                          api_visibility="undocumented", show_progress="hidden", queue=False).then(
                 gpu(studio.pixel), [insp_model, insp_image, insp_class, insp_row, insp_col],
                 [insp_dist, insp_pixel_text], api_name="pixel" if k == 0 else f"pixel_{k}",
-                api_visibility="public" if k == 0 else "undocumented", preprocess=False, show_progress="hidden")
+                api_visibility="public" if k == 0 else "undocumented", preprocess=False, show_progress="hidden",
+                **analysis)
 
         zip_run.click(gpu(studio.compress), [zip_model, zip_image, zip_class], [zip_table, zip_file, zip_status],
                       api_name="compress", preprocess=False, show_progress="hidden", concurrency_id="sampling",

@@ -435,3 +435,47 @@ def test_the_app_sends_no_telemetry_unless_asked():
 
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1"
     assert not gradio.analytics.analytics_enabled()
+
+
+def test_an_upload_is_decoded_once_per_analysis(tmp_path, monkeypatch):
+    """Defect: the NLL table and Compress decoded the upload again for every compatible model."""
+    decoded = []
+    real = ui.uploads.decode_image
+    monkeypatch.setattr(ui.uploads, "decode_image", lambda *args: decoded.append(1) or real(*args))
+    studio = ui.Studio(ui.Registry(save_tiny_checkpoints(tmp_path, rgb=False, multiscale=True), device="cpu"))
+    table = studio.inspect("tiny-bin", ui.ASSETS_DIR / "mnist_7.png")[3]
+    assert "tiny-ms" in table and len(decoded) == 1  # two models scored it
+    decoded.clear()
+    rows = list(studio.compress("tiny-bin", ui.ASSETS_DIR / "mnist_7.png"))[-1][0]
+    assert "tiny-ms" in rows and len(decoded) == 1
+
+
+def test_analysis_events_share_one_limit(checkpoints, monkeypatch):
+    """Defect: "other events run 2 at a time" was per listener, so six listeners allowed 12 analyses at once."""
+    running, most = [0], [0]
+    lock = threading.Lock()
+    real = ui.Studio._analysis
+
+    def counted(self, *args):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.3)
+            return real(self, *args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(ui.Studio, "_analysis", counted)
+    image = {"path": str(ui.ASSETS_DIR / "mnist_7.png")}
+    calls = [("inspect", ["tiny-bin", image, None])] * 3 + [("pixel", ["tiny-bin", image, None, 1, 2])] * 3
+    with running_app(checkpoints) as server:
+        results: list = []
+        threads = [threading.Thread(target=lambda c=c: results.append(call(server, *c, timeout=60)), daemon=True)
+                   for c in calls]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=90)
+    assert [r[0] for r in results] == ["complete"] * 6 and most[0] <= ui.ANALYSIS_SLOTS

@@ -44,6 +44,7 @@ from pixelrnn.ui.pictures import (
 )
 from pixelrnn.ui.registry import LOAD_WAIT_S, Registry, spec_of
 from pixelrnn.ui.settings import (
+    ANALYSIS_SLOTS,
     ASSETS_DIR,
     MAX_COMPLETIONS,
     MAX_PARTICLES,
@@ -64,6 +65,7 @@ from pixelrnn.ui.uploads import (
 )
 
 __all__ = [
+    "ANALYSIS_SLOTS",
     "ASSETS_DIR",
     "AUTO_CLASS",
     "CURSOR_RGB",

@@ -21,7 +21,7 @@ from pixelrnn.ui.errors import user_errors
 from pixelrnn.ui.params import parse_class
 from pixelrnn.ui.pictures import display_scale, render_images
 from pixelrnn.ui.streaming import FrameGate
-from pixelrnn.ui.uploads import file_path, prepare_image, read_upload
+from pixelrnn.ui.uploads import file_path, open_image, prepare_image, read_upload
 
 
 class CompressTab(StudioBase):
@@ -41,6 +41,8 @@ class CompressTab(StudioBase):
         self._threads()
         spec = self.registry.spec(model_name)
         parse_class(class_label, spec, allow_auto=True)
+        upload_name = Path(file_path(image) or "image").stem[:40]
+        image = open_image(image)  # decoded once, then coded with every compatible model
         prepared = prepare_image(image, spec)
         pixels = torch.from_numpy(prepared.pixels)
         dims = spec.channels * spec.height * spec.width
@@ -67,7 +69,7 @@ class CompressTab(StudioBase):
                         f"{note} |")
             if name == model_name:
                 folder = Path(tempfile.mkdtemp(dir=self._downloads.name))
-                download = folder / f"{Path(file_path(image) or 'image').stem[:40]}.{name}.prnn"
+                download = folder / f"{upload_name}.{name}.prnn"
                 download.write_bytes(data)
             done = k + 1 == len(names)
             status = (f"Coded with {len(names)} model{'s' if len(names) > 1 else ''}: the `.prnn` file of "

@@ -14,7 +14,7 @@ from pixelrnn.ui.cards import Analysis, model_title
 from pixelrnn.ui.errors import user_errors
 from pixelrnn.ui.params import parse_int
 from pixelrnn.ui.pictures import channel_names, click_to_pixel, inspect_scale, render_heatmap
-from pixelrnn.ui.uploads import ModelSpec
+from pixelrnn.ui.uploads import ModelSpec, open_image
 
 BAR_GREY, TRUE_ORANGE = "#5a5a5a", "#f58200"  # bars: predicted; the pixel's true value
 PLOT_W, PLOT_H, AXIS_H = 560, 150, 18  # one channel's chart, in SVG units (it scales to the page's width)
@@ -84,6 +84,7 @@ class InspectTab(StudioBase):
     def inspect(self, model_name: str, image: Any, class_label: Any = None) -> tuple:
         """Likelihood of an image: (model's view, surprise map, entropy map, NLL table, the distribution of the
         most surprising pixel (a bar chart per channel, as HTML), its description, row, col)."""
+        image = open_image(image)  # decoded once: the NLL table scores it with every compatible model
         spec, analysis = self._analysis(model_name, image, class_label)
         scale = inspect_scale(spec.height, spec.width)
         view = upscale(to_rgb(analysis.pixels, spec.levels), scale)
