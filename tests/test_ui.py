@@ -268,6 +268,8 @@ def test_click_to_pixel():
     assert ui.click_to_pixel([10, 28 * scale + 5], 28, 28, scale) is None  # the colour bar under a map
     assert ui.click_to_pixel([-1, 3], 28, 28, scale) is None
     assert ui.click_to_pixel(None, 28, 28, scale) is None
+    for bad in ([float("nan"), 3], [3, float("inf")], ["-inf", 2]):  # a crafted request: no ValueError
+        assert ui.click_to_pixel(bad, 28, 28, scale) is None
 
 
 def test_frame_gate_throttles_and_never_repeats():

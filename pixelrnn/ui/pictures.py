@@ -170,6 +170,8 @@ def click_to_pixel(index: Any, height: int, width: int, scale: int) -> tuple[int
         x, y = (float(v) for v in index)
     except (TypeError, ValueError):
         return None
+    if not (math.isfinite(x) and math.isfinite(y)):  # NaN or infinity from a crafted request
+        return None
     row, col = math.floor(y / scale), math.floor(x / scale)
     if 0 <= row < height and 0 <= col < width:
         return row, col
