@@ -1,10 +1,12 @@
-"""Load probe of the running app (issue 12), not part of the test suite: `python tests/load_probe.py`.
+"""Load probe of the running app, not part of the test suite: `python tests/load_probe.py [SECTION ...]`.
 
 Starts `python app.py` on the repository's checkpoints on a free loopback port, then measures over HTTP:
   1. 24 clients at once on /generate (4 binarized-MNIST samples each);
   2. two maximum-size context-aware completions (CIFAR-10 PixelCNN, 16 particles x 8 completions, bottom half
-     masked) with a 1-sample generate of each model beside them.
-Prints latencies, and the server's resident memory (VmRSS) and peak (VmHWM) from /proc.
+     masked) with a 1-sample generate of each model beside them;
+  3. 12 clients at once on /inspect of one 25-megapixel 16-bit PNG, with a 1-sample generate beside them
+     (timed against the same generate alone).
+Prints latencies, and the server's resident memory (VmRSS) and peak (VmHWM) from /proc. Sections: all by default.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def in_threads(calls: list[tuple]) -> list[tuple[float, str]]:
     def run(k: int) -> None:
         results[k] = timed(*calls[k])
 
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(calls))]
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(len(calls))]
     for thread in threads:
         thread.start()
         time.sleep(0.05)
@@ -72,7 +74,7 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}"
         for _ in range(600):
             try:
-                client = Client(url, download_files=False, verbose=False)
+                Client(url, download_files=False, verbose=False)
                 break
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.1)
@@ -82,36 +84,69 @@ def main() -> int:
             Client(url, download_files=False, verbose=False).predict(model, label, n, 1.0, seed, 0,
                                                                      api_name="/generate")
 
-        results = in_threads([(generate, MNIST, None, 4, k) for k in range(24)])
-        seconds = [r[0] for r in results]
-        print(f"1. 24 clients on /generate ({MNIST}, 4 samples): {sum(r[1] == 'ok' for r in results)} ok; latency "
-              f"min {min(seconds):.1f} s, median {statistics.median(seconds):.1f} s, max {max(seconds):.1f} s; "
-              f"memory {memory_mb(server.pid)[0]:.0f} MB, peak {memory_mb(server.pid)[1]:.0f} MB")
-
-        folder = Path(tempfile.mkdtemp())
-        Image.open(REPO / "assets" / "cifar_cat.png").convert("RGB").save(folder / "cat.png")
-        mask = np.zeros((256, 256, 4), dtype=np.uint8)
-        mask[128:] = (255, 0, 0, 255)
-        Image.fromarray(mask).save(folder / "mask.png")
-        editor = {"background": handle_file(str(folder / "cat.png")), "layers": [handle_file(str(folder / "mask.png"))],
-                  "composite": None}
-
-        def complete() -> None:
-            client.predict(CIFAR, editor, "cat", "context-aware (SMC)", 16, 8, 1.0, 0, 0, api_name="/complete")
-
-        results = in_threads([(complete,), (complete,), (generate, MNIST, None, 1, 0), (generate, CIFAR, "cat", 1, 0)])
-        names = ["max SMC completion #1", "max SMC completion #2", f"1-sample generate, {MNIST}",
-                 f"1-sample generate, {CIFAR}"]
-        print("2. two maximum SMC completions (CIFAR, 16 particles x 8) with 1-sample generates beside them:")
-        for name, (seconds, outcome) in zip(names, results, strict=True):
-            print(f"   {name}: {seconds:.1f} s, {outcome}")
-        time.sleep(1)
-        rss, peak = memory_mb(server.pid)
-        print(f"memory after the jobs {rss:.0f} MB, peak {peak:.0f} MB")
+        sections = set(sys.argv[1:]) or {"1", "2", "3"}
+        if "1" in sections:
+            section_1(url, server.pid, generate)
+        if "2" in sections:
+            section_2(url, server.pid, generate)
+        if "3" in sections:
+            section_3(url, server.pid, generate)
     finally:
         server.terminate()
         server.wait(timeout=30)
     return 0
+
+
+def section_1(url: str, pid: int, generate) -> None:
+    results = in_threads([(generate, MNIST, None, 4, k) for k in range(24)])
+    seconds = [r[0] for r in results]
+    print(f"1. 24 clients on /generate ({MNIST}, 4 samples): {sum(r[1] == 'ok' for r in results)} ok; latency "
+          f"min {min(seconds):.1f} s, median {statistics.median(seconds):.1f} s, max {max(seconds):.1f} s; "
+          f"memory {memory_mb(pid)[0]:.0f} MB, peak {memory_mb(pid)[1]:.0f} MB")
+
+
+def section_2(url: str, pid: int, generate) -> None:
+    client = Client(url, download_files=False, verbose=False)
+    folder = Path(tempfile.mkdtemp())
+    Image.open(REPO / "assets" / "cifar_cat.png").convert("RGB").save(folder / "cat.png")
+    mask = np.zeros((256, 256, 4), dtype=np.uint8)
+    mask[128:] = (255, 0, 0, 255)
+    Image.fromarray(mask).save(folder / "mask.png")
+    editor = {"background": handle_file(str(folder / "cat.png")), "layers": [handle_file(str(folder / "mask.png"))],
+              "composite": None}
+
+    def complete() -> None:
+        client.predict(CIFAR, editor, "cat", "context-aware (SMC)", 16, 8, 1.0, 0, 0, api_name="/complete")
+
+    results = in_threads([(complete,), (complete,), (generate, MNIST, None, 1, 0), (generate, CIFAR, "cat", 1, 0)])
+    names = ["max SMC completion #1", "max SMC completion #2", f"1-sample generate, {MNIST}",
+             f"1-sample generate, {CIFAR}"]
+    print("2. two maximum SMC completions (CIFAR, 16 particles x 8) with 1-sample generates beside them:")
+    for name, (seconds, outcome) in zip(names, results, strict=True):
+        print(f"   {name}: {seconds:.1f} s, {outcome}")
+    time.sleep(1)
+    rss, peak = memory_mb(pid)
+    print(f"memory after the jobs {rss:.0f} MB, peak {peak:.0f} MB")
+
+
+def section_3(url: str, pid: int, generate) -> None:
+    folder = Path(tempfile.mkdtemp())
+    ramp = (np.arange(5000, dtype=np.uint32)[None] * 13 + np.arange(5000, dtype=np.uint32)[:, None] * 7) % 65536
+    Image.fromarray(ramp.astype(np.uint16)).save(folder / "huge16.png")  # 25 MP, 16 bits, a small file
+    size_kb = (folder / "huge16.png").stat().st_size / 1024
+    alone, _ = timed(generate, MNIST, None, 1, 0)
+    before = memory_mb(pid)[0]
+
+    def inspect() -> None:
+        Client(url, download_files=False, verbose=False).predict(MNIST, handle_file(str(folder / "huge16.png")), None,
+                                                                 api_name="/inspect")
+
+    results = in_threads([(inspect,)] * 12 + [(generate, MNIST, None, 1, 0)])
+    rss, peak = memory_mb(pid)
+    print(f"3. 12 clients on /inspect of a 25 MP 16-bit PNG ({size_kb:.0f} kB): {sum(r[1] == 'ok' for r in results[:12])}"
+          f" ok, slowest {max(r[0] for r in results[:12]):.1f} s; a 1-sample generate beside them {results[12][0]:.1f} s"
+          f" ({results[12][1]}), alone {alone:.1f} s; memory before {before:.0f} MB, after {rss:.0f} MB, peak {peak:.0f}"
+          f" MB")
 
 
 if __name__ == "__main__":

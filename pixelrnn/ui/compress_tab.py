@@ -17,7 +17,7 @@ import torch
 import pixelrnn
 from pixelrnn import compress
 from pixelrnn.ui.base import StudioBase
-from pixelrnn.ui.errors import user_errors
+from pixelrnn.ui.errors import returns_memory, user_errors
 from pixelrnn.ui.params import parse_class
 from pixelrnn.ui.pictures import display_scale, render_images
 from pixelrnn.ui.streaming import FrameGate
@@ -35,6 +35,7 @@ class CompressTab(StudioBase):
                          and self.registry.problem(other) is None]
 
     @user_errors
+    @returns_memory
     def compress(self, model_name: str, image: Any, class_label: Any = None) -> Iterator[tuple]:
         """Code an image losslessly with every compatible model (the chosen one first), each row of the sizes
         table as it is done: yields (sizes table, .prnn file of the chosen model, status)."""

@@ -11,7 +11,7 @@ import pixelrnn
 from pixelrnn.images import to_rgb, upscale
 from pixelrnn.ui.base import StudioBase
 from pixelrnn.ui.cards import Analysis, model_title
-from pixelrnn.ui.errors import user_errors
+from pixelrnn.ui.errors import returns_memory, user_errors
 from pixelrnn.ui.params import parse_int
 from pixelrnn.ui.pictures import channel_names, click_to_pixel, inspect_scale, render_heatmap
 from pixelrnn.ui.uploads import ModelSpec, open_image
@@ -81,6 +81,7 @@ class InspectTab(StudioBase):
         return "\n".join(rows)
 
     @user_errors
+    @returns_memory
     def inspect(self, model_name: str, image: Any, class_label: Any = None) -> tuple:
         """Likelihood of an image: (model's view, surprise map, entropy map, NLL table, the distribution of the
         most surprising pixel (a bar chart per channel, as HTML), its description, row, col)."""
