@@ -30,6 +30,7 @@ except ImportError:
     def gpu(fn: Callable) -> Callable:
         return fn
 
+IDLE_POLL_S = 0.02
 PREFERRED = ("binarized-mnist-diagonal-bilstm", "binarized-mnist-row-lstm", "binarized-mnist-pixelcnn")
 CSS = """
 .pixelated img, .pixelated canvas { image-rendering: pixelated; }
@@ -321,7 +322,14 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                       api_name="model_card_on_load",
                       api_visibility="undocumented")
 
-    return demo.queue(default_concurrency_limit=2, max_size=32)
+    demo.queue(default_concurrency_limit=2, max_size=32)
+    # Gradio's idle queue polls every 1 ms and its progress loop every 10 ms (~6% of a core with nobody there); at
+    # 20 ms a new request waits at most 20 ms more (no endpoint here reports gr.Progress). Private attributes of the
+    # pinned Gradio: skipped if they are gone.
+    for name in ("sleep_when_free", "progress_update_sleep_when_free"):
+        if hasattr(demo._queue, name):
+            setattr(demo._queue, name, IDLE_POLL_S)
+    return demo
 
 
 if __name__ == "__main__":
