@@ -225,17 +225,23 @@ def extract_mask(layers: Iterable[Any], prepared: PreparedImage, height: int, wi
     return pool_any(union[top:bottom, left:right], height, width)
 
 
+# the editor drops a file that is not an image without a word (in the browser: nothing reaches the server), so the
+# message says which files it takes
+NO_EDITOR_IMAGE = (f"No image in the editor: upload a {', '.join(IMAGE_FORMATS[:-1])} or {IMAGE_FORMATS[-1]} picture "
+                   f"(the editor ignores other files) or pick an example, then paint the region to regenerate.")
+
+
 def editor_parts(editor: Any) -> tuple[Any, list[Any]]:
     """An ImageEditor value (dict, or EditorValue-like object) -> (background, layers)."""
     if editor is None:
-        raise gr.Error("No image: upload one (or pick an example) and paint the region to regenerate.")
+        raise gr.Error(NO_EDITOR_IMAGE)
     if isinstance(editor, dict):
         background, layers, composite = editor.get("background"), editor.get("layers") or [], editor.get("composite")
     else:
         background, layers = getattr(editor, "background", None), getattr(editor, "layers", None) or []
         composite = getattr(editor, "composite", None)
     if background is None and composite is None:
-        raise gr.Error("No image: upload one (or pick an example) and paint the region to regenerate.")
+        raise gr.Error(NO_EDITOR_IMAGE)
     if background is None:
         background = composite  # a canvas drawn from scratch
     return background, list(layers)
