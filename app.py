@@ -50,8 +50,10 @@ of an image is, **Compress** an image losslessly with a model, and read the **Mo
 
 def launch_kwargs() -> dict[str, Any]:
     """launch() arguments the app needs (Gradio 6 takes css/theme at launch)."""
+    # show_error: a payload Gradio rejects (too few values, a file field that is not a file) gets Gradio's message
+    # instead of "error": null; the endpoints' own errors are gr.Error sentences either way
     return {"css": CSS, "allowed_paths": [str(ui.ASSETS_DIR)], "max_file_size": ui.MAX_UPLOAD_BYTES,
-            "theme": gr.themes.Soft()}
+            "theme": gr.themes.Soft(), "show_error": True}
 
 
 def _model_dropdown(registry: ui.Registry, elem_id: str, value: str | None) -> gr.Dropdown:
@@ -111,6 +113,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                device: str | None = None) -> gr.Blocks:
     """The PixelRNN Studio app; models from `checkpoints` (default $PIXELRNN_CHECKPOINTS or checkpoints/) and
     `hub_models` (default $PIXELRNN_HUB_MODELS)."""
+    ui.quiet_rejections()
     registry = ui.Registry.from_env(checkpoints, hub_models, device)
     studio = ui.Studio(registry)
     default = registry.default(PREFERRED)

@@ -479,3 +479,17 @@ def test_analysis_events_share_one_limit(checkpoints, monkeypatch):
         for thread in threads:
             thread.join(timeout=90)
     assert [r[0] for r in results] == ["complete"] * 6 and most[0] <= ui.ANALYSIS_SLOTS
+
+
+@pytest.mark.parametrize("api,data", [
+    ("generate", []), ("generate", ["tiny-bin"]), ("inspect", ["tiny-bin", 5, None]),
+    ("pixel", ["tiny-bin", {"path": 3}, None, 1, 1]), ("decompress", [{"url": "http://example.com/x"}]),
+])
+def test_payloads_gradio_rejects_get_a_message_and_no_traceback(server, api, data, capfd):
+    """Defect: payloads rejected by Gradio's own checks came back with "error": null and logged a full traceback
+    each (651 tracebacks in one probe)."""
+    capfd.readouterr()
+    event, message, _ = call(server, api, data)
+    assert event == "error" and isinstance(message, str) and message
+    time.sleep(0.2)  # the log line is written after the answer
+    assert "Traceback" not in capfd.readouterr().err

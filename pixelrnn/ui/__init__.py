@@ -16,6 +16,7 @@ import gradio as gr
 
 from pixelrnn.images import center_crop_box, quantize, tile, to_rgb, upscale
 from pixelrnn.ui.cards import models_table
+from pixelrnn.ui.errors import quiet_rejections
 from pixelrnn.ui.inspect_tab import distribution_html
 from pixelrnn.ui.params import (
     AUTO_CLASS,
@@ -110,6 +111,7 @@ __all__ = [
     "pool_any",
     "prepare_image",
     "quantize",
+    "quiet_rejections",
     "render_distribution",
     "render_heatmap",
     "render_images",

@@ -8,6 +8,9 @@ import functools
 import inspect
 import logging
 import re
+import sys
+import traceback
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,3 +100,27 @@ def user_errors(fn: Callable) -> Callable:
         except Exception as err:
             raise convert(err) from err
     return function
+
+
+# --- requests Gradio itself rejects ---------------------------------------------------------------------------
+
+REJECTED = (ValueError, TypeError, KeyError)  # Gradio's own checks of a payload (pydantic's errors are ValueErrors)
+
+
+def _print_rejection(*args, **kwargs) -> None:
+    """Stand-in for gradio.queueing's traceback.print_exc: a payload that Gradio's own checks reject (too few
+    values, a file field that is not a file) is a client's mistake, logged as one line; anything else keeps its
+    traceback. Our endpoints never reach here with their own errors (`user_errors` turns them into gr.Error)."""
+    error = sys.exc_info()[1]
+    if isinstance(error, REJECTED):
+        log.info("rejected request: %s: %s", type(error).__name__, redact_paths(str(error)).splitlines()[0][:300])
+    else:
+        traceback.print_exc(*args, **kwargs)
+
+
+def quiet_rejections() -> None:
+    """Log requests that Gradio rejects before calling an endpoint as one line each, not a traceback (a probe
+    of malformed payloads wrote 651 tracebacks). Replaces the `traceback` name in gradio.queueing only."""
+    import gradio.queueing
+
+    gradio.queueing.traceback = types.SimpleNamespace(print_exc=_print_rejection)
