@@ -11,6 +11,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -18,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import gradio.analytics
 import gradio.utils
 import httpx
 import pytest
@@ -102,11 +103,13 @@ CASES = ["passwd", "image outside", "directory", "missing", "fifo", "fifo in upl
 def test_a_named_server_path_gives_one_generic_error_promptly(server, planted, api, case):
     """Defect: /inspect and /pixel opened any path a client named ({"path": ...} without Gradio's meta), returned a
     thumbnail of a server image, told which paths exist, and hung on a FIFO."""
-    # a FileData dict reaches the app; a bare string is refused by Gradio itself, with no message
-    for value, messages in (({"path": planted[case]}, {UNREADABLE}), (planted[case], {UNREADABLE, None})):
+    # a FileData dict reaches the app; a bare string is refused by Gradio itself, with its type message, which
+    # repeats only the client's own string (the same sentence whether or not the path exists)
+    refused = "1 validation error for ImageData\n  Input should be a valid dictionary or instance of ImageData"
+    for value, generic in (({"path": planted[case]}, UNREADABLE), (planted[case], refused)):
         data = ["tiny-bin", value, None] + ([0, 0] if api == "pixel" else [])
         event, message, seconds = call(server, api, data, timeout=PROMPT_S + 5)
-        assert event == "error" and message in messages, (case, value, message)
+        assert event == "error" and message.startswith(generic), (case, value, message)
         assert seconds < PROMPT_S
 
 
@@ -431,10 +434,14 @@ def test_only_common_image_formats_are_decoded():
 
 
 def test_the_app_sends_no_telemetry_unless_asked():
-    import app  # noqa: F401 - importing the app sets the defaults
-
-    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1"
-    assert not gradio.analytics.analytics_enabled()
+    """Defect: at launch Gradio called HF_ENDPOINT/api/telemetry; a demo that loads people's images sends nothing
+    anywhere unless asked. Checked in a fresh interpreter whose environment sets neither variable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY")}
+    code = ("import os, app, gradio.analytics; print(os.environ['GRADIO_ANALYTICS_ENABLED'], "
+            "os.environ['HF_HUB_DISABLE_TELEMETRY'], gradio.analytics.analytics_enabled())")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ui.REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.stdout.split() == ["False", "1", "False"], result.stderr[-2000:]
 
 
 def test_an_upload_is_decoded_once_per_analysis(tmp_path, monkeypatch):
