@@ -256,26 +256,25 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             gpu(studio.generate), [gen_model, gen_class, gen_n, gen_temperature, gen_seed, gen_pace], gen_outputs,
             api_name="generate", preprocess=False, show_progress="hidden", concurrency_id="sampling",
             concurrency_limit=ui.SAMPLING_SLOTS)
-        gen_stop.click(None, cancels=[gen_event], api_name="stop_generate", api_visibility="private",
-                       queue=False).then(ui.settle, api_visibility="private", queue=False, show_progress="hidden").then(
-            ui.stopped, gen_status, gen_status, api_visibility="private", queue=False, show_progress="hidden")
 
         cmp_event = cmp_run.click(
             gpu(studio.complete),
             [cmp_model, cmp_editor, cmp_class, cmp_mode, cmp_particles, cmp_n, cmp_temperature, cmp_seed, cmp_pace],
             cmp_outputs, api_name="complete", preprocess=False, show_progress="hidden",
             concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
-        cmp_stop.click(None, cancels=[cmp_event], api_name="stop_complete", api_visibility="private",
-                       queue=False).then(ui.settle, api_visibility="private", queue=False, show_progress="hidden").then(
-            ui.stopped, cmp_status, cmp_status, api_visibility="private", queue=False, show_progress="hidden")
 
         ups_event = ups_run.click(
             gpu(studio.upscale), [ups_model, ups_input, ups_n, ups_temperature, ups_seed, ups_pace], ups_outputs,
             api_name="upscale", preprocess=False, show_progress="hidden", concurrency_id="sampling",
             concurrency_limit=ui.SAMPLING_SLOTS)
-        ups_stop.click(None, cancels=[ups_event], api_name="stop_upscale", api_visibility="private",
-                       queue=False).then(ui.settle, api_visibility="private", queue=False, show_progress="hidden").then(
-            ui.stopped, ups_status, ups_status, api_visibility="private", queue=False, show_progress="hidden")
+
+        # Stop cancels the stream, lets the frames on their way land, then says "Stopped." if it stopped something
+        for stop, event, status, name in ((gen_stop, gen_event, gen_status, "stop_generate"),
+                                          (cmp_stop, cmp_event, cmp_status, "stop_complete"),
+                                          (ups_stop, ups_event, ups_status, "stop_upscale")):
+            stop.click(None, cancels=[event], api_name=name, api_visibility="private", queue=False).then(
+                ui.settle, api_visibility="private", queue=False, show_progress="hidden").then(
+                ui.stopped, status, status, api_visibility="private", queue=False, show_progress="hidden")
 
         # results never outlive the model or input they came from: a model change clears them and stops a running
         # stream; a new input clears them only (uploads and brush strokes are reported late, maybe after Run)

@@ -46,7 +46,7 @@ def distribution_html(probs: np.ndarray, true: list[int], row: int, col: int) ->
                  f"(p = {p[likely]:.3g})")
         charts.append(f'<figure class="pixel-dist" data-channel="{c}" style="margin:0 0 8px 0">'
                       f'<figcaption style="font-size:0.9em">{title}</figcaption>'
-                      f'<svg viewBox="0 0 {PLOT_W} {PLOT_H + AXIS_H}" width="100%" role="img" '
+                      f'<svg viewBox="0 0 {PLOT_W} {PLOT_H + AXIS_H}" width="100%" style="max-width:{PLOT_W}px" role="img" '
                       f'aria-label="{title}">{"".join(bars)}{"".join(labels)}</svg></figure>')
     return f'<div id="pixel-dist-data" data-row="{row}" data-col="{col}">{"".join(charts)}</div>'
 
