@@ -38,14 +38,43 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 
 
+# file -> its layout, for `python -m pixelrnn.data --check` and the error of a missing file
+FILES = {
+    "binarized_mnist.npz": "train (50000, 28, 4), valid (10000, 28, 4), test (10000, 28, 4) uint8: the binarized "
+                           "MNIST of Larochelle & Murray (2011), np.packbits along the last axis",
+    "mnist.npz": "x_train (60000, 28, 28), y_train (60000,), x_test (10000, 28, 28), y_test (10000,) uint8: the "
+                 "layout of Keras' mnist.npz",
+    **{f"cifar10_train_{p}.npz": f"x_train (12500, 32, 32, 3), y_train (12500,) uint8: CIFAR-10 training images "
+                                 f"{12500 * k:,}..{12500 * (k + 1) - 1:,}, NHWC" for k, p in enumerate(CIFAR_TRAIN_PARTS)},
+    "cifar10_test.npz": "x_test (N, 32, 32, 3), y_test (N,) uint8: CIFAR-10 test images 0..N-1, NHWC",
+}
+
+
 def _open(data_dir: Path, filename: str, dataset: str):
     path = Path(data_dir) / filename
     if not path.is_file():
         raise FileNotFoundError(
-            f"{dataset}: expected {filename} at {path}. Point --data-dir (or PIXELRNN_DATA) at the folder "
-            f"holding the .npz files described in ../shared/data/SOURCES.md."
+            f"{dataset}: expected {filename} at {path} ({FILES.get(filename, 'see the README')}). Point --data-dir "
+            f"(or PIXELRNN_DATA) at the folder that holds it; `python -m pixelrnn.data --check` lists what is found."
         )
     return np.load(path, allow_pickle=False)
+
+
+def check(data_dir: Path) -> list[str]:
+    """One line per expected file: found (with its arrays' shapes) or missing (with the layout it needs)."""
+    lines = []
+    for filename, layout in FILES.items():
+        path = Path(data_dir) / filename
+        if not path.is_file():
+            lines.append(f"missing  {filename}: {layout}")
+            continue
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                shapes = ", ".join(f"{k} {z[k].shape}" for k in z.files)
+            lines.append(f"found    {filename}: {shapes}")
+        except (OSError, ValueError) as err:
+            lines.append(f"unreadable {filename}: {err}")
+    return lines
 
 
 def load_split(
@@ -81,3 +110,20 @@ def binarize(images: Tensor, generator: torch.Generator | None = None, noise: Te
     if noise is None:
         noise = torch.rand(images.shape, generator=generator, device=images.device)
     return (noise * 255 < images).to(torch.uint8)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Which data set files are where: python -m pixelrnn.data --check")
+    p.add_argument("--check", action="store_true", help="list the expected .npz files, found or missing")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="default: $PIXELRNN_DATA or ../shared/data")
+    args = p.parse_args(argv)
+    print(f"data folder: {args.data_dir} (set with --data-dir or PIXELRNN_DATA)")
+    lines = check(args.data_dir)
+    print("\n".join(lines))
+    return 0 if all(line.startswith("found") for line in lines) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

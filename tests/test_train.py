@@ -453,3 +453,15 @@ def test_evaluate_reports_bits_per_sub_pixel_of_an_rgb_model(tmp_path, capsys):
     assert evaluate_main([str(tmp_path / "rgb"), "--data-dir", str(tmp_path)]) == 0
     measured = float(capsys.readouterr().out.split("measured ")[1].split(" bits/dim")[0])
     assert math.isclose(measured, nats / (3 * 32 * 32 * math.log(2)), rel_tol=1e-3)  # C x H x W sub-pixels
+
+
+def test_data_check_lists_found_and_missing_files(tmp_path, capsys):
+    from pixelrnn.data import main as data_main
+
+    write_fixture_data(tmp_path)  # everything but CIFAR-10 quarters c and d
+    assert data_main(["--check", "--data-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "found    binarized_mnist.npz: train (48, 28, 4)" in out and "found    cifar10_test.npz" in out
+    assert "missing  cifar10_train_c.npz: x_train (12500, 32, 32, 3)" in out
+    with pytest.raises(FileNotFoundError, match="python -m pixelrnn.data --check"):
+        load_split("cifar10", "train", tmp_path)
