@@ -33,6 +33,9 @@ except ImportError:
 IDLE_POLL_S = 0.02
 PREFERRED = ("binarized-mnist-diagonal-bilstm", "binarized-mnist-row-lstm", "binarized-mnist-pixelcnn")
 CSS = """
+@media (max-width: 640px) {  /* a phone: the title only, so that Generate and the stream fit the first screen */
+  #intro p { display: none; }
+}
 .pixelated img, .pixelated canvas { image-rendering: pixelated; }
 #gen-status, #cmp-status { min-height: 2.5em; }
 .caption p { margin: 0 !important; font-size: 0.9em; }
@@ -120,20 +123,21 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
     examples = ui.example_images()
 
     with gr.Blocks(title="PixelRNN Studio", delete_cache=(1800, 3600)) as demo:
-        gr.Markdown(INTRO)
+        gr.Markdown(INTRO, elem_id="intro")
         with gr.Tabs(elem_id="tabs"):
             # --- Generate -------------------------------------------------------------------------------
             with gr.Tab("Generate", id="generate", elem_id="tab-generate"), gr.Row():
-                with gr.Column(scale=1, min_width=280):
+                with gr.Column(scale=1, min_width=280):  # on a phone this column comes first: keep it short
                     gen_model = _model_dropdown(registry, "gen-model", default)
                     gen_class = _class_dropdown(studio, default, "gen-class")
-                    gen_n = gr.Slider(1, ui.MAX_SAMPLES, value=4, step=1, label="Samples", elem_id="gen-n")
-                    gen_temperature, gen_seed, gen_pace = _sampling_settings("gen", pace=3)
                     gen_run, gen_stop = _run_stop("gen", "Generate")
                     gen_status = gr.Markdown(label="Status", elem_id="gen-status")
                 with gr.Column(scale=2):
                     gen_image = _image("Samples (grey: not sampled yet; red outline: current pixel)", "Samples", "gen-image")
                     gen_dist = _image("Current pixel: predictive distribution", "Distribution", "gen-dist")
+                    with gr.Accordion("Settings", open=True, elem_id="gen-settings"), gr.Row():
+                        gen_n = gr.Slider(1, ui.MAX_SAMPLES, value=4, step=1, label="Samples", elem_id="gen-n")
+                        gen_temperature, gen_seed, gen_pace = _sampling_settings("gen", pace=3)
 
             # --- Complete -------------------------------------------------------------------------------
             with gr.Tab("Complete", id="complete", elem_id="tab-complete"), gr.Row():

@@ -261,3 +261,23 @@ def test_upscale(page):
     page.locator("#ups-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_2.png"))
     page.wait_for_function("document.querySelectorAll('#ups-samples img').length === 0")  # no stale samples
     assert "full-size samples" not in page.locator("#ups-status").inner_text()
+
+
+def test_on_a_phone_generate_and_the_stream_fit_the_first_screen(page, server):
+    """Defect: at 390x844 the Generate button sat at the bottom of the screen and the samples started below it,
+    so a visitor on a phone never saw the stream without scrolling."""
+    phone = page.context.browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        phone.set_default_timeout(TIMEOUT_MS)
+        phone.goto(server, wait_until="load")
+        phone.wait_for_selector("#gen-run")
+        run = phone.locator("#gen-run").bounding_box()
+        assert run["y"] + run["height"] < 844
+        phone.click("#gen-run")
+        phone.wait_for_function("document.querySelector('#gen-image img')?.src")
+        image = phone.locator("#gen-image img").bounding_box()
+        assert image["y"] + image["height"] / 2 < 844 and phone.evaluate("window.scrollY") == 0
+        SCREENSHOTS.mkdir(exist_ok=True)
+        phone.screenshot(path=SCREENSHOTS / "phone-generate.png")
+    finally:
+        phone.close()
