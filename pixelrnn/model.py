@@ -157,7 +157,12 @@ class PixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn", tags=HU
         """x: (B, C, H, W) integer levels -> logits (B, levels, C, H, W)."""
         if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):  # checks sync; a CUDA graph cannot
             self.check_inputs(x, y, cond)
-        features = self.input_conv(scale_pixels(x, self.levels, self.input_conv.weight.dtype))  # (B, 2h, H, W)
+        return self.forward_scaled(scale_pixels(x, self.levels, self.input_conv.weight.dtype), y, cond)
+
+    def forward_scaled(self, inputs: Tensor, y: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
+        """`forward` on inputs already scaled to [-1, 1] (B, C, H, W), unchecked: a relaxed, differentiable
+        input for maps of what each prediction depends on (pixelrnn.views)."""
+        features = self.input_conv(inputs)  # (B, 2h, H, W)
         bias = self.input_bias(y, cond)
         if bias is not None:
             features = features + bias

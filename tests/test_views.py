@@ -1,0 +1,45 @@
+"""The receptive field that the demo shows is the model's exact dependency set (the causality tests' sets)."""
+
+import pytest
+import torch
+from test_causality import dependencies, index, make
+
+from pixelrnn.views import receptive_field
+
+CASES = [(arch, channels, levels) for arch in ("pixelcnn", "row_lstm", "diagonal_bilstm")
+         for channels, levels in ((1, 2), (3, 256))]
+
+
+@pytest.mark.parametrize("arch,channels,levels", CASES)
+def test_receptive_field_equals_the_exact_dependency_set(arch, channels, levels):
+    height, width = 5, 6
+    model = make(arch, channels, levels, height, width)
+    deps = dependencies(model, channels, height, width, levels)  # [k_out, k_in] by perturbing each sub-pixel
+    for r, j, c in ((0, 0, 0), (2, 3, channels - 1), (4, 5, 0), (3, 1, channels // 2)):
+        field = receptive_field(model, r, j, c)  # (C, H, W)
+        expected = deps[index(channels, width, r, j, c)].view(height, width, channels).permute(2, 0, 1)
+        assert torch.equal(field, expected), (r, j, c)
+
+
+def test_the_architectures_see_what_the_paper_says():
+    """Row LSTM: a triangle above (Fig. 2), not the far corners; Diagonal BiLSTM: the whole past but one pixel;
+    PixelCNN: a bounded window with a blind spot to the upper right (Fig. 2)."""
+    height, width, r, j = 12, 40, 10, 20
+    row_lstm = receptive_field(make("row_lstm", 1, 2, height, width, layers=1), r, j)[0]
+    diagonal = receptive_field(make("diagonal_bilstm", 1, 2, height, width, layers=1), r, j)[0]
+    pixelcnn = receptive_field(make("pixelcnn", 1, 2, height, width, layers=3), r, j)[0]
+    past = torch.zeros(height, width, dtype=torch.bool)
+    past[:r] = True
+    past[r, :j] = True
+    # everything before the pixel but one: the last pixel of the row above. Mask A keeps a pixel out of its own
+    # input features, so (r-1, W-1) enters only features of row r at columns >= W-4 (future for (r, j < W-4)) and
+    # of row r-1 beyond the image; the right-to-left stream, shifted down a row, never carries it (Sec. 3.2 as built)
+    expected = past.clone()
+    expected[r - 1, width - 1] = False
+    assert torch.equal(diagonal, expected)
+    assert (row_lstm & ~past).sum() == 0 and row_lstm[0, j] and not row_lstm[0, 0] and not row_lstm[0, width - 1]
+    assert row_lstm[0].sum() > row_lstm[r - 1].sum()  # wider the further up: a triangle
+    assert pixelcnn[r - 1, j] and not pixelcnn[0].any()  # bounded
+    assert pixelcnn[r - 4, j + 6] and not pixelcnn[r - 1, j + 6]  # the blind spot: upper right, near rows
+    with pytest.raises(ValueError, match="outside"):
+        receptive_field(make("pixelcnn", 1, 2, height, width), height, 0)
