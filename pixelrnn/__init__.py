@@ -2,6 +2,7 @@
 
 from pixelrnn.images import load_image
 from pixelrnn.model import ARCHS, Model, MultiScalePixelRNN, PixelRNN, bits_per_dim, build_model
+from pixelrnn import views
 from pixelrnn.sampling import Step, class_posterior, likelihood_maps, sample, sample_steps
 
 _HUB_NAMES = ("CheckpointError", "HubUnreachableError", "load")
@@ -33,4 +34,5 @@ __all__ = [
     "load_image",
     "sample",
     "sample_steps",
+    "views",
 ]
