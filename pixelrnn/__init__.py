@@ -1,8 +1,8 @@
 """PixelRNN Studio: Pixel Recurrent Neural Networks (van den Oord et al., 2016) in PyTorch."""
 
+from pixelrnn import views
 from pixelrnn.images import load_image
 from pixelrnn.model import ARCHS, Model, MultiScalePixelRNN, PixelRNN, bits_per_dim, build_model
-from pixelrnn import views
 from pixelrnn.sampling import Step, class_posterior, likelihood_maps, sample, sample_steps
 
 _HUB_NAMES = ("CheckpointError", "HubUnreachableError", "load")
