@@ -75,6 +75,15 @@ def main() -> None:
             page.get_by_role("tab", name="Models").click()
             page.wait_for_timeout(2000)
             page.screenshot(path=DOCS / "screenshot-models.png", full_page=True)
+
+            phone = browser.new_page(viewport={"width": 390, "height": 844})  # the first screen, mid-stream
+            phone.goto(f"http://127.0.0.1:{port}", wait_until="load")
+            phone.wait_for_selector("#gen-run")
+            set_slider(phone, "gen-pace", 4)
+            phone.click("#gen-run")
+            phone.wait_for_function("document.querySelector('#gen-status')?.innerText.includes('Pixel 3')")
+            phone.wait_for_timeout(1500)
+            phone.screenshot(path=DOCS / "screenshot-phone.png")
             browser.close()
     finally:
         demo.close()

@@ -233,7 +233,7 @@ def test_switching_model_clears_stale_outputs(page):
 def test_complete_the_cifar_cat_with_auto_class(page):
     page.get_by_role("tab", name="Complete").click()
     choose(page, "cmp-model", "tiny-rgb")
-    page.wait_for_function("document.querySelector('#cmp-class input')?.value === 'auto (most likely)'")
+    page.wait_for_function(f"document.querySelector('#cmp-class input')?.value === {ui.AUTO_CLASS!r}")
     upload_to_editor(page, "cmp-editor", ui.ASSETS_DIR / "cifar_cat.png")
     paint_bottom_half(page, "cmp-editor")
     set_slider(page, "cmp-pace", 0)

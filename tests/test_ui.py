@@ -220,6 +220,7 @@ def test_argument_checks():
     assert ui.parse_class(None, BIN) is None
     assert ui.parse_class("c", RGB) == 2 and ui.parse_class(3, RGB) == 3 and ui.parse_class("9", RGB) == 9
     assert ui.parse_class(ui.AUTO_CLASS, RGB, allow_auto=True) is None
+    assert ui.parse_class("auto (most likely)", RGB, allow_auto=True) is None  # the earlier name still works
     for bad, message in ((10, "out of range"), (-1, "out of range"), ("zebra", "Unknown class"), (None, "choose")):
         with pytest.raises(gr.Error, match=message):
             ui.parse_class(bad, RGB)

@@ -13,7 +13,8 @@ from pixelrnn.ui.settings import MAX_PACE_S, MAX_TEMPERATURE
 from pixelrnn.ui.uploads import ModelSpec
 
 MODES = ("plain", "context-aware (SMC)")
-AUTO_CLASS = "auto (most likely)"
+AUTO_CLASS = "auto (from the image)"  # Complete draws classes from the posterior; Inspect reports it
+LEGACY_AUTO = "auto (most likely)"  # its earlier name, still accepted
 
 MAX_NUMBER_CHARS = 40  # longer text is not a number a person typed
 
@@ -107,7 +108,7 @@ def parse_class(value: Any, spec: ModelSpec, allow_auto: bool = False) -> int | 
     """A class name or index -> index; None for unconditional models (and for "auto" when allowed)."""
     if spec.num_classes is None:
         return None
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto", AUTO_CLASS)):
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto", AUTO_CLASS, LEGACY_AUTO)):
         if allow_auto:
             return None
         raise gr.Error(f"This model is class-conditional: choose a class ({', '.join(spec.class_names[:10])}).")
