@@ -211,7 +211,13 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                     insp_row = gr.Number(label="Row", precision=0, visible=False, elem_id="insp-row")
                     insp_col = gr.Number(label="Column", precision=0, visible=False, elem_id="insp-col")
                     insp_pixel_text = gr.Markdown(label="Pixel text", elem_id="insp-pixel-text")
-                    insp_dist = gr.HTML(elem_id="insp-dist", label="Pixel distribution")
+                    with gr.Row():
+                        insp_dist = gr.HTML(elem_id="insp-dist", label="Pixel distribution")
+                        with gr.Column(scale=0, min_width=240):
+                            insp_influence = _image("Influence on this pixel", "Influence", "insp-influence")
+                            gr.Markdown("How much each pixel moved the clicked pixel's prediction: the size of the "
+                                        "gradient of log p(its value) with respect to each pixel's value. Zero "
+                                        "outside what the model can see.", elem_classes=["caption"])
 
             # --- Compress -------------------------------------------------------------------------------
             with gr.Tab("Compress", id="compress", elem_id="tab-compress"), gr.Row():
@@ -292,8 +298,8 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             image.change(ui.cleared(len(outputs)), None, outputs, api_visibility="private", queue=False,
                          show_progress="hidden")
 
-        insp_outputs = [insp_view, insp_surprise, insp_entropy, insp_table, insp_dist, insp_pixel_text, insp_row,
-                        insp_col]
+        insp_outputs = [insp_view, insp_surprise, insp_entropy, insp_table, insp_dist, insp_influence, insp_pixel_text,
+                        insp_row, insp_col]
         analysis = {"concurrency_id": "analysis", "concurrency_limit": ui.ANALYSIS_SLOTS}  # one limit for them all
         insp_run.click(gpu(studio.inspect), [insp_model, insp_image, insp_class], insp_outputs, api_name="inspect",
                        preprocess=False, show_progress_on=[insp_table], **analysis)
@@ -304,7 +310,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             shown.select(studio.select_pixel, [insp_model], [insp_row, insp_col], api_name=f"select_pixel_{k}",
                          api_visibility="undocumented", show_progress="hidden", queue=False).then(
                 gpu(studio.pixel), [insp_model, insp_image, insp_class, insp_row, insp_col],
-                [insp_dist, insp_pixel_text], api_name="pixel" if k == 0 else f"pixel_{k}",
+                [insp_dist, insp_influence, insp_pixel_text], api_name="pixel" if k == 0 else f"pixel_{k}",
                 api_visibility="public" if k == 0 else "undocumented", preprocess=False, show_progress="hidden",
                 **analysis)
 

@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import Tensor
 
-from pixelrnn.model import Model, MultiScalePixelRNN
+from pixelrnn.model import Model, MultiScalePixelRNN, scale_pixels
 
 
 def receptive_field(model: Model, row: int, col: int, channel: int = 0, y: int | None = None,
@@ -38,3 +38,26 @@ def receptive_field(model: Model, row: int, col: int, channel: int = 0, y: int |
     projection = torch.randn(logits.shape, generator=generator, dtype=torch.float64)
     (gradient,) = torch.autograd.grad((logits * projection).sum(), inputs)
     return (gradient != 0).any(0)
+
+
+def influence(model: Model, image: Tensor, row: int, col: int, channel: int | None = None, y: int | None = None
+              ) -> Tensor:
+    """(H, W) float: how strongly each pixel of `image` (C, H, W) moved the log-probability of the true value of
+    pixel (row, col) (all its channels, or sub-pixel `channel`): the size of its gradient with respect to a
+    relaxed (float) input, summed over the input pixel's channels, in a float64 copy of the model. Zero outside
+    the receptive field; a Multi-Scale model: its full-size stage, given the image's own small image."""
+    multiscale = isinstance(model, MultiScalePixelRNN)
+    net = model.large if multiscale else model
+    if not (0 <= row < net.height and 0 <= col < net.width and (channel is None or 0 <= channel < net.channels)):
+        raise ValueError(f"sub-pixel ({row}, {col}, {channel}) lies outside a {net.channels}x{net.height}x"
+                         f"{net.width} image")
+    probe = copy.deepcopy(model).cpu().double().eval()
+    x = torch.as_tensor(image).long().cpu()[None]  # (1, C, H, W)
+    inputs = scale_pixels(x, net.levels, torch.float64).requires_grad_()
+    labels = None if net.num_classes is None else torch.tensor([0 if y is None else y])
+    cond = probe.condition(probe.downsample(x)) if multiscale else None
+    logits = (probe.large if multiscale else probe).forward_scaled(inputs, labels, cond)  # (1, levels, C, H, W)
+    channels = range(net.channels) if channel is None else [channel]
+    log_p = sum(torch.log_softmax(logits[0, :, c, row, col], 0)[x[0, c, row, col]] for c in channels)
+    (gradient,) = torch.autograd.grad(log_p, inputs)
+    return gradient[0].abs().sum(0).detach()

@@ -237,7 +237,7 @@ def test_full_mask_equals_generation(server, client, files, checkpoints):
 
 
 def test_inspect_and_pixel(server, client, files):
-    view, surprise, entropy, table, chart, text, row, col = client.predict(
+    view, surprise, entropy, table, chart, influence, text, row, col = client.predict(
         "tiny-bin", handle_file(str(files["rgb"])), None, api_name=INSPECT)
     assert chart_bars(chart)[0] == (row, col)
     scale = ui.inspect_scale(28, 28)
@@ -245,7 +245,8 @@ def test_inspect_and_pixel(server, client, files):
     assert fetch(server, surprise).shape == (28 * scale + ui.LEGEND_PX, 28 * scale, 3)
     assert fetch(server, entropy).shape == (28 * scale + ui.LEGEND_PX, 28 * scale, 3)
     assert "tiny-bin" in table and "bits/dim" in table and "Most surprising" in text and 0 <= row < 28
-    chart, text = client.predict("tiny-bin", handle_file(str(files["rgb"])), None, 4, 7, api_name=PIXEL)
+    chart, influence, text = client.predict("tiny-bin", handle_file(str(files["rgb"])), None, 4, 7, api_name=PIXEL)
+    assert fetch(server, influence).shape == (28 * scale + ui.LEGEND_PX, 28 * scale, 3)
     where, [bars] = chart_bars(chart)  # binary: one bar per level, the true value marked
     assert "row 4, col 7" in text and where == (4, 7)
     assert [v for v, _, _ in bars] == [0, 1] and sum(p for _, p, _ in bars) == pytest.approx(1, abs=1e-5)

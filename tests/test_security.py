@@ -116,7 +116,7 @@ def test_a_named_server_path_gives_one_generic_error_promptly(server, planted, a
 def test_uploads_and_examples_still_work(server):
     """The control for the test above: an example image (the app's allowed folder) is read."""
     event, outputs, _ = call(server, "inspect", ["tiny-bin", {"path": str(ui.ASSETS_DIR / "mnist_7.png")}, None])
-    assert event == "complete" and "Most surprising pixel" in outputs[5]
+    assert event == "complete" and "Most surprising pixel" in outputs[6]
 
 
 # --- 2. sampling is numerically safe at any accepted temperature --------------------------------------------------

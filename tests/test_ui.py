@@ -445,24 +445,31 @@ def test_complete_keeps_known_pixels_with_smc(studio):
 
 
 def test_inspect_and_pixel(studio):
-    view, surprise, _, table, chart, text, row, col = studio.inspect("tiny-bin", ui.ASSETS_DIR / "mnist_7.png")
+    view, surprise, _, table, chart, influence, text, row, col = studio.inspect("tiny-bin", ui.ASSETS_DIR / "mnist_7.png")
     assert chart_bars(chart)[0] == (row, col)
     scale = ui.inspect_scale(28, 28)
     assert view.shape == (28 * scale, 28 * scale, 3) and surprise.shape[0] == 28 * scale + ui.LEGEND_PX
     assert "tiny-ms" in table and "no-weights" in table and "bits/dim" in table  # every model of the same format
     assert "tiny-rgb" not in table and "Most surprising pixel" in text and 0 <= row < 28
-    chart, text = studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 3, 4)
+    chart, influence, text = studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 3, 4)
     (where, [bars]) = chart_bars(chart)
     maps = pixelrnn.likelihood_maps(studio.registry.load("tiny-bin"),
                                     torch.from_numpy(ui.prepare_image(ui.ASSETS_DIR / "mnist_7.png", BIN).pixels))
     assert "row 3, col 4" in text and where == (3, 4)
     assert np.allclose([p for _, p, _ in bars], maps["probs"][:, 0, 3, 4].numpy(), rtol=1e-5)
+    pixels = torch.from_numpy(ui.prepare_image(ui.ASSETS_DIR / "mnist_7.png", BIN).pixels)
+    strength = pixelrnn.views.influence(studio.registry.load("tiny-bin"), pixels, 3, 4).numpy()
+    scale = ui.inspect_scale(28, 28)
+    expected = ui.render_heatmap(strength, scale, "influence on this pixel")
+    ui.pictures.draw_cursor(expected, (3, 4), scale)
+    assert np.array_equal(influence, expected) and strength[4:].sum() == strength[3, 4:].sum() == 0 < strength.sum()
     with pytest.raises(gr.Error, match="Row"):
         studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 28, 0)
     _, _, _, table, *_ = studio.inspect("tiny-rgb", ui.ASSETS_DIR / "cifar_cat.png", ui.AUTO_CLASS)
     assert "most likely class" in table
-    view, _, _, table, chart, text, row, col = studio.inspect_changed("tiny-bin", None)  # the image was removed
-    assert view is None and table is None and chart is None and text is None and row is None and col is None
+    view, _, _, table, chart, influence, text, row, col = studio.inspect_changed("tiny-bin", None)  # no image
+    assert view is None and table is None and chart is None and influence is None and text is None and row is None
+    assert col is None
 
 
 def test_model_card(studio):

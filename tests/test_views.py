@@ -43,3 +43,29 @@ def test_the_architectures_see_what_the_paper_says():
     assert pixelcnn[r - 4, j + 6] and not pixelcnn[r - 1, j + 6]  # the blind spot: upper right, near rows
     with pytest.raises(ValueError, match="outside"):
         receptive_field(make("pixelcnn", 1, 2, height, width), height, 0)
+
+
+def test_influence_is_zero_outside_the_receptive_field_and_follows_the_context():
+    from pixelrnn.views import influence
+
+    height, width = 6, 7
+    for arch in ("pixelcnn", "row_lstm", "diagonal_bilstm"):
+        model = make(arch, 1, 2, height, width)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.4)  # predictions away from 0 and 1, so that the gradient is far from underflow
+        image = torch.randint(0, 2, (1, height, width))
+        strength = influence(model, image, 4, 3)
+        assert strength.shape == (height, width) and (strength > 0).any()
+        field = receptive_field(model, 4, 3)[0]
+        assert not strength[~field].any()  # nothing outside what the prediction can see
+        # it is the size of the gradient of log p(true value): a finite difference at the strongest pixel agrees
+        r, j = divmod(int(strength.argmax()), width)
+        inputs = image[None].double() * 2 - 1  # levels 0/1 -> [-1, 1]
+
+        nudged = inputs.clone()
+        nudged[0, 0, r, j] += 1e-6
+        with torch.no_grad():
+            log_p = [torch.log_softmax(model.forward_scaled(x)[0, :, 0, 4, 3], 0)[image[0, 4, 3]].item()
+                     for x in (inputs, nudged)]
+        assert abs(abs(log_p[1] - log_p[0]) / 1e-6 - strength[r, j].item()) < 1e-4 * strength[r, j].item()

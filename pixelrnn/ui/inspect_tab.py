@@ -6,6 +6,7 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+import torch
 
 import pixelrnn
 from pixelrnn.images import to_rgb, upscale
@@ -13,8 +14,9 @@ from pixelrnn.ui.base import StudioBase
 from pixelrnn.ui.cards import Analysis, model_title
 from pixelrnn.ui.errors import returns_memory, user_errors
 from pixelrnn.ui.params import parse_int
-from pixelrnn.ui.pictures import channel_names, click_to_pixel, inspect_scale, render_heatmap
+from pixelrnn.ui.pictures import channel_names, click_to_pixel, draw_cursor, inspect_scale, render_heatmap
 from pixelrnn.ui.uploads import ModelSpec, open_image
+from pixelrnn.views import influence
 
 BAR_GREY, TRUE_ORANGE = "#5a5a5a", "#f58200"  # bars: predicted; the pixel's true value
 PLOT_W, PLOT_H, AXIS_H = 560, 150, 18  # one channel's chart, in SVG units (it scales to the page's width)
@@ -83,8 +85,8 @@ class InspectTab(StudioBase):
     @user_errors
     @returns_memory
     def inspect(self, model_name: str, image: Any, class_label: Any = None) -> tuple:
-        """Likelihood of an image: (model's view, surprise map, entropy map, NLL table, the distribution of the
-        most surprising pixel (a bar chart per channel, as HTML), its description, row, col)."""
+        """Likelihood of an image: (model's view, surprise map, entropy map, NLL table, the most surprising pixel's
+        distribution (a bar chart per channel, as HTML) and influence map, its description, row, col)."""
         image = open_image(image)  # decoded once: the NLL table scores it with every compatible model
         spec, analysis = self._analysis(model_name, image, class_label)
         scale = inspect_scale(spec.height, spec.width)
@@ -95,10 +97,11 @@ class InspectTab(StudioBase):
         if analysis.notes:
             table += f"\n\nInput: {'; '.join(analysis.notes)}."
         r, c = np.unravel_index(int(analysis.maps["nll_bits"].sum(0).argmax()), (spec.height, spec.width))
-        chart, text = self._pixel_view(spec, analysis, int(r), int(c))
-        return view, surprise, entropy, table, chart, "Most surprising pixel. " + text, int(r), int(c)
+        chart, influence_map, text = self._pixel_view(model_name, spec, analysis, int(r), int(c))
+        return view, surprise, entropy, table, chart, influence_map, "Most surprising pixel. " + text, int(r), int(c)
 
-    def _pixel_view(self, spec: ModelSpec, analysis: Analysis, r: int, c: int) -> tuple:
+    def _pixel_view(self, model_name: str, spec: ModelSpec, analysis: Analysis, r: int, c: int) -> tuple:
+        """(the pixel's distribution chart, its influence map, its description)."""
         probs = analysis.maps["probs"][:, :, r, c]  # (levels, C)
         true = analysis.pixels[:, r, c].tolist()
         nll = analysis.maps["nll_bits"][:, r, c].sum()
@@ -106,17 +109,22 @@ class InspectTab(StudioBase):
         value = true[0] if spec.channels == 1 else "(" + ", ".join(str(v) for v in true) + ")"
         text = (f"Pixel (row {r}, col {c}) = {value}: surprise {nll:.2f} bits, entropy of the prediction "
                 f"{entropy:.2f} bits. Below: its predictive distribution given the pixels before it (hover a bar).")
-        return distribution_html(probs, true, r, c), text
+        strength = influence(self.registry.load(model_name), torch.from_numpy(analysis.pixels), r, c,
+                             y=analysis.label).numpy()
+        scale = inspect_scale(spec.height, spec.width)
+        influence_map = render_heatmap(strength, scale, "influence on this pixel")
+        draw_cursor(influence_map, (r, c), scale)
+        return distribution_html(probs, true, r, c), influence_map, text
 
     @user_errors
     def pixel(self, model_name: str, image: Any, class_label: Any = None, row: Any = 0, col: Any = 0) -> tuple:
-        """The predictive distribution of one pixel (row, col in model pixels): (a bar chart per channel, as
-        HTML; its description)."""
+        """One pixel (row, col in model pixels): (its predictive distribution, a bar chart per channel as HTML; its
+        influence map; its description)."""
         self._threads()
         spec, analysis = self._analysis(model_name, image, class_label)
         r = parse_int(row, "Row", 0, spec.height - 1)
         c = parse_int(col, "Column", 0, spec.width - 1)
-        return self._pixel_view(spec, analysis, r, c)
+        return self._pixel_view(model_name, spec, analysis, r, c)
 
     def select_pixel(self, model_name: str, evt: gr.SelectData) -> tuple:
         """A click on an Inspect image -> (row, col) in model pixels; skipped outside the image."""

@@ -23,8 +23,8 @@ class Studio(SamplingTabs, InspectTab, CompressTab):
 
     # -- runs when an input changes: on an image, else the outputs are emptied --
     def inspect_changed(self, model_name: str, image: Any, class_label: Any = None) -> tuple:
-        if image is None:  # view, surprise, entropy, table, the distribution, text, row, col
-            return (None,) * 8
+        if image is None:  # view, surprise, entropy, table, the distribution, the influence, text, row, col
+            return (None,) * 9
         return self.inspect(model_name, image, class_label)
 
     def compress_changed(self, model_name: str, image: Any, class_label: Any = None) -> Iterator[tuple]:
