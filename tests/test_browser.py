@@ -252,6 +252,10 @@ def test_upscale(page):
     assert page.locator("#ups-model input").input_value() == "tiny-ms"
     page.wait_for_selector("#ups-image input[type=file]", state="attached")
     page.locator("#ups-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
+    # the upload's change event (which clears the outputs) may reach the server after a quick click on Run: wait
+    # until the upload shows, and a moment more, so that it clears nothing of this run
+    page.wait_for_selector("#ups-image img")
+    page.wait_for_timeout(500)
     set_slider(page, "ups-pace", 0.5)
     page.click("#ups-run")
     page.wait_for_function("document.querySelector('#ups-status')?.innerText.includes('full-size samples')")
