@@ -319,16 +319,17 @@ def _recorded_nll_bits_per_dim(folder: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _shipped_model_for(header: dict) -> str:
-    """The folder under checkpoints/ whose weights wrote the stream; CompressionError if none did."""
+def _shipped_model_for(header: dict) -> Model:
+    """The checkpoint under checkpoints/ whose weights wrote the stream, loaded; CompressionError if none did."""
     from pixelrnn.hub import CHECKPOINTS_DIR, CheckpointError, load
 
     for folder in sorted(p for p in CHECKPOINTS_DIR.glob("*") if (p / "config.json").is_file()):
         try:
-            if written_by(header, load(folder)):
-                return str(folder)
+            model = load(folder)
         except CheckpointError:
             continue
+        if written_by(header, model):
+            return model
     raise CompressionError(f"no checkpoint in {CHECKPOINTS_DIR} has the weights {header['hash'].hex()} that wrote "
                            f"this file: pass --model")
 
@@ -367,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data = args.input.read_bytes()
             header = read_header(data)
-            model = load(args.model or header["name"] or _shipped_model_for(header))
+            named = args.model or header["name"]
+            model = load(named) if named else _shipped_model_for(header)
             start = time.perf_counter()
             image, label = decode(model, data, progress=True)
             levels_to_image(image, _shape(model)[3]).save(args.output)

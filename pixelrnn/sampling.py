@@ -328,7 +328,7 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
             if fill[r][j]:
                 probs = []  # per channel (N, levels), stacked only when reported
                 for c in range(channels):  # R, then G given R, then B given R and G
-                    channel_probs = tempered_log_probs(stepper.logits(x, r, j)[:, :, c], temperature).exp()
+                    channel_probs = tempered_probs(stepper.logits(x, r, j)[:, :, c], temperature)
                     cdf = channel_probs.cumsum(1)
                     x[:, c, r, j] = torch.searchsorted(cdf, uniforms[r, j, c, :, None] * cdf[:, -1:])[:, 0]
                     probs.append(channel_probs)
@@ -348,20 +348,29 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
         yield Step(x.clone(), (height - 1, width - 1), _probs(probs), done.clone(), stage, list(ess_trace))
 
 
-def tempered_log_probs(logits: Tensor, temperature: float) -> Tensor:
-    """log_softmax(logits / temperature) over dim 1, in float32, finite or -inf for every positive temperature.
+def _tempered(logits: Tensor, temperature: float) -> Tensor:
+    """(logits - their max) / temperature over dim 1, in float64: no overflow for any positive temperature.
 
-    Every sub-pixel, drawn or scored, uses these conditionals: the sampler's target is the *tempered model*,
-    p_T(x) = prod_i softmax(logits_i / T)[x_i], a normalised autoregressive model (at T = 1 the model itself),
-    and SMC completion conditions p_T on the known pixels.
     Dividing float32 logits by a tiny temperature overflows (at t = 1e-40, logits / t is inf and softmax NaN).
     Here the largest logit is subtracted first, in float64, where no positive temperature rounds to 0:
     (l - max) / t is 0 for the largest logit and at worst -inf, whose exp is 0, for the others. A tiny
     temperature is greedy decoding (ties share the mass), a huge one the uniform distribution.
     """
     shifted = logits.double()
-    shifted = shifted - shifted.amax(1, keepdim=True)
-    return torch.log_softmax(shifted / temperature, dim=1).float()
+    return (shifted - shifted.amax(1, keepdim=True)) / temperature
+
+
+def tempered_probs(logits: Tensor, temperature: float) -> Tensor:
+    """softmax(logits / temperature) over dim 1, in float32: what a drawn sub-pixel is sampled from."""
+    return torch.softmax(_tempered(logits, temperature), dim=1).float()
+
+
+def tempered_log_probs(logits: Tensor, temperature: float) -> Tensor:
+    """log_softmax(logits / temperature) over dim 1, in float32 (finite, or -inf): what a known sub-pixel is scored
+    with. Drawn and scored sub-pixels use the same conditionals: the sampler's target is the *tempered model*,
+    p_T(x) = prod_i softmax(logits_i / T)[x_i], a normalised autoregressive model (at T = 1 the model itself),
+    and SMC completion conditions p_T on the known pixels."""
+    return torch.log_softmax(_tempered(logits, temperature), dim=1).float()
 
 
 def _check_levels(x: Tensor, levels: int, r: int, stop: int) -> None:
@@ -452,7 +461,7 @@ def sample_steps(model: Model, n: int = 1, y=None, image=None, mask=None, temper
     particles weighted by all the known pixels (Step.ess), which approaches the posterior
     p(unknown | known) as particles grow.
     temperature: any positive finite number; every level is drawn from softmax(logits / temperature)
-    computed without overflow (`tempered_log_probs`), so tiny temperatures give the most likely levels.
+    computed without overflow (`tempered_probs`), so tiny temperatures give the most likely levels.
     The target is the tempered model p_T (each conditional tempered): SMC weighs the known pixels with
     the same tempered conditionals, so it targets p_T(unknown | known), at T = 1 the model's posterior.
     The last Step's image is the result; its levels always lie in [0, levels).

@@ -13,7 +13,16 @@ import copy
 import torch
 from torch import Tensor
 
-from pixelrnn.model import Model, MultiScalePixelRNN, scale_pixels
+from pixelrnn.model import Model, MultiScalePixelRNN, PixelRNN, scale_pixels
+
+
+def _full_size(model: Model, row: int, col: int, channel: int) -> PixelRNN:
+    """The model's full-size PixelRNN (a Multi-Scale model's large one); ValueError for a sub-pixel outside it."""
+    net = model.large if isinstance(model, MultiScalePixelRNN) else model
+    if not (0 <= row < net.height and 0 <= col < net.width and 0 <= channel < net.channels):
+        raise ValueError(f"sub-pixel ({row}, {col}, {channel}) lies outside a {net.channels}x{net.height}x"
+                         f"{net.width} image")
+    return net
 
 
 def receptive_field(model: Model, row: int, col: int, channel: int = 0, y: int | None = None,
@@ -23,10 +32,7 @@ def receptive_field(model: Model, row: int, col: int, channel: int = 0, y: int |
 
     Measured as the support of the gradient of random projections of that sub-pixel's logits with respect to a
     relaxed (float) input, in a float64 copy of the model."""
-    net = model.large if isinstance(model, MultiScalePixelRNN) else model
-    if not (0 <= row < net.height and 0 <= col < net.width and 0 <= channel < net.channels):
-        raise ValueError(f"sub-pixel ({row}, {col}, {channel}) lies outside a {net.channels}x{net.height}x"
-                         f"{net.width} image")
+    net = _full_size(model, row, col, channel)
     probe = copy.deepcopy(net).cpu().double().eval()
     generator = torch.Generator().manual_seed(seed)
     shape = (trials, net.channels, net.height, net.width)
@@ -47,10 +53,7 @@ def influence(model: Model, image: Tensor, row: int, col: int, channel: int | No
     relaxed (float) input, summed over the input pixel's channels, in a float64 copy of the model. Zero outside
     the receptive field; a Multi-Scale model: its full-size stage, given the image's own small image."""
     multiscale = isinstance(model, MultiScalePixelRNN)
-    net = model.large if multiscale else model
-    if not (0 <= row < net.height and 0 <= col < net.width and (channel is None or 0 <= channel < net.channels)):
-        raise ValueError(f"sub-pixel ({row}, {col}, {channel}) lies outside a {net.channels}x{net.height}x"
-                         f"{net.width} image")
+    net = _full_size(model, row, col, 0 if channel is None else channel)
     probe = copy.deepcopy(model).cpu().double().eval()
     x = torch.as_tensor(image).long().cpu()[None]  # (1, C, H, W)
     inputs = scale_pixels(x, net.levels, torch.float64).requires_grad_()

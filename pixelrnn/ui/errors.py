@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -11,7 +12,7 @@ import re
 import sys
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import gradio as gr
@@ -32,25 +33,34 @@ def release_memory() -> None:
         _malloc_trim(0)
 
 
-def returns_memory(fn: Callable) -> Callable:
-    """Run `release_memory` once `fn` (a function or a generator function) is done and its locals are gone: an
-    analysis of a large upload leaves hundreds of MB in glibc's arenas otherwise."""
+def calls_within(fn: Callable, guard: Callable[[], contextlib.AbstractContextManager]) -> Callable:
+    """`fn` (a function, or a generator function: its whole iteration) run inside a fresh `guard()` per call."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def generator(*args, **kwargs):
-            try:
+            with guard():
                 yield from fn(*args, **kwargs)
-            finally:
-                release_memory()
         return generator
 
     @functools.wraps(fn)
     def function(*args, **kwargs):
-        try:
+        with guard():
             return fn(*args, **kwargs)
+    return function
+
+
+def returns_memory(fn: Callable) -> Callable:
+    """Run `release_memory` once `fn` (a function or a generator function) is done and its locals are gone: an
+    analysis of a large upload leaves hundreds of MB in glibc's arenas otherwise."""
+
+    @contextlib.contextmanager
+    def releasing() -> Iterator[None]:
+        try:
+            yield
         finally:
             release_memory()
-    return function
+
+    return calls_within(fn, releasing)
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -84,22 +94,14 @@ def user_errors(fn: Callable) -> Callable:
         log.info("%s: %s", fn.__name__, message)
         return gr.Error(message, duration=ERROR_TOAST_S, print_exception=False)
 
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def generator(*args, **kwargs):
-            try:
-                yield from fn(*args, **kwargs)
-            except Exception as err:
-                raise convert(err) from err
-        return generator
-
-    @functools.wraps(fn)
-    def function(*args, **kwargs):
+    @contextlib.contextmanager
+    def converting() -> Iterator[None]:
         try:
-            return fn(*args, **kwargs)
+            yield
         except Exception as err:
             raise convert(err) from err
-    return function
+
+    return calls_within(fn, converting)
 
 
 # --- requests Gradio itself rejects ---------------------------------------------------------------------------
