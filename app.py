@@ -260,23 +260,23 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             classes[name] = model.change(functools.partial(studio.class_update, allow_auto=auto), model, cls,
                                          api_name=name, api_visibility="undocumented", show_progress="hidden")
 
+        # events that load a model wait for a Hub model still downloading before they take a slot (Registry.arrival)
+        sampling = {"concurrency_id": "sampling", "concurrency_limit": ui.SAMPLING_SLOTS, "validator": studio.arrival}
         gen_outputs, cmp_outputs = [gen_image, gen_dist, gen_status], [cmp_image, cmp_dist, cmp_status]
         ups_outputs = [ups_small, ups_image, ups_dist, ups_entropy, ups_status]
         gen_event = gen_run.click(
             gpu(studio.generate), [gen_model, gen_class, gen_n, gen_temperature, gen_seed, gen_pace], gen_outputs,
-            api_name="generate", preprocess=False, show_progress="hidden", concurrency_id="sampling",
-            concurrency_limit=ui.SAMPLING_SLOTS)
+            api_name="generate", preprocess=False, show_progress="hidden", **sampling)
 
         cmp_event = cmp_run.click(
             gpu(studio.complete),
             [cmp_model, cmp_editor, cmp_class, cmp_mode, cmp_particles, cmp_n, cmp_temperature, cmp_seed, cmp_pace],
             cmp_outputs, api_name="complete", preprocess=False, show_progress="hidden",
-            concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
+            **sampling)
 
         ups_event = ups_run.click(
             gpu(studio.upscale), [ups_model, ups_input, ups_n, ups_temperature, ups_seed, ups_pace], ups_outputs,
-            api_name="upscale", preprocess=False, show_progress="hidden", concurrency_id="sampling",
-            concurrency_limit=ui.SAMPLING_SLOTS)
+            api_name="upscale", preprocess=False, show_progress="hidden", **sampling)
 
         # Stop cancels the stream, lets the frames on their way land, then says "Stopped." if it stopped something
         for stop, event, status, name in ((gen_stop, gen_event, gen_status, "stop_generate"),
@@ -300,7 +300,8 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
 
         insp_outputs = [insp_view, insp_surprise, insp_entropy, insp_table, insp_dist, insp_influence, insp_pixel_text,
                         insp_row, insp_col]
-        analysis = {"concurrency_id": "analysis", "concurrency_limit": ui.ANALYSIS_SLOTS}  # one limit for them all
+        analysis = {"concurrency_id": "analysis", "concurrency_limit": ui.ANALYSIS_SLOTS,  # one limit for them all
+                    "validator": studio.arrival}
         insp_run.click(gpu(studio.inspect), [insp_model, insp_image, insp_class], insp_outputs, api_name="inspect",
                        preprocess=False, show_progress_on=[insp_table], **analysis)
         for trigger in (insp_image.change, classes["classes_inspect"].success):  # a new image, or a model's classes
@@ -315,12 +316,11 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
                 **analysis)
 
         zip_run.click(gpu(studio.compress), [zip_model, zip_image, zip_class], [zip_table, zip_file, zip_status],
-                      api_name="compress", preprocess=False, show_progress="hidden", concurrency_id="sampling",
-                      concurrency_limit=ui.SAMPLING_SLOTS)
+                      api_name="compress", preprocess=False, show_progress="hidden", **sampling)
         for trigger in (zip_image.change, classes["classes_compress"].success):
             trigger(gpu(studio.compress_changed), [zip_model, zip_image, zip_class], [zip_table, zip_file, zip_status],
                     api_visibility="private", preprocess=False, show_progress="hidden",
-                    concurrency_id="sampling", concurrency_limit=ui.SAMPLING_SLOTS)
+                    **sampling)
         unzip_file.upload(gpu(studio.decompress), unzip_file, [unzip_image, unzip_status], api_name="decompress",
                           preprocess=False, show_progress="hidden", concurrency_id="sampling",
                           concurrency_limit=ui.SAMPLING_SLOTS)

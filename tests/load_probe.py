@@ -5,12 +5,16 @@ Starts `python app.py` on the repository's checkpoints on a free loopback port, 
   2. two maximum-size context-aware completions (CIFAR-10 PixelCNN, 16 particles x 8 completions, bottom half
      masked) with a 1-sample generate of each model beside them;
   3. 12 clients at once on /inspect of one 25-megapixel 16-bit PNG, with a 1-sample generate beside them
-     (timed against the same generate alone).
+     (timed against the same generate alone);
+  4. 3 clients looping on a Hub model whose download stalls (a loopback fake Hub), with a 1-sample generate of a
+     shipped model beside them (timed against the same generate alone). The server runs on core 0 and the clients
+     on core 1, as remote visitors would: clients in the server's process would share its interpreter lock.
 Prints latencies, and the server's resident memory (VmRSS) and peak (VmHWM) from /proc. Sections: all by default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import statistics
@@ -19,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,14 +67,19 @@ def in_threads(calls: list[tuple]) -> list[tuple[float, str]]:
     return results
 
 
-def main() -> int:
+@contextlib.contextmanager
+def serving(env: dict[str, str] | None = None, cpus: set[int] | None = None) -> Iterator[tuple[str, int]]:
+    """`python app.py` on the shipped checkpoints (plus `env`), on a free loopback port and on `cpus` (default all):
+    yields (its URL, its pid)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = os.environ | {"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "OMP_NUM_THREADS": "1",
-                        "PIXELRNN_HUB_MODELS": "", "GRADIO_ANALYTICS_ENABLED": "False"}
+                        "PIXELRNN_HUB_MODELS": "", "GRADIO_ANALYTICS_ENABLED": "False"} | (env or {})
     server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
+    if cpus is not None:
+        os.sched_setaffinity(server.pid, cpus)  # before it starts its threads, which inherit it
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(600):
@@ -79,21 +89,28 @@ def main() -> int:
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.1)
         print(f"server up; memory {memory_mb(server.pid)[0]:.0f} MB")
-
-        def generate(model: str, label: str | None, n: int, seed: int) -> None:
-            Client(url, download_files=False, verbose=False).predict(model, label, n, 1.0, seed, 0,
-                                                                     api_name="/generate")
-
-        sections = set(sys.argv[1:]) or {"1", "2", "3"}
-        if "1" in sections:
-            section_1(url, server.pid, generate)
-        if "2" in sections:
-            section_2(url, server.pid, generate)
-        if "3" in sections:
-            section_3(url, server.pid, generate)
+        yield url, server.pid
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def generator(url: str):
+    """A function (model, label, n, seed) -> None that asks the server at `url` for n samples."""
+    def generate(model: str, label: str | None, n: int, seed: int) -> None:
+        Client(url, download_files=False, verbose=False).predict(model, label, n, 1.0, seed, 0, api_name="/generate")
+    return generate
+
+
+def main() -> int:
+    sections = set(sys.argv[1:]) or {"1", "2", "3", "4"}
+    if sections & {"1", "2", "3"}:
+        with serving() as (url, pid):
+            for number, section in (("1", section_1), ("2", section_2), ("3", section_3)):
+                if number in sections:
+                    section(url, pid, generator(url))
+    if "4" in sections:
+        section_4()
     return 0
 
 
@@ -147,6 +164,41 @@ def section_3(url: str, pid: int, generate) -> None:
           f" ok, slowest {max(r[0] for r in results[:12]):.1f} s; a 1-sample generate beside them {results[12][0]:.1f} s"
           f" ({results[12][1]}), alone {alone:.1f} s; memory before {before:.0f} MB, after {rss:.0f} MB, peak {peak:.0f}"
           f" MB")
+
+
+def section_4() -> None:
+    sys.path[:0] = [str(REPO), str(REPO / "tests")]
+    import fakehub
+    from test_security import call  # the HTTP API without a client library: the cheapest loop a client can run
+
+    files = {p.name: p.read_bytes() for p in (REPO / "checkpoints" / MNIST).iterdir() if p.is_file()}
+    os.sched_setaffinity(0, {1})
+    with fakehub.FakeHub({"user/stalled": files}) as hub:
+        hub.stall()
+        env = {"PIXELRNN_HUB_MODELS": "user/stalled", "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
+               "HF_HOME": tempfile.mkdtemp(), "HF_TOKEN": "hf_fake"}
+        with serving(env, cpus={0}) as (url, _pid):
+            def local_generates() -> float:
+                return statistics.median(call(url, "generate", [MNIST, None, 1, 1.0, k, 0])[2] for k in range(5))
+
+            alone, stop, answers = local_generates(), threading.Event(), []
+
+            def loop() -> None:
+                while not stop.is_set():
+                    answers.append(call(url, "generate", ["user/stalled", None, 1, 1.0, 0, 0], 60))
+
+            loopers = [threading.Thread(target=loop, daemon=True) for _ in range(3)]
+            for thread in loopers:
+                thread.start()
+            time.sleep(3)
+            beside = local_generates()
+            stop.set()
+            for thread in loopers:
+                thread.join(60)
+            hub.release()
+    print(f"4. 3 clients looping on a stalled Hub model: {len(answers)} answers, slowest {max(a[2] for a in answers):.2f}"
+          f" s ({sorted({str(a[1])[:70] for a in answers})}); a 1-sample generate beside them {beside:.2f} s, alone "
+          f"{alone:.2f} s (medians of 5)")
 
 
 if __name__ == "__main__":

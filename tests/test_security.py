@@ -347,6 +347,33 @@ def test_a_local_model_is_served_while_a_hub_download_stalls(hub_env, tmp_path, 
         assert result[0] == "complete" and "Hugging Face Hub" in result[1][0] and "CIFAR-10" in result[1][0]
 
 
+def test_requests_for_a_stalled_download_wait_holding_no_slot(hub_env, tmp_path, monkeypatch):
+    """Defect: the request that started a Hub download waited for it in a sampling slot, and later ones were answered
+    at once, so clients looping on a stalled download flooded the server (a local generate took 2x as long beside
+    three of them, tests/load_probe.py section 4). Now every such request waits for the download before it takes a
+    slot. Asserted as an order of events: a local generate sent after three waiting requests (more than the slots)
+    finishes before any of them is answered, and each is answered only after the wait."""
+    monkeypatch.setattr(ui.registry, "HUB_WAIT_S", PROMPT_S)
+    hub_env.stall()
+    with running_app(save_tiny_checkpoints(tmp_path / "checkpoints", rgb=False), ["user/tiny-rgb"]) as server:
+        answers: list = []
+        stalled = [threading.Thread(target=lambda: answers.append(
+            (call(server, "generate", ["user/tiny-rgb", "cat", 1, 1.0, 0, 0], 60), time.monotonic())), daemon=True)
+            for _ in range(ui.SAMPLING_SLOTS + 1)]
+        for thread in stalled:
+            thread.start()
+        time.sleep(0.5)
+        event, outputs, _ = call(server, "generate", ["tiny-bin", None, 1, 1.0, 0, 0], timeout=PROMPT_S + 5)
+        finished = time.monotonic()
+        assert event == "complete" and "Generated 1 sample" in outputs[2]
+        for thread in stalled:
+            thread.join(timeout=60)
+        assert len(answers) == len(stalled) and all(at > finished for _, at in answers)
+        for (event, message, seconds), _ in answers:
+            assert event == "error" and "still being downloaded" in message and seconds >= PROMPT_S - 0.5
+        hub_env.release()
+
+
 # --- 5. capacity: one long job cannot starve short ones; a per-request work budget ---------------------------------
 
 def test_one_long_job_cannot_starve_short_ones(server, monkeypatch):

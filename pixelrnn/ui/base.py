@@ -101,6 +101,12 @@ class StudioBase:
             yield gate.fresh("image", image), gate.fresh("dist", dist), gate.fresh("status", status)
             gate.spent(time.monotonic() - started)
 
+    async def arrival(self, model_name: Any, *inputs: Any) -> list[dict]:
+        """Gradio validator of the events that load a model (the model is their first input): `Registry.arrival`,
+        then every input valid (the event itself says what is wrong, as it does without the validator)."""
+        await self.registry.arrival(model_name)
+        return [gr.validate(True, "")] * (1 + len(inputs))
+
     def _analysis(self, name: str, image: Any, class_label: Any) -> tuple[ModelSpec, Analysis]:
         self._threads()
         spec = self.registry.spec(name)

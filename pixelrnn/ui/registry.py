@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -39,8 +40,9 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 120.0  # a model that failed to load is tried again after this long (at once if its weights change)
 LOAD_WAIT_S = 20.0  # a request waits this long for a local model being loaded
-HUB_WAIT_S = 3.0  # the request that starts a Hub download waits this long (a small checkpoint arrives); later
-# requests for a model still downloading answer at once: a stalled download never holds a sampling slot
+HUB_WAIT_S = 3.0  # a request for a Hub model still downloading waits this long for it (a small checkpoint arrives):
+# in `arrival`, before it takes a slot, holding no thread; in `load`, which holds one, only the request that starts
+# the download waits (events without `arrival`), later ones answer at once
 
 
 def default_device() -> str:
@@ -216,20 +218,49 @@ class Registry:
             cached = self._cache.get(name)
             if cached is not None and cached[0] == version:
                 return cached[1]
-            failure = self._failures.get(name)
-            if failure is not None and failure.version == version and time.monotonic() - failure.at < RETRY_AFTER_S:
+            failure = self._failure(name, version)
+            if failure is not None:
                 raise gr.Error(f"Cannot load model {name!r}: {failure.reason}")
-            job = self._jobs.get(name)
-            wait = LOAD_WAIT_S if entry.source == "local" else HUB_WAIT_S if job is None else 0.0
-            if job is None:
-                job = self._jobs[name] = Future()
-                threading.Thread(target=self._load_job, args=(entry, version, job), name=f"load {name}",
-                                 daemon=True).start()
+            wait = LOAD_WAIT_S if entry.source == "local" else HUB_WAIT_S if name not in self._jobs else 0.0
+            job = self._job(entry, version)
         try:
             return job.result(timeout=wait)
         except TimeoutError:
             doing = "downloaded from the Hugging Face Hub" if entry.source == "hub" else "loaded"
             raise gr.Error(f"Model {name!r} is still being {doing}: try again in a minute.") from None
+
+    async def arrival(self, name: Any, timeout: float | None = None) -> None:
+        """Wait up to `timeout` (default HUB_WAIT_S) for a Hub model that is not loaded yet, starting its download, holding no thread.
+
+        The events that load a model run this first, as their Gradio validator, before the request takes a slot: the
+        request then finds the model loaded, or is told at once that it is still downloading. So a stalled download
+        holds no slot, and a client asking for it in a loop asks at most once per wait."""
+        if not isinstance(name, str) or name not in self.entries or self.entries[name].source != "hub":
+            return
+        entry = self.entries[name]
+        version = self._version(entry)
+        with self._lock:
+            cached = self._cache.get(name)
+            if (cached is not None and cached[0] == version) or self._failure(name, version) is not None:
+                return  # `load` answers at once
+            arrived = asyncio.wrap_future(self._job(entry, version))
+        arrived.add_done_callback(lambda done: done.cancelled() or done.exception())  # the failure is `load`'s news
+        await asyncio.wait([arrived], timeout=HUB_WAIT_S if timeout is None else timeout)
+
+    def _failure(self, name: str, version: Any) -> LoadFailure | None:
+        """The model's remembered failure, if it still stands (same weights, under RETRY_AFTER_S old)."""
+        failure = self._failures.get(name)
+        fresh = failure is not None and failure.version == version and time.monotonic() - failure.at < RETRY_AFTER_S
+        return failure if fresh else None
+
+    def _job(self, entry: ModelEntry, version: Any) -> Future:
+        """The model's load job, started if there is none; the caller holds the lock."""
+        job = self._jobs.get(entry.name)
+        if job is None:
+            job = self._jobs[entry.name] = Future()
+            threading.Thread(target=self._load_job, args=(entry, version, job), name=f"load {entry.name}",
+                             daemon=True).start()
+        return job
 
     def _load_job(self, entry: ModelEntry, version: Any, job: Future) -> None:
         """Resolve (the Hub is asked once; its files are then local) and load a model, without the lock."""
