@@ -28,7 +28,7 @@ import torch
 import pixelrnn
 from pixelrnn.model import DEFAULT_LAYERS
 from pixelrnn.sampling import sample_steps
-from pixelrnn.train import LogProb, TrainStep, device_name
+from pixelrnn.training import LogProb, TrainStep, device_name
 
 SHAPES = {  # name: (channels, levels, height, width, paper hidden, paper layers for recurrent models)
     "mnist": (1, 2, 28, 28, 16, 7),
@@ -146,11 +146,12 @@ def bench_sample(args: argparse.Namespace, device: torch.device) -> None:
 
 def bench_compress(args: argparse.Namespace, device: torch.device) -> None:
     """Code the first --images test images (a fixed random pick) with every shipped checkpoint."""
+    from pixelrnn.checkpoints import load_folder, read_json
     from pixelrnn.compress import baseline_sizes, decode, encode, levels_to_image, read_header
     from pixelrnn.data import binarize
     from pixelrnn.evaluate import DATASETS, load_split
-    from pixelrnn.hub import CHECKPOINTS_DIR, load_folder, read_json
-    from pixelrnn.train import TEST_BINARIZATION_SEED
+    from pixelrnn.hub import CHECKPOINTS_DIR
+    from pixelrnn.training import TEST_BINARIZATION_SEED
 
     print(f"lossless compression of {args.images} test images per checkpoint on {device_name(torch.device('cpu'))}; "
           "bits/dim, mean over the images; over: the payload (the coder's bytes) above the NLL")

@@ -23,8 +23,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from pixelrnn.card import write_model_card
+from pixelrnn.checkpoints import load_folder, read_json
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, load_split
-from pixelrnn.hub import CHECKPOINTS_DIR, load_folder, read_json, write_model_card
+from pixelrnn.hub import CHECKPOINTS_DIR
 from pixelrnn.model import Model, MultiScalePixelRNN, scale_pixels
 from pixelrnn.sampling import sample
 

@@ -40,7 +40,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pixelrnn.model import Model, MultiScalePixelRNN, PixelRNN
-from pixelrnn.sampling import CachedStepper
+from pixelrnn.steppers import CachedStepper
 
 FORMAT_V2 = 0xF2  # the first byte of a version-2 file (a version-1 file starts with b"PRNN")
 HASH_BYTES = 4  # of the weight hash in a version-2 header: enough to tell a handful of models apart

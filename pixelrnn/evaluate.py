@@ -13,11 +13,34 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch import Tensor
+from tqdm import tqdm
 
+from pixelrnn.card import write_model_card
+from pixelrnn.checkpoints import load_folder, read_json, recorded_nll
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, binarize, load_split
-from pixelrnn.hub import load_folder, read_json, recorded_nll, write_model_card
 from pixelrnn.model import Model, MultiScalePixelRNN, bits_per_dim
-from pixelrnn.train import TEST_BINARIZATION_SEED, mean_nll
+from pixelrnn.training import TEST_BINARIZATION_SEED
+
+
+@torch.no_grad()
+def mean_nll(model: Model, images: Tensor, labels: Tensor | None, batch_size: int, device: torch.device,
+             rank: int = 0, world: int = 1, progress: bool = False) -> float:
+    """Mean NLL in nats per image over `images`, in float32 (no autocast), sharded across processes."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of NLL, count]
+    shard = range(rank * batch_size, len(images), world * batch_size)
+    for start in tqdm(shard, desc="eval", leave=False, disable=not progress):
+        x = images[start : start + batch_size].to(device)
+        y = None if labels is None else labels[start : start + batch_size].to(device)
+        nll = -model.log_prob(x, y)
+        total += torch.stack([nll.double().sum(), torch.tensor(float(len(x)), device=device)])
+    if world > 1:
+        dist.all_reduce(total)
+    model.train(was_training)
+    return (total[0] / total[1]).item()
 
 
 def test_nll(model: Model, dataset: str, data_dir: Path, batch_size: int = 500) -> tuple[float, int]:

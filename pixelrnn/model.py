@@ -8,6 +8,8 @@ Logits are (B, levels, C, H, W): a `levels`-way softmax per sub-pixel (Sec. 5.3)
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +26,7 @@ from pixelrnn.nn import (
 )
 
 ARCHS = ("pixelcnn", "row_lstm", "diagonal_bilstm")
-DEFAULT_LAYERS = {"pixelcnn": 15, "row_lstm": 7, "diagonal_bilstm": 7}  # paper sizes (Sec. 5)
+DEFAULT_LAYERS = {"pixelcnn": 15, "row_lstm": 7, "diagonal_bilstm": 7}  # paper depths on MNIST (Sec. 5)
 HUB_TAGS = ["pixelrnn", "image-generation", "autoregressive", "arxiv:1601.06759"]
 
 
@@ -36,6 +38,104 @@ def scale_pixels(x: Tensor, levels: int, dtype: torch.dtype = torch.float32) -> 
 def bits_per_dim(nats: Tensor | float, dims: int) -> Tensor | float:
     """NLL in nats per image -> bits per sub-pixel: nats / (C*H*W*ln 2)."""
     return nats / (dims * math.log(2))
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _limit(default: Any, most: int) -> Any:
+    """A config field with its default and the largest value a checkpoint may ask for (`check_config`): far above
+    the paper's models (CIFAR-10: 12 layers, h = 128), far below sizes that take seconds to build or GBs to load."""
+    return field(default=default, metadata={"max": most})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every hyper-parameter of a model, and the one place its default lives; config.json holds these fields.
+
+    arch: "pixelcnn" | "row_lstm" | "diagonal_bilstm"; images of `channels` x `height` x `width` sub-pixels with
+    `levels` values each; hidden: h (layers carry 2h features, recurrent states h); layers: residual layers after
+    the first (None: the paper's depth, 15 PixelCNN blocks or 7 recurrent layers); out_hidden: the output layers'
+    width; skip: skip connections from every layer to the output (Sec. 3.3); num_classes: class-conditional when
+    set; factor: a Multi-Scale PixelRNN whose small image is (H/factor, W/factor) (Sec. 3.6); cond_channels: width
+    of the conditioning map added as a bias in every layer (None: 16 for Multi-Scale, else 0).
+    """
+
+    arch: str = "diagonal_bilstm"
+    channels: int = _limit(1, 4)
+    levels: int = _limit(2, 256)
+    height: int = _limit(28, 256)
+    width: int = _limit(28, 256)
+    num_classes: int | None = _limit(None, 10_000)
+    hidden: int = _limit(16, 1024)
+    layers: int | None = _limit(None, 64)
+    out_hidden: int = _limit(64, 4096)
+    skip: bool = True
+    dropout: float = 0.0
+    factor: int | None = _limit(None, 64)
+    cond_channels: int | None = _limit(None, 1024)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.layers is None:
+            object.__setattr__(self, "layers", DEFAULT_LAYERS[self.arch])
+        if self.cond_channels is None:
+            object.__setattr__(self, "cond_channels", 16 if self.factor is not None else 0)
+        _check_positive(channels=self.channels, levels=self.levels, height=self.height, width=self.width,
+                        hidden=self.hidden, layers=self.layers, out_hidden=self.out_hidden)
+        if self.levels < 2:
+            raise ValueError(f"levels must be at least 2, got {self.levels}")
+        if self.num_classes is not None:
+            _check_positive(num_classes=self.num_classes)
+        if not isinstance(self.cond_channels, int) or self.cond_channels < 0:
+            raise ValueError(f"cond_channels must be a non-negative integer, got {self.cond_channels!r}")
+        if not isinstance(self.skip, bool):
+            raise TypeError(f"skip must be true or false, got {self.skip!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
+        if self.hidden < self.channels:
+            raise ValueError(f"hidden ({self.hidden}) must be at least channels ({self.channels}) for the colour groups")
+        if self.factor is not None:
+            _check_positive(factor=self.factor, cond_channels=self.cond_channels)
+            if self.factor < 2 or self.height % self.factor or self.width % self.factor:
+                raise ValueError(f"factor must be >= 2 and divide height and width ({self.height}x{self.width}), "
+                                 f"got {self.factor}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """config.json's contents (a single-scale model's omits `factor`, as checkpoints always have)."""
+        values = asdict(self)
+        return values if self.factor is not None else {k: v for k, v in values.items() if k != "factor"}
+
+    def too_large(self) -> list[str]:
+        """The fields above their limits, as "name = value (at most limit)"."""
+        return [f"{f.name} = {getattr(self, f.name)} (at most {f.metadata['max']})" for f in fields(self)
+                if "max" in f.metadata and isinstance(getattr(self, f.name), int) and getattr(self, f.name) >
+                f.metadata["max"]]
+
+
+# The paper's models (Sec. 5): h = 16 on MNIST, 128 on CIFAR-10 with 12 recurrent layers; the output layers 64 wide
+# for a Bernoulli, 128 per colour for a 256-way softmax.
+PRESETS = {
+    "binarized_mnist": {"channels": 1, "levels": 2, "height": 28, "width": 28, "hidden": 16, "out_hidden": 64},
+    "mnist": {"channels": 1, "levels": 256, "height": 28, "width": 28, "hidden": 16, "out_hidden": 128},
+    "cifar10": {"channels": 3, "levels": 256, "height": 32, "width": 32, "hidden": 128, "out_hidden": 384},
+}
+
+
+def paper_config(dataset: str, arch: str, **overrides: Any) -> ModelConfig:
+    """The paper's `arch` for `dataset` (a PRESETS key), with `overrides` (fields whose value is None keep the
+    preset's)."""
+    layers = 12 if dataset == "cifar10" and arch != "pixelcnn" else DEFAULT_LAYERS[arch]
+    return ModelConfig(**{"arch": arch, "layers": layers, **PRESETS[dataset],
+                          **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def _config(config: ModelConfig | None, hparams: dict[str, Any]) -> ModelConfig:
+    return ModelConfig(**hparams) if config is None else replace(config, **hparams)
 
 
 def _load_checked(cls: type, name_or_path: str, *, device: str | torch.device = "cpu") -> nn.Module:
@@ -52,57 +152,25 @@ def _load_checked(cls: type, name_or_path: str, *, device: str | torch.device = 
     return model
 
 
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 class PixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn", tags=HUB_TAGS, license="mit"):
-    """A single-scale PixelRNN / PixelCNN over `channels` x `height` x `width` images.
-
-    arch: "pixelcnn" | "row_lstm" | "diagonal_bilstm"; hidden: h (layers carry 2h
-    features, recurrent states h); layers: residual layers after the first; skip: skip
-    connections from every layer to the output (Sec. 3.3); num_classes: class-conditional
-    when set; cond_channels: width of a conditioning map added as a bias in every layer
-    (the large model of the Multi-Scale PixelRNN, Sec. 3.6).
-    """
+    """A single-scale PixelRNN / PixelCNN over `channels` x `height` x `width` images: `PixelRNN(config)` or
+    `PixelRNN(**fields)` with the fields of `ModelConfig` (a conditioning map of `cond_channels` is the large
+    model's of the Multi-Scale PixelRNN, Sec. 3.6)."""
 
     from_pretrained = classmethod(_load_checked)
 
-    def __init__(
-        self,
-        arch: str = "diagonal_bilstm",
-        channels: int = 1,
-        levels: int = 2,
-        height: int = 28,
-        width: int = 28,
-        num_classes: int | None = None,
-        hidden: int = 16,
-        layers: int = 7,
-        out_hidden: int = 64,
-        skip: bool = True,
-        cond_channels: int = 0,
-        dropout: float = 0.0,
-    ):
+    def __init__(self, config: ModelConfig | None = None, **hparams: Any):
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-        _check_positive(channels=channels, levels=levels, height=height, width=width, hidden=hidden,
-                        layers=layers, out_hidden=out_hidden)
-        if levels < 2:
-            raise ValueError(f"levels must be at least 2, got {levels}")
-        if num_classes is not None:
-            _check_positive(num_classes=num_classes)
-        if not isinstance(cond_channels, int) or cond_channels < 0:
-            raise ValueError(f"cond_channels must be a non-negative integer, got {cond_channels!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
-        if hidden < channels:
-            raise ValueError(f"hidden ({hidden}) must be at least channels ({channels}) for the colour groups")
+        self.config = config = _config(config, hparams)
+        if config.factor is not None:
+            raise ValueError("a config with a factor is a Multi-Scale PixelRNN: build it with MultiScalePixelRNN")
+        self._hub_mixin_config = config.to_dict()  # what save_pretrained writes to config.json: every field
+        arch, channels, levels, hidden = config.arch, config.channels, config.levels, config.hidden
+        num_classes, cond_channels, dropout = config.num_classes, config.cond_channels, config.dropout
+        layers = config.layers
         self.arch, self.channels, self.levels = arch, channels, levels
-        self.height, self.width, self.num_classes = height, width, num_classes
-        self.hidden, self.skip, self.cond_channels, self.dropout = hidden, skip, cond_channels, dropout
+        self.height, self.width, self.num_classes = config.height, config.width, num_classes
+        self.hidden, self.skip, self.cond_channels, self.dropout = hidden, config.skip, cond_channels, dropout
 
         features = 2 * hidden
         groups = channel_groups(features, channels)
@@ -122,9 +190,9 @@ class PixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn", tags=HU
         self.layer_biases = nn.ModuleList(
             ConditionalBias(bias_features, num_classes, cond_channels) for _ in range(layers)
         )
-        if skip:
+        if config.skip:
             self.skips = nn.ModuleList(MaskedConv2d(groups, groups, (1, 1), "B") for _ in range(layers))
-        out_groups = channel_groups(out_hidden, channels)
+        out_groups = channel_groups(config.out_hidden, channels)
         self.head = nn.ModuleList([
             MaskedConv2d(groups, out_groups, (1, 1), "B"),
             MaskedConv2d(out_groups, torch.arange(channels).repeat_interleave(levels), (1, 1), "B"),
@@ -204,35 +272,20 @@ class MultiScalePixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn
 
     from_pretrained = classmethod(_load_checked)
 
-    def __init__(
-        self,
-        arch: str = "diagonal_bilstm",
-        channels: int = 1,
-        levels: int = 2,
-        height: int = 28,
-        width: int = 28,
-        factor: int = 2,
-        num_classes: int | None = None,
-        hidden: int = 16,
-        layers: int = 7,
-        out_hidden: int = 64,
-        skip: bool = True,
-        cond_channels: int = 16,
-        dropout: float = 0.0,
-    ):
+    def __init__(self, config: ModelConfig | None = None, **hparams: Any):
         super().__init__()
-        _check_positive(factor=factor, cond_channels=cond_channels)
-        if factor < 2 or height % factor or width % factor:
-            raise ValueError(f"factor must be >= 2 and divide height and width ({height}x{width}), got {factor}")
-        self.factor = factor
-        shared = {"arch": arch, "channels": channels, "levels": levels, "num_classes": num_classes, "hidden": hidden,
-                      "layers": layers, "out_hidden": out_hidden, "skip": skip, "dropout": dropout}
-        self.small = PixelRNN(height=height // factor, width=width // factor, **shared)
-        self.large = PixelRNN(height=height, width=width, cond_channels=cond_channels, **shared)
+        self.config = config = _config(config, hparams)
+        if config.factor is None:
+            raise ValueError("a Multi-Scale PixelRNN needs a factor (e.g. 2)")
+        self._hub_mixin_config = config.to_dict()
+        self.factor, channels, cond_channels = config.factor, config.channels, config.cond_channels
+        self.small = PixelRNN(replace(config, height=config.height // self.factor, width=config.width // self.factor,
+                                      factor=None, cond_channels=0))
+        self.large = PixelRNN(replace(config, factor=None))
         self.upsample = nn.Sequential(
             nn.Conv2d(channels, cond_channels, 3, padding=1),
             nn.ReLU(),
-            nn.ConvTranspose2d(cond_channels, cond_channels, factor, stride=factor),
+            nn.ConvTranspose2d(cond_channels, cond_channels, self.factor, stride=self.factor),
         )
 
     def downsample(self, x: Tensor) -> Tensor:
@@ -264,20 +317,8 @@ class MultiScalePixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn
 Model = PixelRNN | MultiScalePixelRNN
 
 
-def build_model(
-    arch: str,
-    channels: int = 3,
-    levels: int = 256,
-    height: int = 32,
-    width: int = 32,
-    num_classes: int | None = None,
-    **hparams,
-) -> Model:
-    """Build a PixelRNN; `layers` defaults to the paper's depth for `arch`.
-
-    Pass `factor=f` for a Multi-Scale PixelRNN whose small image is (H/f, W/f).
-    """
-    hparams.setdefault("layers", DEFAULT_LAYERS.get(arch, 7))
-    cls = MultiScalePixelRNN if "factor" in hparams else PixelRNN
-    return cls(arch=arch, channels=channels, levels=levels, height=height, width=width,
-               num_classes=num_classes, **hparams)
+def build_model(*args: Any, **hparams: Any) -> Model:
+    """The model of a `ModelConfig`, or of `ModelConfig(*args, **hparams)` (positionally: arch, channels, levels,
+    height, width, num_classes): a Multi-Scale PixelRNN when `factor` is set, else a PixelRNN."""
+    config = args[0] if len(args) == 1 and isinstance(args[0], ModelConfig) else ModelConfig(*args, **hparams)
+    return (PixelRNN if config.factor is None else MultiScalePixelRNN)(config)

@@ -175,7 +175,7 @@ def test_inspect_shows_the_clicked_pixels_distribution_every_time(page, checkpoi
                                f".includes('Pixel (row {row}, col {col})')")
         page.wait_for_function(f"document.querySelector('#insp-dist #pixel-dist-data')?.dataset.row === '{row}'"
                                f" && document.querySelector('#insp-dist #pixel-dist-data')?.dataset.col === '{col}'")
-        expected, _, _ = studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_2.png", None, row, col)
+        expected, _, _ = studio.inspector.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_2.png", None, row, col)
         assert chart_bars(shown_chart(page)) == chart_bars(expected)  # the bars are this pixel's, not the last one's
     assert "Most surprising" not in page.locator("#insp-pixel-text").inner_text()
     assert page.locator("#insp-influence img").get_attribute("src")  # the clicked pixel's influence map

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import pixelrnn
 from pixelrnn import hub
+from pixelrnn.card import format_duration, write_model_card
 from pixelrnn.hub import CheckpointError, HubUnreachableError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -203,7 +204,7 @@ def test_local_pickle_only_folder_is_refused_without_unpickling(tiny, monkeypatc
     ('{"arch": "row_lstm", "hidden": -3}', "hidden must be a positive integer"),
     ('{"hidden": 6.5}', "hidden must be a positive integer"),
     ('{"skip": "yes"}', "skip must be true or false"),
-    ('{"arch": "row_lstm", "attention_heads": 4}', r"unknown PixelRNN argument\(s\) \['attention_heads'\]"),
+    ('{"arch": "row_lstm", "attention_heads": 4}', r"unknown model argument\(s\) \[.attention_heads.\]"),
     ('{"factor": 3, "height": 8, "width": 8}', "factor must be >= 2 and divide"),
     ("[1, 2, 3]", "expected a JSON object of model arguments, got list"),
     ("{not json", "cannot read JSON"),
@@ -265,7 +266,7 @@ def test_model_card(tiny):
     folder = tiny[1]
     (folder / "samples.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (folder / "learning_curve.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    text = hub.write_model_card(folder, "user/tiny").read_text()
+    text = write_model_card(folder, "user/tiny").read_text()
     meta = front_matter(text)
     assert meta["library_name"] == "pixelrnn" and meta["license"] == "mit"
     assert "pixelrnn" in meta["tags"] and "row-lstm" in meta["tags"]
@@ -283,20 +284,20 @@ def test_model_card_says_when_a_resume_changed_the_settings(tiny):
     metrics = json.loads((tiny[1] / "metrics.json").read_text())
     metrics["changes"] = [{"step": 4000, "changed": {"hours": [1.9, 2.0]}}, {"step": 9, "changed": "garbled"}]
     (tiny[1] / "metrics.json").write_text(json.dumps(metrics))
-    assert "Resumed with changed settings at step 4000: hours 1.9 -> 2.0." in hub.write_model_card(tiny[1]).read_text()
+    assert "Resumed with changed settings at step 4000: hours 1.9 -> 2.0." in write_model_card(tiny[1]).read_text()
 
 
 def test_model_card_says_when_training_ran_under_bf16(tiny):
-    assert "bf16" not in hub.write_model_card(tiny[1]).read_text()
+    assert "bf16" not in write_model_card(tiny[1]).read_text()
     metrics = json.loads((tiny[1] / "metrics.json").read_text())
     metrics["config"] = {"bf16": True}
     (tiny[1] / "metrics.json").write_text(json.dumps(metrics))
-    assert "under bf16 autocast (evaluation in float32)" in hub.write_model_card(tiny[1]).read_text()
+    assert "under bf16 autocast (evaluation in float32)" in write_model_card(tiny[1]).read_text()
 
 
 def test_model_card_tolerates_missing_metrics(tiny):
     (tiny[1] / "metrics.json").unlink()
-    text = hub.write_model_card(tiny[1]).read_text()
+    text = write_model_card(tiny[1]).read_text()
     assert front_matter(text)["library_name"] == "pixelrnn"
     assert "No test result recorded" in text and "3,146 parameters" in text  # counted from config.json
     assert "![samples]" not in text and "![learning curve]" not in text and 'pixelrnn.load("tiny")' in text
@@ -306,7 +307,7 @@ def test_model_card_cifar_bits_per_dim(env):
     folder = save(pixelrnn.build_model("diagonal_bilstm", 3, 256, 8, 8, hidden=6, layers=1), env / "cifar",
                   {"dataset": "cifar10", "arch": "diagonal_bilstm", "test_nll_nats": 6000.0,
                    "test_bits_per_dim": 3.4567, "unit": "bits/dim", "test_images": 2000})
-    text = hub.write_model_card(folder).read_text()
+    text = write_model_card(folder).read_text()
     assert "**3.457 bits/dim** on 2,000 test images" in text and "| 3.00 bits/dim |" in text
     assert "full 10,000-image CIFAR-10 test set" in text
     assert front_matter(text)["datasets"] == ["uoft-cs/cifar10"] and "reports no figure" not in text
@@ -316,7 +317,7 @@ def test_model_card_says_when_the_paper_has_no_figure(env):
     folder = save(pixelrnn.build_model("row_lstm", 1, 256, 8, 8, hidden=6, layers=1, num_classes=10), env / "m256",
                   {"dataset": "mnist", "arch": "row_lstm", "test_nll_nats": 50.0, "test_bits_per_dim": 1.127,
                    "unit": "bits/dim", "test_images": 10000})
-    text = hub.write_model_card(folder).read_text()
+    text = write_model_card(folder).read_text()
     assert "**1.127 bits/dim**" in text and "The paper reports no figure for MNIST." in text
     assert "| paper," not in text and "class-conditional over 10 classes" in text
 
@@ -358,7 +359,7 @@ def test_model_cards_of_conditional_and_multi_scale_models(env):
     folder = save(pixelrnn.build_model("row_lstm", 1, 256, 8, 8, hidden=6, layers=1, num_classes=10), env / "cond",
                   {"dataset": "mnist", "arch": "row_lstm", "test_bits_per_dim": 1.1, "unit": "bits/dim",
                    "wall_time_s": 6540, "device": "1 x cpu (x86_64, 1 threads)"})
-    text = hub.write_model_card(folder).read_text()
+    text = write_model_card(folder).read_text()
     meta = front_matter(text)
     assert "pipeline_tag" not in meta and "class-conditional" in meta["tags"]
     assert meta["model-index"][0]["results"][0]["task"]["type"] == "class-conditional-image-generation"
@@ -366,13 +367,13 @@ def test_model_cards_of_conditional_and_multi_scale_models(env):
     assert "1.8 h of training, on cpu (x86_64, 1 thread)" in text
     folder = save(tiny_model(factor=2), env / "ms", {"dataset": "binarized_mnist", "arch": "row_lstm",
                                                       "test_nll_nats": 84.9, "unit": "nats", "multiscale_factor": 2})
-    text = hub.write_model_card(folder).read_text()
+    text = write_model_card(folder).read_text()
     assert front_matter(text)["pipeline_tag"] == "unconditional-image-generation"
     assert "| paper," not in text and "no figure for a Multi-Scale model on Binarized MNIST" in text
 
 
 def test_format_duration_uses_one_unit_per_range():
-    assert [hub.format_duration(s) for s in (42, 1020, 5760, 6540, 7200)] == ["42 s", "17 min", "1.6 h", "1.8 h",
+    assert [format_duration(s) for s in (42, 1020, 5760, 6540, 7200)] == ["42 s", "17 min", "1.6 h", "1.8 h",
                                                                              "2.0 h"]
 
 

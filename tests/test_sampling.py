@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pixelrnn
-from pixelrnn.sampling import CachedStepper
+from pixelrnn.steppers import CachedStepper
 
 LOGIT_TOLERANCE = 1e-9  # float64: cached and full-pass logits agree to rounding
 

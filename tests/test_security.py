@@ -47,9 +47,12 @@ def server(checkpoints) -> Iterator[str]:
 def call(server: str, api: str, data: list, timeout: float = 30.0) -> tuple[str, Any, float]:
     """POST /gradio_api/call/{api}, then read its event stream -> (last event, its data, seconds it took).
 
-    The event is "complete" (data: the outputs) or "error" (data: the message shown to the user)."""
+    The event is "complete" (data: the outputs) or "error" (data: the message shown to the user), also when the
+    request is refused at once (HTTP 400)."""
     start = time.monotonic()
     response = httpx.post(f"{server}/gradio_api/call/{api}", json={"data": data}, timeout=timeout)
+    if response.status_code == 400:  # refused before it was queued (the events with a validator check it there)
+        return "error", response.json().get("detail"), time.monotonic() - start
     response.raise_for_status()
     event_id = response.json()["event_id"]
     event, payload = None, None
@@ -350,7 +353,7 @@ def test_a_local_model_is_served_while_a_hub_download_stalls(hub_env, tmp_path, 
 def test_requests_for_a_stalled_download_wait_holding_no_slot(hub_env, tmp_path, monkeypatch):
     """Defect: the request that started a Hub download waited for it in a sampling slot, and later ones were answered
     at once, so clients looping on a stalled download flooded the server (a local generate took 2x as long beside
-    three of them, tests/load_probe.py section 4). Now every such request waits for the download before it takes a
+    three of them, scripts/load_probe.py section 4). Now every such request waits for the download before it takes a
     slot. Asserted as an order of events: a local generate sent after three waiting requests (more than the slots)
     finishes before any of them is answered, and each is answered only after the wait."""
     monkeypatch.setattr(ui.registry, "HUB_WAIT_S", PROMPT_S)
@@ -416,12 +419,12 @@ def test_requests_above_the_work_budget_are_refused(server, monkeypatch):
 def test_a_cancelled_long_job_frees_its_slot(checkpoints, monkeypatch):
     monkeypatch.setattr(ui.base, "LONG_WORK", 1_000)
     studio = ui.Studio(ui.Registry(checkpoints, device="cpu"))
-    first = studio.generate("tiny-bin", None, 2, 1.0, 0, 0)
+    first = studio.sampling.generate("tiny-bin", None, 2, 1.0, 0, 0)
     next(first)
     with pytest.raises(ui.gr.Error, match="one at a time"):
-        next(studio.generate("tiny-bin", None, 2, 1.0, 0, 0))
+        next(studio.sampling.generate("tiny-bin", None, 2, 1.0, 0, 0))
     first.close()  # what Gradio's cancel does to the stream
-    assert len(list(studio.generate("tiny-bin", None, 2, 1.0, 0, 0))) > 1
+    assert len(list(studio.sampling.generate("tiny-bin", None, 2, 1.0, 0, 0))) > 1
 
 
 # --- reliability, third pass ---------------------------------------------------------------------------------------
@@ -439,7 +442,7 @@ def test_a_checkpoint_with_nan_weights_is_refused_and_never_the_default(tmp_path
     studio = ui.Studio(ui.Registry(root, device="cpu"))
     assert "non-finite weights (NaN or infinite) in head.1.bias" in studio.registry.problem("a-nan")
     assert studio.registry.default(["a-nan"]) == "tiny-bin" and "⚠ " in ui.models_table(studio.registry)
-    table, _, status = list(studio.compress("tiny-bin", ui.ASSETS_DIR / "mnist_7.png"))[-1]
+    table, _, status = list(studio.compressor.compress("tiny-bin", ui.ASSETS_DIR / "mnist_7.png"))[-1]
     assert "ready to download" in status and "a-nan" not in table
 
 
@@ -477,10 +480,10 @@ def test_an_upload_is_decoded_once_per_analysis(tmp_path, monkeypatch):
     real = ui.uploads.decode_image
     monkeypatch.setattr(ui.uploads, "decode_image", lambda *args: decoded.append(1) or real(*args))
     studio = ui.Studio(ui.Registry(save_tiny_checkpoints(tmp_path, rgb=False, multiscale=True), device="cpu"))
-    table = studio.inspect("tiny-bin", ui.ASSETS_DIR / "mnist_7.png")[3]
+    table = studio.inspector.inspect("tiny-bin", ui.ASSETS_DIR / "mnist_7.png")[3]
     assert "tiny-ms" in table and len(decoded) == 1  # two models scored it
     decoded.clear()
-    rows = list(studio.compress("tiny-bin", ui.ASSETS_DIR / "mnist_7.png"))[-1][0]
+    rows = list(studio.compressor.compress("tiny-bin", ui.ASSETS_DIR / "mnist_7.png"))[-1][0]
     assert "tiny-ms" in rows and len(decoded) == 1
 
 
@@ -488,7 +491,7 @@ def test_analysis_events_share_one_limit(checkpoints, monkeypatch):
     """Defect: "other events run 2 at a time" was per listener, so six listeners allowed 12 analyses at once."""
     running, most = [0], [0]
     lock = threading.Lock()
-    real = ui.Studio._analysis
+    real = ui.base.Core.analysis
 
     def counted(self, *args):
         with lock:
@@ -501,7 +504,7 @@ def test_analysis_events_share_one_limit(checkpoints, monkeypatch):
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(ui.Studio, "_analysis", counted)
+    monkeypatch.setattr(ui.base.Core, "analysis", counted)
     image = {"path": str(ui.ASSETS_DIR / "mnist_7.png")}
     calls = [("inspect", ["tiny-bin", image, None])] * 3 + [("pixel", ["tiny-bin", image, None, 1, 2])] * 3
     with running_app(checkpoints) as server:

@@ -179,7 +179,7 @@ def test_training_cli_datasets(tmp_path, extra):
     x, y = load_split(extra[1], "test", tmp_path)
     if "--binarize" in extra:
         from pixelrnn.data import binarize
-        from pixelrnn.train import TEST_BINARIZATION_SEED
+        from pixelrnn.training import TEST_BINARIZATION_SEED
 
         x = binarize(x, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
     with torch.no_grad():
@@ -225,7 +225,7 @@ def recipe(**overrides):
 
 
 def test_learning_rate_warms_up_then_follows_the_cosine_to_min_lr():
-    from pixelrnn.train import learning_rate
+    from pixelrnn.training import learning_rate
 
     args = recipe()
     assert math.isclose(learning_rate(args, 0, 0.0), 1e-3)  # step 1 of 10
@@ -236,7 +236,7 @@ def test_learning_rate_warms_up_then_follows_the_cosine_to_min_lr():
 
 
 def test_train_step_clips_the_per_sub_pixel_gradient_and_updates_the_moving_average():
-    from pixelrnn.train import LogProb, TrainStep
+    from pixelrnn.training import LogProb, TrainStep
 
     model = pixelrnn.build_model("row_lstm", 1, 2, 5, 5, hidden=4, layers=1)
     x = torch.randint(0, 2, (4, 1, 5, 5))
@@ -263,7 +263,7 @@ def test_train_step_clips_the_per_sub_pixel_gradient_and_updates_the_moving_aver
 
 
 def test_bf16_training_on_the_cpu_runs_the_network_in_bf16_and_the_loss_in_float32():
-    from pixelrnn.train import LogProb, TrainStep
+    from pixelrnn.training import LogProb, TrainStep
 
     model = pixelrnn.build_model("pixelcnn", 3, 256, 6, 6, hidden=8, layers=2)
     x = torch.randint(0, 256, (4, 3, 6, 6))
@@ -280,7 +280,7 @@ def test_bf16_training_on_the_cpu_runs_the_network_in_bf16_and_the_loss_in_float
 
 
 def test_the_graph_warm_up_allocates_the_optimizer_state_but_trains_nothing():
-    from pixelrnn.train import LogProb, TrainStep
+    from pixelrnn.training import LogProb, TrainStep
 
     model = pixelrnn.build_model("pixelcnn", 1, 2, 5, 5, hidden=4, layers=1)
     twin = pixelrnn.build_model("pixelcnn", 1, 2, 5, 5, hidden=4, layers=1)
@@ -316,17 +316,19 @@ def test_config_file_sets_defaults_flags_override_and_unknown_keys_fail(tmp_path
 
 
 def test_model_sizes_default_to_the_papers_per_dataset():
-    from pixelrnn.train import model_kwargs, parse_args
+    from pixelrnn.train import model_config, parse_args
 
     def size(*flags: str) -> tuple:
-        kwargs = model_kwargs(parse_args(list(flags)), 2 if "binarized_mnist" in flags else 256)
-        return kwargs["hidden"], kwargs["layers"], kwargs["out_hidden"]
+        config = model_config(parse_args(list(flags)))
+        return config.hidden, config.layers, config.out_hidden
 
     assert size("--dataset", "binarized_mnist", "--arch", "diagonal_bilstm") == (16, 7, 64)
     assert size("--dataset", "binarized_mnist", "--arch", "pixelcnn") == (16, 15, 64)
     assert size("--dataset", "cifar10", "--arch", "row_lstm") == (128, 12, 384)
     assert size("--dataset", "cifar10", "--arch", "pixelcnn") == (128, 15, 384)
     assert size("--dataset", "cifar10", "--arch", "row_lstm", "--layers", "3", "--hidden", "8") == (8, 3, 384)
+    assert size("--dataset", "mnist", "--arch", "row_lstm") == (16, 7, 128)
+    assert size("--dataset", "mnist", "--binarize", "--arch", "row_lstm") == (16, 7, 64)
 
 def test_shipped_configs_parse():
     from pixelrnn.train import parse_args
@@ -355,7 +357,7 @@ def test_training_selects_on_validation_and_tests_only_when_finished(tmp_path):
 
 
 def test_validation_splits_hold_out_fixed_training_images(tmp_path):
-    from pixelrnn.train import split_validation
+    from pixelrnn.training import split_validation
 
     write_fixture_data(tmp_path, n_train=60)
     train_x, _, valid_x, _ = split_validation("mnist", recipe(data_dir=tmp_path))
@@ -418,7 +420,7 @@ def test_training_selects_on_the_validation_split_and_ships_the_selected_weights
 
 
 def test_better_weights_and_the_validation_subset():
-    from pixelrnn.train import better_weights, validation_subset
+    from pixelrnn.training import better_weights, validation_subset
 
     assert better_weights({"valid_raw": 80.0, "valid_ema": 79.0}) == "ema"
     assert better_weights({"valid_raw": 79.0, "valid_ema": 80.0}) == "raw"
@@ -428,6 +430,58 @@ def test_better_weights_and_the_validation_subset():
     assert len(pick) == 2000 and len(set(pick.tolist())) == 2000 and torch.equal(pick, validation_subset(10_000, 2000))
     assert digits[pick].bincount(minlength=10).min() > 150  # every digit, not the first 2,000 images' zeros and ones
     assert sorted(validation_subset(7, 0).tolist()) == list(range(7))
+
+
+def test_selection_keeps_the_best_evaluation_and_counts_the_others():
+    from pixelrnn.train import select
+
+    state = {"best": None, "bad_evals": 0, "step": 100}
+    assert select(state, {"valid_raw": 90.0, "valid_ema": 91.0, "eval_images": 8}, 50) == "raw"  # the first is best
+    assert state["best"] == {"valid": 90.0, "step": 100, "weights": "raw", "valid_images": 50, "eval_images": 8}
+    state["step"] = 200
+    assert select(state, {"valid_raw": 92.0, "valid_ema": 90.0, "eval_images": 8}, 50) is None  # a tie is no better
+    assert select(state, {"valid_raw": 95.0, "eval_images": 8}, 50) is None
+    assert state["bad_evals"] == 2 and state["best"]["step"] == 100
+    state["step"] = 300
+    assert select(state, {"valid_raw": 89.0, "valid_ema": 88.5, "eval_images": 8}, 50) == "ema"
+    assert (state["best"]["valid"], state["best"]["step"], state["bad_evals"]) == (88.5, 300, 0)
+
+
+def test_the_moving_average_swaps_in_and_out_and_round_trips():
+    from pixelrnn.training import Averaged
+
+    model = pixelrnn.build_model("row_lstm", 1, 2, 4, 4, hidden=4, layers=1)
+    weights = Averaged(model, 0.999)
+    raw = [p.detach().clone() for p in model.parameters()]
+    for e in weights.ema:
+        e.add_(1.0)
+    with pytest.raises(RuntimeError), weights.swapped_in("ema"):
+        assert all(torch.equal(p, r + 1) for p, r in zip(model.parameters(), raw))
+        raise RuntimeError  # the raw weights come back even so
+    assert all(torch.equal(p, r) for p, r in zip(model.parameters(), raw))
+    saved = {k: v.clone() for k, v in weights.tensors().items()}
+    fresh = Averaged(pixelrnn.build_model("row_lstm", 1, 2, 4, 4, hidden=4, layers=1), 0.999)
+    fresh.restore(saved)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.model.parameters(), raw))
+    assert all(torch.equal(a, r + 1) for a, r in zip(fresh.ema, raw))
+
+
+def test_each_process_draws_its_share_of_the_one_process_batch():
+    from argparse import Namespace
+
+    from pixelrnn.training import Batches, Splits
+
+    images = torch.randint(0, 256, (50, 1, 3, 3), dtype=torch.uint8)
+    splits = Splits(images, torch.arange(50), *(None,) * 6, levels=256)
+    args = Namespace(batch_size=8, seed=3, binarize=True, hflip=True)
+    whole = Batches(args, splits, rank=0, world=1, device=torch.device("cpu"), step=5)
+    shares = [Batches(args, splits, rank=r, world=2, device=torch.device("cpu"), step=5) for r in range(2)]
+    for _ in range(3):
+        for batches in (whole, *shares):
+            batches.next()
+        assert torch.equal(torch.cat([b.x for b in shares]), whole.x)
+        assert torch.equal(torch.cat([b.y for b in shares]), whole.y)
+        assert whole.x.max() <= 1  # binarized
 
 
 def test_dynamic_binarization_keeps_white_pixels_on_and_black_ones_off():

@@ -370,7 +370,7 @@ def test_hub_models_are_listed_at_once_and_loaded_lazily(checkpoints, tmp_path, 
         card, _, _ = studio.model_card("user/tiny-rgb")
         assert "Hugging Face Hub" in card and "CIFAR-10" in card and registry.spec("user/tiny-rgb").num_classes == 10
         assert "Generated 1 sample of class 'cat'" in final_frame(list(
-            studio.generate("user/tiny-rgb", "cat", 1, 1.0, 0, 0)))[2]
+            studio.sampling.generate("user/tiny-rgb", "cat", 1, 1.0, 0, 0)))[2]
         with pytest.raises(gr.Error, match="Cannot load model 'user/missing'"):
             registry.load("user/missing")
 
@@ -386,7 +386,7 @@ def final_frame(frames: list[tuple]) -> tuple:
 
 
 def test_generate_streams_and_matches_direct_sampling(studio):
-    frames = list(studio.generate("tiny-bin", None, 3, 1.0, 11, 0.3))
+    frames = list(studio.sampling.generate("tiny-bin", None, 3, 1.0, 11, 0.3))
     assert len(frames) >= 3
     images = [f[0] for f in frames if isinstance(f[0], np.ndarray)]
     assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(images))
@@ -398,9 +398,9 @@ def test_generate_streams_and_matches_direct_sampling(studio):
 
 
 def test_generate_multiscale_and_conditional(studio):
-    frames = list(studio.generate("tiny-ms", None, 1, 1.0, 0, 0))
+    frames = list(studio.sampling.generate("tiny-ms", None, 1, 1.0, 0, 0))
     assert final_frame(frames)[0].shape == (280, 280, 3)
-    frames = list(studio.generate("tiny-rgb", "cat", 1, 1.0, 5, 0))
+    frames = list(studio.sampling.generate("tiny-rgb", "cat", 1, 1.0, 5, 0))
     expected = pixelrnn.sample(studio.registry.load("tiny-rgb"), 1, y=3, seed=5)
     expected_image = ui.render_images(expected.numpy(), 256, ui.grid_scale(32, 32, 1))[0]
     assert np.array_equal(final_frame(frames)[0], expected_image)
@@ -415,13 +415,13 @@ def test_generate_multiscale_and_conditional(studio):
 ])
 def test_generate_bad_arguments(studio, args, message):
     with pytest.raises(gr.Error, match=message):
-        list(studio.generate(*args))
+        list(studio.sampling.generate(*args))
 
 
 def test_complete_full_mask_equals_generation_and_empty_mask_errors(studio):
     background = np.asarray(Image.open(ui.ASSETS_DIR / "mnist_7.png").convert("RGBA"))
     full = {"background": background, "layers": [painted_layer((224, 224), (0, 0, 224, 224))], "composite": None}
-    image, _, status = final_frame(list(studio.complete("tiny-bin", full, None, "plain", 4, 2, 1.0, 9, 0)))
+    image, _, status = final_frame(list(studio.sampling.complete("tiny-bin", full, None, "plain", 4, 2, 1.0, 9, 0)))
     expected = pixelrnn.sample(studio.registry.load("tiny-bin"), 2, seed=9)
     scale = ui.display_scale(28, 28)
     original = ui.masked_original(ui.prepare_image(background, BIN).pixels, 2, np.ones((28, 28), bool), scale)
@@ -429,13 +429,13 @@ def test_complete_full_mask_equals_generation_and_empty_mask_errors(studio):
     assert "784 pixels" in status
     empty = {"background": background, "layers": [painted_layer((224, 224), None)], "composite": None}
     with pytest.raises(gr.Error, match="mask is empty"):
-        list(studio.complete("tiny-bin", empty, None, "plain", 4, 2, 1.0, 9, 0))
+        list(studio.sampling.complete("tiny-bin", empty, None, "plain", 4, 2, 1.0, 9, 0))
 
 
 def test_complete_keeps_known_pixels_with_smc(studio):
     background = np.asarray(Image.open(ui.ASSETS_DIR / "cifar_cat.png").convert("RGBA"))
     editor = {"background": background, "layers": [painted_layer((256, 256), (64, 64, 192, 192))]}
-    frames = list(studio.complete("tiny-rgb", editor, "cat", ui.MODES[1], 3, 2, 1.0, 1, 0))
+    frames = list(studio.sampling.complete("tiny-rgb", editor, "cat", ui.MODES[1], 3, 2, 1.0, 1, 0))
     image, _, status = final_frame(frames)
     assert "SMC, 3 particles" in status and "effective sample size" in status
     scale = ui.display_scale(32, 32)
@@ -445,13 +445,13 @@ def test_complete_keeps_known_pixels_with_smc(studio):
 
 
 def test_inspect_and_pixel(studio):
-    view, surprise, _, table, chart, influence, text, row, col = studio.inspect("tiny-bin", ui.ASSETS_DIR / "mnist_7.png")
+    view, surprise, _, table, chart, influence, text, row, col = studio.inspector.inspect("tiny-bin", ui.ASSETS_DIR / "mnist_7.png")
     assert chart_bars(chart)[0] == (row, col)
     scale = ui.inspect_scale(28, 28)
     assert view.shape == (28 * scale, 28 * scale, 3) and surprise.shape[0] == 28 * scale + ui.LEGEND_PX
     assert "tiny-ms" in table and "no-weights" in table and "bits/dim" in table  # every model of the same format
     assert "tiny-rgb" not in table and "Most surprising pixel" in text and 0 <= row < 28
-    chart, influence, text = studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 3, 4)
+    chart, influence, text = studio.inspector.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 3, 4)
     (where, [bars]) = chart_bars(chart)
     maps = pixelrnn.likelihood_maps(studio.registry.load("tiny-bin"),
                                     torch.from_numpy(ui.prepare_image(ui.ASSETS_DIR / "mnist_7.png", BIN).pixels))
@@ -464,10 +464,10 @@ def test_inspect_and_pixel(studio):
     ui.pictures.draw_cursor(expected, (3, 4), scale)
     assert np.array_equal(influence, expected) and strength[4:].sum() == strength[3, 4:].sum() == 0 < strength.sum()
     with pytest.raises(gr.Error, match="Row"):
-        studio.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 28, 0)
-    _, _, _, table, *_ = studio.inspect("tiny-rgb", ui.ASSETS_DIR / "cifar_cat.png", ui.AUTO_CLASS)
+        studio.inspector.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 28, 0)
+    _, _, _, table, *_ = studio.inspector.inspect("tiny-rgb", ui.ASSETS_DIR / "cifar_cat.png", ui.AUTO_CLASS)
     assert "most likely class" in table
-    view, _, _, table, chart, influence, text, row, col = studio.inspect_changed("tiny-bin", None)  # no image
+    view, _, _, table, chart, influence, text, row, col = studio.inspector.inspect_changed("tiny-bin", None)  # no image
     assert view is None and table is None and chart is None and influence is None and text is None and row is None
     assert col is None
 

@@ -1,4 +1,4 @@
-"""What every tab's endpoints share: the registry, threads, capacity, streaming frames, cached analyses."""
+"""`Core`: what every tab's endpoints share: the registry, threads, capacity, streaming frames, cached analyses."""
 
 from __future__ import annotations
 
@@ -25,19 +25,19 @@ from pixelrnn.ui.streaming import PROGRESS_END, FrameGate, Pacer, with_last
 from pixelrnn.ui.uploads import ModelSpec, prepare_image
 
 
-class StudioBase:
-    """What the tabs share over a Registry: thread settings, the capacity check, streaming sampler steps as frames
-    and a cache of likelihood analyses."""
+class Core:
+    """What the tabs share over a Registry, handed to each tab: thread settings, the capacity check, streaming
+    sampler steps as frames, a cache of likelihood analyses and the folder of .prnn downloads."""
 
     def __init__(self, registry: Registry, cpu_threads: int = 1):
         self.registry, self.cpu_threads = registry, cpu_threads
         self._analyses: OrderedDict[tuple, Analysis] = OrderedDict()
         self._analyses_lock = threading.Lock()
         self._long_job = threading.Lock()  # held by the one sampling request above LONG_WORK
-        self._downloads = tempfile.TemporaryDirectory(prefix="pixelrnn-prnn-")  # .prnn files offered for download
+        self.downloads = tempfile.TemporaryDirectory(prefix="pixelrnn-prnn-")  # .prnn files offered for download
 
     # -- helpers --
-    def _threads(self) -> None:
+    def threads(self) -> None:
         """Sampling runs thousands of tiny ops: one CPU thread per request is faster than two contending ones
         (intra-op threads on a busy machine can be 10-100x slower). The setting holds per worker thread."""
         if self.registry.device == "cpu" and self.cpu_threads and torch.get_num_threads() != self.cpu_threads:
@@ -54,20 +54,20 @@ class StudioBase:
         choices = ([AUTO_CLASS] if allow_auto else []) + list(spec.class_names)
         return gr.update(choices=choices, value=choices[0], visible=True)
 
-    def _steps_total(self, spec: ModelSpec) -> int:
+    def steps_total(self, spec: ModelSpec) -> int:
         small = (spec.height // spec.factor) * (spec.width // spec.factor) if spec.factor else 0
         return spec.height * spec.width + small
 
     @contextlib.contextmanager
-    def _capacity(self, batch: int, spec: ModelSpec, fewer: str) -> Iterator[None]:
+    def capacity(self, batch: int, spec: ModelSpec, fewer: str) -> Iterator[None]:
         """Admit a sampling request of `batch` images (particles included): its work is batch x pixels x channels
         pixel samples. Above MAX_WORK it is refused; above LONG_WORK it runs only if no other such job does, so
         that of the SAMPLING_SLOTS concurrent requests at least SAMPLING_SLOTS - 1 are always free for short
         ones. `fewer` names what to reduce."""
-        work = batch * spec.channels * self._steps_total(spec)
+        work = batch * spec.channels * self.steps_total(spec)
         if work > MAX_WORK:
             raise gr.Error(f"This request needs {work:,} pixel samples ({batch} images x {spec.channels} channels x "
-                           f"{self._steps_total(spec):,} pixels), more than the {MAX_WORK:,} one request may use: "
+                           f"{self.steps_total(spec):,} pixels), more than the {MAX_WORK:,} one request may use: "
                            f"ask for fewer {fewer}.")
         if work <= LONG_WORK:
             yield
@@ -81,12 +81,12 @@ class StudioBase:
             self._long_job.release()
             release_memory()
 
-    def _stream(self, steps: Iterable[pixelrnn.Step], spec: ModelSpec, pace: float,
+    def stream(self, steps: Iterable[pixelrnn.Step], spec: ModelSpec, pace: float,
                 render: Callable[[pixelrnn.Step, bool], tuple[np.ndarray, np.ndarray]], summary: Callable[[Any], str]
                 ) -> Iterator[tuple]:
         """Throttle, pace and render sampler steps into (image, distribution, status) updates. The status says how
         far it is (the app shows no progress bar over it: one would cover the previous run's status)."""
-        gate, total = FrameGate(), self._steps_total(spec)
+        gate, total = FrameGate(), self.steps_total(spec)
         pacer, start = Pacer(total, pace), time.monotonic()
         last = None
         for k, (step, final) in enumerate(with_last(steps), start=1):
@@ -107,8 +107,8 @@ class StudioBase:
         await self.registry.arrival(model_name)
         return [gr.validate(True, "")] * (1 + len(inputs))
 
-    def _analysis(self, name: str, image: Any, class_label: Any) -> tuple[ModelSpec, Analysis]:
-        self._threads()
+    def analysis(self, name: str, image: Any, class_label: Any) -> tuple[ModelSpec, Analysis]:
+        self.threads()
         spec = self.registry.spec(name)
         y = parse_class(class_label, spec, allow_auto=True)
         prepared = prepare_image(image, spec)

@@ -12,17 +12,8 @@ import numpy as np
 import torch
 
 import pixelrnn
-from pixelrnn.hub import (
-    ARCH_NAMES,
-    DATASET_INFO,
-    LEARNING_CURVE,
-    PAPER_RESULTS,
-    SAMPLES,
-    as_number,
-    device_text,
-    format_duration,
-    recorded_nll,
-)
+from pixelrnn.card import ARCH_NAMES, DATASET_INFO, PAPER_RESULTS, device_text, format_duration
+from pixelrnn.checkpoints import LEARNING_CURVE, SAMPLES, as_number, recorded_nll
 from pixelrnn.model import Model
 from pixelrnn.ui.registry import ModelEntry, Registry
 from pixelrnn.ui.settings import REPO_ROOT

@@ -16,7 +16,7 @@ import torch
 
 import pixelrnn
 from pixelrnn import compress
-from pixelrnn.ui.base import StudioBase
+from pixelrnn.ui.base import Core
 from pixelrnn.ui.errors import returns_memory, user_errors
 from pixelrnn.ui.params import parse_class
 from pixelrnn.ui.pictures import display_scale, render_images
@@ -24,8 +24,11 @@ from pixelrnn.ui.streaming import FrameGate
 from pixelrnn.ui.uploads import file_path, open_image, prepare_image, read_upload
 
 
-class CompressTab(StudioBase):
+class CompressTab:
     """Compress: .prnn files made and decoded."""
+
+    def __init__(self, core: Core):
+        self.core, self.registry = core, core.registry
 
     def _compatible(self, name: str) -> list[str]:
         """`name` first, then every other healthy model of the same format (channels, size, levels)."""
@@ -39,7 +42,7 @@ class CompressTab(StudioBase):
     def compress(self, model_name: str, image: Any, class_label: Any = None) -> Iterator[tuple]:
         """Code an image losslessly with every compatible model (the chosen one first), each row of the sizes
         table as it is done: yields (sizes table, .prnn file of the chosen model, status)."""
-        self._threads()
+        self.core.threads()
         spec = self.registry.spec(model_name)
         parse_class(class_label, spec, allow_auto=True)
         upload_name = Path(file_path(image) or "image").stem[:40]
@@ -56,7 +59,7 @@ class CompressTab(StudioBase):
         download = None
         names = self._compatible(model_name)
         for k, name in enumerate(names):
-            _, analysis = self._analysis(name, image, class_label if name == model_name else None)
+            _, analysis = self.core.analysis(name, image, class_label if name == model_name else None)
             model = self.registry.load(name)
             start = time.monotonic()
             data = compress.encode(model, pixels, analysis.label)
@@ -69,7 +72,7 @@ class CompressTab(StudioBase):
             rows.append(f"| {title} | {len(data):,} | {8 * len(data) / dims:.3f} | {nll:.3f} | {seconds:.1f} s | "
                         f"{note} |")
             if name == model_name:
-                folder = Path(tempfile.mkdtemp(dir=self._downloads.name))
+                folder = Path(tempfile.mkdtemp(dir=self.core.downloads.name))
                 download = folder / f"{upload_name}.{name}.prnn"
                 download.write_bytes(data)
             done = k + 1 == len(names)
@@ -79,6 +82,13 @@ class CompressTab(StudioBase):
             if prepared.notes:
                 status += f" Input: {'; '.join(prepared.notes)}."
             yield "\n".join(rows + baselines), str(download), status
+
+    def compress_changed(self, model_name: str, image: Any, class_label: Any = None) -> Iterator[tuple]:
+        """Runs when the image or the model's classes change: compress the image, or empty the outputs."""
+        if image is None:
+            yield None, None, None
+            return
+        yield from self.compress(model_name, image, class_label)
 
     def _writer(self, header: dict) -> str:
         """The model that wrote a .prnn stream: named in a version-1 header; else the model (of those loaded or
@@ -100,7 +110,7 @@ class CompressTab(StudioBase):
     def decompress(self, file: Any) -> Iterator[tuple]:
         """Decode an uploaded .prnn file with the model named in it, row by row: yields (image, status). The image
         is only presented as decoded once its checksum holds; a file that fails clears it."""
-        self._threads()
+        self.core.threads()
         path = file_path(file)
         if not path:
             raise gr.Error("No file: upload a .prnn file made by Compress (or `python -m pixelrnn.compress`).")

@@ -10,7 +10,7 @@ import torch
 
 import pixelrnn
 from pixelrnn.images import to_rgb, upscale
-from pixelrnn.ui.base import StudioBase
+from pixelrnn.ui.base import Core
 from pixelrnn.ui.cards import Analysis, model_title
 from pixelrnn.ui.errors import returns_memory, user_errors
 from pixelrnn.ui.params import parse_int
@@ -53,8 +53,17 @@ def distribution_html(probs: np.ndarray, true: list[int], row: int, col: int) ->
     return f'<div id="pixel-dist-data" data-row="{row}" data-col="{col}">{"".join(charts)}</div>'
 
 
-class InspectTab(StudioBase):
+class InspectTab:
     """Inspect: likelihoods and maps of an image."""
+
+    def __init__(self, core: Core):
+        self.core, self.registry = core, core.registry
+
+    def inspect_changed(self, model_name: str, image: Any, class_label: Any = None) -> tuple:
+        """Runs when the image or the model's classes change: inspect the image, or empty the outputs."""
+        if image is None:  # view, surprise, entropy, table, the distribution, the influence, text, row, col
+            return (None,) * 9
+        return self.inspect(model_name, image, class_label)
 
     def _nll_table(self, name: str, image: Any, spec: ModelSpec, analysis: Analysis) -> str:
         rows = ["| model | architecture | NLL (nats) | bits/dim | note |", "|---|---|---|---|---|"]
@@ -65,7 +74,7 @@ class InspectTab(StudioBase):
                 result = analysis
             else:
                 try:
-                    _, result = self._analysis(other, image, None)
+                    _, result = self.core.analysis(other, image, None)
                 except gr.Error as err:
                     rows.append(f"| `{other}` | {model_title(entry)} | – | – | {err.message} |")
                     continue
@@ -88,7 +97,7 @@ class InspectTab(StudioBase):
         """Likelihood of an image: (model's view, surprise map, entropy map, NLL table, the most surprising pixel's
         distribution (a bar chart per channel, as HTML) and influence map, its description, row, col)."""
         image = open_image(image)  # decoded once: the NLL table scores it with every compatible model
-        spec, analysis = self._analysis(model_name, image, class_label)
+        spec, analysis = self.core.analysis(model_name, image, class_label)
         scale = inspect_scale(spec.height, spec.width)
         view = upscale(to_rgb(analysis.pixels, spec.levels), scale)
         surprise = render_heatmap(analysis.maps["nll_bits"].sum(0), scale, "surprise, bits")
@@ -120,8 +129,8 @@ class InspectTab(StudioBase):
     def pixel(self, model_name: str, image: Any, class_label: Any = None, row: Any = 0, col: Any = 0) -> tuple:
         """One pixel (row, col in model pixels): (its predictive distribution, a bar chart per channel as HTML; its
         influence map; its description)."""
-        self._threads()
-        spec, analysis = self._analysis(model_name, image, class_label)
+        self.core.threads()
+        spec, analysis = self.core.analysis(model_name, image, class_label)
         r = parse_int(row, "Row", 0, spec.height - 1)
         c = parse_int(col, "Column", 0, spec.width - 1)
         return self._pixel_view(model_name, spec, analysis, r, c)

@@ -17,8 +17,7 @@ import gradio as gr
 import torch
 
 import pixelrnn
-from pixelrnn.data import CIFAR10_CLASSES, MNIST_CLASSES
-from pixelrnn.hub import (
+from pixelrnn.checkpoints import (
     METRICS,
     WEIGHTS,
     check_folder,
@@ -27,8 +26,9 @@ from pixelrnn.hub import (
     read_config,
     read_json,
     read_weights,
-    resolve,
 )
+from pixelrnn.data import CIFAR10_CLASSES, MNIST_CLASSES
+from pixelrnn.hub import resolve
 from pixelrnn.model import Model, MultiScalePixelRNN
 from pixelrnn.ui.errors import redact_paths
 from pixelrnn.ui.params import shown

@@ -13,7 +13,7 @@ import torch
 
 import pixelrnn
 from pixelrnn.images import tile
-from pixelrnn.ui.base import StudioBase
+from pixelrnn.ui.base import Core
 from pixelrnn.ui.cards import auto_classes, maps_of
 from pixelrnn.ui.errors import user_errors
 from pixelrnn.ui.params import parse_class, parse_int, parse_mode, parse_pace, parse_seed, parse_temperature
@@ -29,15 +29,18 @@ from pixelrnn.ui.settings import MAX_COMPLETIONS, MAX_PARTICLES, MAX_SAMPLES
 from pixelrnn.ui.uploads import editor_parts, extract_mask, prepare_image
 
 
-class SamplingTabs(StudioBase):
+class SamplingTabs:
     """Generate, Complete and Upscale: streams of (image, distribution, status)."""
+
+    def __init__(self, core: Core):
+        self.core, self.registry = core, core.registry
 
     # -- Generate --
     @user_errors
     def generate(self, model_name: str, class_label: Any = None, n: Any = 4, temperature: Any = 1.0, seed: Any = 0,
                  pace: Any = 0.0) -> Iterator[tuple]:
         """Stream n samples pixel by pixel: (image grid, current pixel's distribution, status)."""
-        self._threads()
+        self.core.threads()
         spec = self.registry.spec(model_name)
         y = parse_class(class_label, spec)
         n = parse_int(n, "Number of samples", 1, MAX_SAMPLES)
@@ -64,8 +67,8 @@ class SamplingTabs(StudioBase):
             return (f"Generated {n} sample{'s' if n > 1 else ''}{what} with `{model_name}` in "
                     f"{time.monotonic() - start:.1f} s (seed {seed}, temperature {temperature:g}).")
 
-        with self._capacity(n, spec, "samples"):
-            yield from self._stream(steps, spec, pace, render, summary)
+        with self.core.capacity(n, spec, "samples"):
+            yield from self.core.stream(steps, spec, pace, render, summary)
 
     # -- Complete --
     @user_errors
@@ -73,14 +76,14 @@ class SamplingTabs(StudioBase):
                  particles: Any = 8, n: Any = 3, temperature: Any = 1.0, seed: Any = 0, pace: Any = 0.0,
                  ) -> Iterator[tuple]:
         """Stream completions of the painted region: (original | completions, current distribution, status)."""
-        self._threads()
+        self.core.threads()
         spec = self.registry.spec(model_name)
         y = parse_class(class_label, spec, allow_auto=True)
         smc = parse_mode(mode)
         k = parse_int(particles, "Particles", 2, MAX_PARTICLES) if smc else 1
         n = parse_int(n, "Number of completions", 1, MAX_COMPLETIONS)
         temperature, seed, pace = parse_temperature(temperature), parse_seed(seed), parse_pace(pace)
-        with self._capacity(n * k, spec, "completions or particles"):  # refused before the upload is read
+        with self.core.capacity(n * k, spec, "completions or particles"):  # refused before the upload is read
             background, layers = editor_parts(editor)
             prepared = prepare_image(background, spec)
             mask = extract_mask(layers, prepared, spec.height, spec.width)
@@ -123,7 +126,7 @@ class SamplingTabs(StudioBase):
                     text += f" Input: {'; '.join(prepared.notes)}."
                 return text
 
-            yield from self._stream(steps, spec, pace, render, summary)
+            yield from self.core.stream(steps, spec, pace, render, summary)
 
     # -- Upscale --
     @user_errors
@@ -132,7 +135,7 @@ class SamplingTabs(StudioBase):
         """Super-resolution with a Multi-Scale PixelRNN (Sec. 3.6): the image is reduced to the model's small size
         and n full-size images are sampled given it. Streams (small image, samples, current pixel's distribution,
         uncertainty map, status)."""
-        self._threads()
+        self.core.threads()
         spec = self.registry.spec(model_name)
         if not spec.factor:
             multiscale = [name for _, name in self.registry.choices(multiscale=True)]
@@ -143,7 +146,7 @@ class SamplingTabs(StudioBase):
             raise gr.Error("Upscaling with a class-conditional Multi-Scale model is not supported yet.")
         n = parse_int(n, "Number of samples", 1, MAX_SAMPLES)
         temperature, seed, pace = parse_temperature(temperature), parse_seed(seed), parse_pace(pace)
-        with self._capacity(n, spec, "samples"):
+        with self.core.capacity(n, spec, "samples"):
             prepared = prepare_image(image, spec)
             model = self.registry.load(model_name)
             f = spec.factor
@@ -180,5 +183,5 @@ class SamplingTabs(StudioBase):
                 return text
 
             yield small, gr.skip(), gr.skip(), uncertainty, "Upscaling…"
-            for frame in self._stream(steps, spec, pace, render, summary):
+            for frame in self.core.stream(steps, spec, pace, render, summary):
                 yield gr.skip(), *frame[:2], gr.skip(), frame[2]

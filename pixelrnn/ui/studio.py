@@ -1,42 +1,38 @@
-"""`Studio`: the app's endpoints, one mixin per tab."""
+"""`Studio`: the app's endpoints, one object per tab over a shared `Core`; small handlers of the wiring."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 import numpy as np
 
+from pixelrnn.ui.base import Core
 from pixelrnn.ui.cards import model_card
 from pixelrnn.ui.compress_tab import CompressTab
 from pixelrnn.ui.errors import user_errors
 from pixelrnn.ui.inspect_tab import InspectTab
+from pixelrnn.ui.registry import Registry
 from pixelrnn.ui.sampling import SamplingTabs
 from pixelrnn.ui.settings import ASSETS_DIR
 from pixelrnn.ui.streaming import is_progress
 
 
-class Studio(SamplingTabs, InspectTab, CompressTab):
-    """The app's endpoints as methods over a Registry, one mixin per tab; generators stream their outputs."""
+class Studio:
+    """The app's endpoints, one object per tab (`sampling`: Generate, Complete, Upscale; `inspector`; `compressor`)
+    over the `Core` they share (`core`: registry, threads, work limits, streaming, cached analyses)."""
 
-    # -- runs when an input changes: on an image, else the outputs are emptied --
-    def inspect_changed(self, model_name: str, image: Any, class_label: Any = None) -> tuple:
-        if image is None:  # view, surprise, entropy, table, the distribution, the influence, text, row, col
-            return (None,) * 9
-        return self.inspect(model_name, image, class_label)
+    def __init__(self, registry: Registry, cpu_threads: int = 1):
+        self.registry = registry
+        self.core = Core(registry, cpu_threads)
+        self.sampling, self.inspector, self.compressor = SamplingTabs(self.core), InspectTab(self.core), \
+            CompressTab(self.core)
 
-    def compress_changed(self, model_name: str, image: Any, class_label: Any = None) -> Iterator[tuple]:
-        if image is None:
-            yield None, None, None
-            return
-        yield from self.compress(model_name, image, class_label)
-
-    # -- Models --
     @user_errors
     def model_card(self, model_name: str) -> tuple[str, np.ndarray | None, np.ndarray | None]:
-        """(markdown card, samples image, learning curve) of a model."""
+        """The Models tab: (markdown card, samples image, learning curve) of a model."""
         return model_card(self.registry, model_name)
 
 

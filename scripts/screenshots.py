@@ -1,4 +1,4 @@
-"""Screenshots of every tab for the README, on the shipped checkpoints: `python docs/screenshots.py`.
+"""Screenshots of every tab for the README, on the shipped checkpoints: `python scripts/screenshots.py`.
 
 Starts the app on a free loopback port, drives it in headless Chromium (as tests/test_browser.py does) and writes
 docs/screenshot-<tab>.png.

@@ -1,4 +1,4 @@
-"""Plot probe (issue 11), not part of the test suite: `python tests/plot_probe.py [--frames 200]`.
+"""Plot probe (issue 11), not part of the test suite: `python scripts/plot_probe.py [--frames 200]`.
 
 Can the live tabs stream a pixel's distribution as a native Gradio bar plot (hover shows level and probability)
 instead of a drawn image, without breaking the animation? For each distribution shape (2 levels x 1 channel,

@@ -1,4 +1,4 @@
-"""Load probe of the running app, not part of the test suite: `python tests/load_probe.py [SECTION ...]`.
+"""Load probe of the running app, not part of the test suite: `python scripts/load_probe.py [SECTION ...]`.
 
 Starts `python app.py` on the repository's checkpoints on a free loopback port, then measures over HTTP:
   1. 24 clients at once on /generate (4 binarized-MNIST samples each);

@@ -1,0 +1,242 @@
+"""Steppers: the logits of one pixel given everything generated before it, for every PixelRNN architecture.
+
+  ReferenceStepper  one full forward pass per step (the ground truth);
+  CachedStepper     the same logits from per-layer caches, touching one pixel per layer
+                    per step (Row LSTM: last row's states; Diagonal BiLSTM: forward stream
+                    cell by cell, reverse stream once per finished row; PixelCNN: cached
+                    activations inside each 3x3 window).
+Mask A/B make a pixel's activations independent of its own last channel, so the pass that
+gives the last channel's logits also leaves that pixel's final activations in the caches.
+`pixelrnn.sampling` draws from them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pixelrnn.model import PixelRNN, scale_pixels
+from pixelrnn.nn import DiagonalBiLSTM, PixelCNNBlock, RowLSTM, lstm_cell
+
+METHODS = ("cached", "reference")
+
+
+def _matrix(conv: torch.nn.Conv2d) -> Tensor:
+    """A masked 1x1 conv's weight as a (in, out) matrix for `x @ matrix`."""
+    return conv.masked_weight()[:, :, 0, 0].t().contiguous()
+
+
+def _bias(constant: Tensor, conditional: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Fold a layer's conditioning bias into its constant bias.
+
+    -> (bias (1 or N, F), per-pixel map (N, F, H, W) or None): a class label's bias is
+    the same at every pixel; a conditioning map (Multi-Scale) varies per pixel.
+    """
+    if conditional is None:
+        return constant[None], None
+    if conditional.shape[2:] == (1, 1):
+        return constant + conditional[:, :, 0, 0], None
+    return constant[None], conditional
+
+
+class ReferenceStepper:
+    """One full forward pass per step."""
+
+    def __init__(self, model: PixelRNN, x: Tensor, y: Tensor | None, cond: Tensor | None):
+        self.model, self.y, self.cond = model, y, cond
+
+    def logits(self, x: Tensor, r: int, j: int) -> Tensor:
+        """-> (N, levels, C) logits of pixel (r, j); sub-pixels before it in x must be final."""
+        return self.model(x, self.y, self.cond)[:, :, :, r, j]
+
+    def end_row(self, x: Tensor, r: int) -> None:
+        pass
+
+    def reorder(self, index: Tensor) -> None:
+        self.y = None if self.y is None else self.y[index]
+        self.cond = None if self.cond is None else self.cond[index]
+
+
+class _LayerCache:
+    """Per-layer state of the cached stepper; `step` maps the layer input at (r, j) to its output."""
+
+    tensors: tuple[str, ...] = ()  # batch-first state, reindexed by `reorder`
+
+    def __init__(self, bias: Tensor, bias_map: Tensor | None):
+        self.bias, self.bias_map = bias, bias_map
+
+    def bias_at(self, r: int, j: int) -> Tensor:
+        return self.bias if self.bias_map is None else self.bias + self.bias_map[:, :, r, j]
+
+    @staticmethod
+    def end_rows(caches: list[_LayerCache]) -> None:
+        """Update the caches of all layers of one kind once a row is finished."""
+        for cache in caches:
+            cache.end_row()
+
+    def end_row(self) -> None:
+        pass
+
+    def reorder(self, index: Tensor) -> None:
+        for name in (*self.tensors, "bias", "bias_map"):
+            value = getattr(self, name)
+            if value is not None and value.shape[0] > 1:
+                setattr(self, name, value[index])
+
+
+class _PixelCNNCache(_LayerCache):
+    """A PixelCNN block at one pixel: caches relu(reduce(relu(f))) for its 3x3 mask-B window."""
+
+    tensors = ("reduced",)
+
+    def __init__(self, block: PixelCNNBlock, n: int, height: int, width: int, conditional: Tensor | None):
+        super().__init__(*_bias(block.conv.bias, conditional))
+        self.reduce, self.reduce_bias = _matrix(block.reduce), block.reduce.bias
+        self.expand, self.expand_bias = _matrix(block.expand), block.expand.bias
+        self.conv = block.conv.masked_weight()[:, :, :2].flatten(1).t().contiguous()  # kernel rows r-1 and r
+        self.reduced = self.conv.new_zeros(n, self.reduce.shape[1], height + 1, width + 2)  # 1 row / 1 col pad
+
+    def step(self, f: Tensor, r: int, j: int) -> Tensor:
+        self.reduced[:, :, r + 1, j + 1] = torch.addmm(self.reduce_bias, f.relu(), self.reduce).relu_()
+        window = self.reduced[:, :, r : r + 2, j : j + 3].flatten(1)
+        t = torch.addmm(self.bias_at(r, j), window, self.conv).relu_()
+        return torch.addmm(f + self.expand_bias, t, self.expand)
+
+
+class _RowLSTMCache(_LayerCache):
+    """A Row LSTM at one pixel: the previous row's states, this row's inputs (Sec. 3.1)."""
+
+    tensors = ("inputs", "h_row", "c_row", "c_above", "row_gates")
+
+    def __init__(self, layer: RowLSTM, n: int, height: int, width: int, conditional: Tensor | None):
+        super().__init__(*_bias(layer.input_to_state.bias, conditional))
+        w = layer.input_to_state.masked_weight()  # (4h, 2h, 1, 3): taps left, centre, right (masked)
+        self.input_to_state = torch.cat([w[:, :, 0, 0], w[:, :, 0, 1]], dim=1).t().contiguous()  # [left | centre]
+        self.state_to_state = layer.state_to_state
+        self.inputs = w.new_zeros(n, width + 1, w.shape[1])  # this row's layer inputs, one zero column on the left
+        self.h_row = w.new_zeros(n, width, layer.hidden)
+        self.c_row, self.c_above = torch.zeros_like(self.h_row), torch.zeros_like(self.h_row)
+        self.end_row_gates()
+
+    def end_row_gates(self) -> None:
+        """State-to-state gates from the finished row (zeros above row 0) plus the constant bias: (N, W, 4h)."""
+        self.row_gates = self.state_to_state(self.h_row.transpose(1, 2)).transpose(1, 2) + self.bias[:, None]
+
+    def step(self, f: Tensor, r: int, j: int) -> Tensor:
+        self.inputs[:, j + 1] = f
+        bias = self.row_gates[:, j] if self.bias_map is None else self.row_gates[:, j] + self.bias_map[:, :, r, j]
+        gates = torch.addmm(bias, self.inputs[:, j : j + 2].flatten(1), self.input_to_state)
+        h, self.c_row[:, j] = lstm_cell(gates, self.c_above[:, j])
+        self.h_row[:, j] = h
+        return h
+
+    def end_row(self) -> None:
+        self.end_row_gates()
+        self.c_above, self.c_row = self.c_row, torch.zeros_like(self.c_row)
+
+
+class _DiagonalCache(_LayerCache):
+    """A Diagonal BiLSTM at one pixel (Sec. 3.2).
+
+    Forward stream: cell (r, j) from (r-1, j) and (r, j-1), its gates and the reverse
+    stream's input in one matmul. Reverse stream: run right to left over a row once it is
+    finished; its output reaches row r+1 (the one-row shift).
+    """
+
+    tensors = ("h_above", "h_row", "c_row", "reverse", "reverse_in")
+
+    def __init__(self, layer: DiagonalBiLSTM, n: int, height: int, width: int, conditional: Tensor | None):
+        h = layer.hidden
+        w_in = layer.input_to_state.masked_weight()[:, :, 0, 0]  # (8h, 2h): [forward gates; reverse gates]
+        w_above, w_left = layer.state_to_state[:, :, :h], layer.state_to_state[:, :, h:]  # (2, 4h, h) each
+        state_bias = layer.state_bias[:, :, 0]  # (2, 4h)
+        # x = [f (2h) | h(r-1, j) (h) | h(r, j-1) (h)] -> [forward gates (4h) | reverse stream input (4h)]
+        forward = torch.cat([w_in[: 4 * h], w_above[0], w_left[0]], dim=1)
+        reverse = torch.cat([w_in[4 * h :], w_in.new_zeros(4 * h, 2 * h)], dim=1)
+        self.weight = torch.cat([forward, reverse]).t().contiguous()
+        super().__init__(*_bias(layer.input_to_state.bias + torch.cat([state_bias[0], state_bias.new_zeros(4 * h)]),
+                                conditional))
+        self.reverse_weight = torch.cat([w_above[1], w_left[1]], dim=1).t().contiguous()  # [above | right] -> 4h
+        self.reverse_bias = state_bias[1]
+        self.hidden = h
+        zeros = w_in.new_zeros(n, width + 1, h)  # column j+1 holds pixel j; column 0 is the zero left edge
+        self.h_row, self.c_row, self.h_above = zeros, zeros.clone(), zeros.clone()
+        self.reverse = w_in.new_zeros(n, width, h)  # reverse stream of row r-1 = its shifted input to row r
+        self.reverse_in = w_in.new_zeros(n, width, 4 * h)
+
+    def step(self, f: Tensor, r: int, j: int) -> Tensor:
+        gates = torch.addmm(self.bias_at(r, j), torch.cat([f, self.h_above[:, j + 1], self.h_row[:, j]], 1),
+                            self.weight)
+        self.reverse_in[:, j] = gates[:, 4 * self.hidden :]
+        h, self.c_row[:, j + 1] = lstm_cell(gates[:, : 4 * self.hidden], self.c_row[:, j])
+        self.h_row[:, j + 1] = h
+        return h + self.reverse[:, j]
+
+    @staticmethod
+    def end_rows(caches: list[_DiagonalCache]) -> None:
+        """Run every layer's reverse stream right to left over the finished row, all layers at once:
+        they depend only on inputs cached during the row and on the row above."""
+        weight = torch.stack([c.reverse_weight for c in caches])  # (L, 2h, 4h)
+        reverse_in = torch.stack([c.reverse_in for c in caches]) + torch.stack([c.reverse_bias for c in caches])[
+            :, None, None]  # (L, N, W, 4h)
+        reverse = torch.stack([c.reverse for c in caches])  # (L, N, W, h): row r-1's states, overwritten by row r's
+        layers, n, width, h = reverse.shape
+        h_right = c_right = reverse.new_zeros(layers * n, h)
+        for j in reversed(range(width)):
+            above_right = torch.cat([reverse[:, :, j], h_right.view(layers, n, h)], dim=2)
+            gates = torch.baddbmm(reverse_in[:, :, j], above_right, weight)
+            h_right, c_right = lstm_cell(gates.view(layers * n, 4 * h), c_right)
+            reverse[:, :, j] = h_right.view(layers, n, h)
+        for k, c in enumerate(caches):
+            c.reverse = reverse[k]
+            c.h_above, c.h_row, c.c_row = c.h_row, torch.zeros_like(c.h_row), torch.zeros_like(c.c_row)
+
+
+class CachedStepper:
+    """Exact incremental forward pass: every step touches one pixel in every layer."""
+
+    def __init__(self, model: PixelRNN, x: Tensor, y: Tensor | None, cond: Tensor | None):
+        n, _, height, width = x.shape
+        self.model = model
+        weight = model.input_conv.masked_weight()
+        self.pixels = weight.new_zeros(n, model.channels, height + 3, width + 6)  # scaled; pad top 3, sides 3
+        self.input_weight = weight[:, :, :4].flatten(1).t().contiguous()  # kernel rows r-3..r
+        self.input = _LayerCache(*_bias(model.input_conv.bias, model.input_bias(y, cond)))
+        cache = {"pixelcnn": _PixelCNNCache, "row_lstm": _RowLSTMCache, "diagonal_bilstm": _DiagonalCache}[model.arch]
+        self.layers = [cache(layer, n, height, width, model.layer_biases[k](y, cond))
+                       for k, layer in enumerate(model.layers)]
+        self.residuals = [] if model.arch == "pixelcnn" else [(_matrix(m), m.bias) for m in model.residuals]
+        if model.skip:  # the skip connections' sum as one matmul over all layers' outputs
+            self.skip_weight = torch.cat([_matrix(m) for m in model.skips])
+            self.skip_bias = torch.stack([m.bias for m in model.skips]).sum(0)
+        self.head = [(_matrix(m), m.bias) for m in model.head]
+
+    def _write(self, x: Tensor, r: int, start: int, stop: int) -> None:
+        """Copy pixels (r, start:stop) of x into the scaled, padded input."""
+        self.pixels[:, :, r + 3, start + 3 : stop + 3] = scale_pixels(x[:, :, r, start:stop], self.model.levels,
+                                                                     self.pixels.dtype)
+
+    def logits(self, x: Tensor, r: int, j: int) -> Tensor:
+        m = self.model
+        self._write(x, r, max(j - 1, 0), j + 1)  # this pixel, and the left one's last channel
+        window = self.pixels[:, :, r : r + 4, j : j + 7].flatten(1)
+        f = torch.addmm(self.input.bias_at(r, j), window, self.input_weight)  # (N, 2h)
+        outputs = []
+        for k, layer in enumerate(self.layers):
+            out = layer.step(f, r, j)
+            f = out if m.arch == "pixelcnn" else torch.addmm(f + self.residuals[k][1], out, self.residuals[k][0])
+            outputs.append(f)
+        out = torch.addmm(self.skip_bias, torch.cat(outputs, 1), self.skip_weight) if m.skip else f
+        (w0, b0), (w1, b1) = self.head
+        logits = torch.addmm(b1, torch.addmm(b0, out.relu(), w0).relu_(), w1)
+        return logits.view(-1, m.channels, m.levels).transpose(1, 2)  # (N, levels, C)
+
+    def end_row(self, x: Tensor, r: int) -> None:
+        self._write(x, r, x.shape[3] - 1, x.shape[3])  # the row's last pixel's last channel
+        type(self.layers[0]).end_rows(self.layers)
+
+    def reorder(self, index: Tensor) -> None:
+        self.pixels = self.pixels[index]
+        self.input.reorder(index)
+        for layer in self.layers:
+            layer.reorder(index)
