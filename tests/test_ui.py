@@ -248,6 +248,20 @@ def test_rendering_shapes():
     assert ui.colormap(np.array([0.0, 1.0]), 1.0).tolist() == [list(ui.VIRIDIS[0]), list(ui.VIRIDIS[-1])]
 
 
+def test_distribution_bars_are_as_tall_as_their_probabilities_and_the_marked_one_orange():
+    from pixelrnn.ui.pictures import MARK_RGB, draw_bars
+
+    canvas = np.full((40, 100, 3), 255, dtype=np.uint8)
+    heights = np.array([0.0, 5.0, 20.0, 0.4, 10.0, 0, 0, 0, 0, 3.0])
+    draw_bars(canvas, (10, 30), (0.0, 10.0), heights, (0, 0, 255), marked=4)
+    coloured = (canvas != 255).any(-1)  # (rows, columns)
+    assert [int(coloured[:, 10 * v + 5].sum()) for v in range(10)] == [0, 6, 21, 0, 11, 0, 0, 0, 0, 4]
+    assert not coloured[:, 9::10].any() and not coloured[:10].any() and not coloured[31:].any()  # gaps, margins
+    assert tuple(canvas[30, 45]) == MARK_RGB and tuple(canvas[30, 15]) == (0, 0, 255)
+    chart = ui.render_distribution(np.array([[0.2], [0.8]]), [0])
+    assert (chart == MARK_RGB).all(-1).sum() > (chart == (90, 90, 90)).all(-1).sum() / 8  # a bar a quarter as tall
+
+
 def test_distribution_chart_shows_every_level_and_marks_the_true_value_per_channel():
     probs = np.random.default_rng(0).dirichlet(np.ones(256), 3).T  # (levels, C)
     html = ui.distribution_html(probs, [7, 128, 255], 4, 9)
@@ -283,12 +297,12 @@ def test_frame_gate_throttles_and_never_repeats():
             sent.append(k)
     assert sent[0] == 0 and sent[-1] == 99 and 19 <= len(sent) <= 22
     assert all(b - a >= 5 for a, b in itertools.pairwise(sent[:-1]))
-    gate.spent(0.1)  # costly frames: at most one per 0.2 s (frames take <= 1/3 of the time)
+    gate.spent(0.1)  # costly frames: at most one per 0.4 s (frames take <= 1/5 of the time)
     now[0] = 2.0
     assert gate.due()
-    now[0] = 2.15
+    now[0] = 2.35
     assert not gate.due()
-    now[0] = 2.21
+    now[0] = 2.41
     assert gate.due() and gate.due(final=True)
     image = np.zeros((4, 4, 3), dtype=np.uint8)
     assert gate.fresh("image", image) is image
