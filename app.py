@@ -78,6 +78,18 @@ def _image(caption: str, name: str, elem_id: str, pixelated: bool = True, **kwar
                         elem_classes=["pixelated"] if pixelated else [], buttons=["download", "fullscreen"], **kwargs)
 
 
+def _field_checkbox(studio: ui.Studio, prefix: str) -> gr.Checkbox:
+    """The receptive-field overlay's switch, remembered per browser session (the endpoints' arguments stay)."""
+    field = gr.Checkbox(False, label="Show the current pixel's receptive field",
+                       info="blue: the pixels its distribution depends on in this model, measured from the model "
+                            "on first use, in the background (under a minute for MNIST, minutes for CIFAR-10); the "
+                            "Row LSTM sees a triangle above, the Diagonal BiLSTM the whole past, the PixelCNN a "
+                            "window with a blind spot",
+                       elem_id=f"{prefix}-field")
+    field.change(studio.core.show_field, field, None, queue=False, api_visibility="private", show_progress="hidden")
+    return field
+
+
 def _sampling_settings(prefix: str, pace: float) -> tuple[gr.Slider, gr.Textbox, gr.Slider]:
     """Temperature, seed and animation length of a sampling tab (elem ids prefix-temperature, -seed, -pace)."""
     temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature", elem_id=f"{prefix}-temperature")
@@ -152,11 +164,12 @@ def _generate_tab(studio: ui.Studio, registry: ui.Registry, default: str | None,
             with gr.Accordion("Settings", open=True, elem_id="gen-settings"), gr.Row():
                 n = gr.Slider(1, ui.MAX_SAMPLES, value=4, step=1, label="Samples", elem_id="gen-n")
                 temperature, seed, pace = _sampling_settings("gen", pace=3)
+            _field_checkbox(studio, "gen")
 
     _follow_classes(studio, model, cls, False, "classes_generate")
     outputs = [image, dist, status]
-    event = run.click(gpu(studio.sampling.generate), [model, cls, n, temperature, seed, pace], outputs, api_name="generate",
-                      preprocess=False, show_progress="hidden", **sampling)
+    event = run.click(gpu(studio.sampling.generate), [model, cls, n, temperature, seed, pace], outputs,
+                      api_name="generate", preprocess=False, show_progress="hidden", **sampling)
     _stream_controls(event, stop, model, outputs, "stop_generate")
 
 
@@ -196,6 +209,7 @@ def _complete_tab(studio: ui.Studio, registry: ui.Registry, default: str | None,
                     n = gr.Slider(1, ui.MAX_COMPLETIONS, value=3, step=1, label="Completions", elem_id="cmp-n")
                 with gr.Row():
                     temperature, seed, pace = _sampling_settings("cmp", pace=2)
+                _field_checkbox(studio, "cmp")
 
     _follow_classes(studio, model, cls, True, "classes_complete")
     outputs = [image, dist, status]

@@ -32,18 +32,43 @@ def receptive_field(model: Model, row: int, col: int, channel: int = 0, y: int |
 
     Measured as the support of the gradient of random projections of that sub-pixel's logits with respect to a
     relaxed (float) input, in a float64 copy of the model."""
-    net = _full_size(model, row, col, channel)
+    return receptive_fields(model, [(row, col, channel)], y, trials, seed)[0]
+
+
+def receptive_fields(model: Model, positions: list[tuple[int, int, int]], y: int | None = None, trials: int = 3,
+                     seed: int = 0) -> Tensor:
+    """(P, C, H, W) bool: `receptive_field` of each (row, col, channel) in `positions`, from one forward and
+    backward pass over a batch of P x trials random inputs (the batch elements do not interact, so each one's
+    gradient is its own position's)."""
+    net = _full_size(model, *positions[0])
+    for position in positions[1:]:
+        _full_size(model, *position)
     probe = copy.deepcopy(net).cpu().double().eval()
     generator = torch.Generator().manual_seed(seed)
-    shape = (trials, net.channels, net.height, net.width)
-    inputs = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1).requires_grad_()
-    labels = None if net.num_classes is None else torch.full((trials,), 0 if y is None else y)
+    shape, count = (trials, net.channels, net.height, net.width), len(positions) * trials
+    # the same `trials` random inputs (and projections) for every position: a position's field does not depend
+    # on which others share its pass
+    inputs = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1).repeat(len(positions), 1, 1, 1)
+    inputs.requires_grad_()
+    labels = None if net.num_classes is None else torch.full((count,), 0 if y is None else y)
     cond = None if not net.cond_channels else torch.randn(trials, net.cond_channels, net.height, net.width,
-                                                           generator=generator, dtype=torch.float64)
-    logits = probe.forward_scaled(inputs, labels, cond)[:, :, channel, row, col]  # (trials, levels)
-    projection = torch.randn(logits.shape, generator=generator, dtype=torch.float64)
-    (gradient,) = torch.autograd.grad((logits * projection).sum(), inputs)
-    return (gradient != 0).any(0)
+                                                           generator=generator, dtype=torch.float64
+                                                           ).repeat(len(positions), 1, 1, 1)
+    rows, cols, channels = torch.tensor(positions).repeat_interleave(trials, 0).T
+    logits = probe.forward_scaled(inputs, labels, cond)  # (count, levels, C, H, W)
+    picked = logits.permute(0, 2, 3, 4, 1)[torch.arange(count), channels, rows, cols]  # (count, levels)
+    projection = torch.randn((trials, net.levels), generator=generator, dtype=torch.float64).repeat(len(positions), 1)
+    (gradient,) = torch.autograd.grad((picked * projection).sum(), inputs)
+    return (gradient != 0).unflatten(0, (len(positions), trials)).any(1)
+
+
+def pixel_fields(model: Model, channel: int = 0, y: int | None = None, batch: int = 16) -> Tensor:
+    """(H, W, H, W) bool: for each pixel (row, col) of the full-size image, the pixels (any channel) that the
+    distribution of its sub-pixel `channel` depends on: `receptive_fields` of every pixel, `batch` at a time."""
+    net = model.large if isinstance(model, MultiScalePixelRNN) else model
+    positions = [(r, c, channel) for r in range(net.height) for c in range(net.width)]
+    maps = [receptive_fields(model, positions[k : k + batch], y).any(1) for k in range(0, len(positions), batch)]
+    return torch.cat(maps).reshape(net.height, net.width, net.height, net.width)
 
 
 def influence(model: Model, image: Tensor, row: int, col: int, channel: int | None = None, y: int | None = None

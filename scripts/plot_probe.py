@@ -4,7 +4,7 @@ Can the live tabs stream a pixel's distribution as a native Gradio bar plot (hov
 instead of a drawn image, without breaking the animation? For each distribution shape (2 levels x 1 channel,
 256 x 1, 256 x 3) a small app streams a 168-pixel sample image at 20 frames/s beside:
   - nothing (the baseline),
-  - the drawn distribution (`ui.render_distribution`, a PNG, what the live tabs show),
+  - the drawn distribution (`ui.pictures.render_distribution`, a PNG, what the live tabs show),
   - a native `gr.BarPlot` updated every frame,
   - a native `gr.BarPlot` updated every 4th frame (5 per second).
 Headless Chromium counts how many sample images it showed and the gaps between them, and the main thread's long
@@ -47,7 +47,7 @@ def stream_app(variant: str, levels: int, channels: int, frames: int) -> gr.Bloc
             probs = rng.dirichlet(np.ones(levels), channels).T  # (levels, C)
             marked = [int(probs[:, c].argmax()) for c in range(channels)]
             if variant == "image":
-                dist = ui.render_distribution(probs, marked, f"frame {k}")
+                dist = ui.pictures.render_distribution(probs, marked, f"frame {k}")
             elif variant == "none" or (variant == "plot 5/s" and k % 4 and k != frames - 1):
                 dist = gr.skip()
             else:

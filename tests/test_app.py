@@ -18,7 +18,7 @@ from PIL import Image
 
 import app
 import pixelrnn
-from pixelrnn import ui
+from pixelrnn import images, ui
 from pixelrnn.images import GAP_PX
 
 GENERATE, COMPLETE, INSPECT, PIXEL, CARD = "/generate", "/complete", "/inspect", "/pixel", "/model_card"
@@ -94,7 +94,7 @@ def last_values(frames: list[tuple]) -> list:
 
 def expected_grid(model, n: int, seed: int, y: int | None = None) -> np.ndarray:
     x = pixelrnn.sample(model, n, y=y, seed=seed).numpy()
-    return ui.tile(ui.render_images(x, model.levels, ui.grid_scale(model.height, model.width, n)),
+    return images.tile(ui.pictures.render_images(x, model.levels, ui.pictures.grid_scale(model.height, model.width, n)),
                    int(np.ceil(np.sqrt(n))))
 
 
@@ -108,9 +108,9 @@ def test_api_lists_the_endpoints(client):
 
 def test_generate_streams_frames_and_the_last_is_the_sample(server, client, checkpoints):
     frames = list(client.submit("tiny-bin", None, 2, 1.0, 5, 1.0, api_name=GENERATE))
-    images = [f[0] for f in frames if f[0] is not None]
-    assert len(images) >= 5  # intermediate frames arrived
-    assert len({im["path"] for im in images}) == len(images)  # never the same image twice
+    shown = [f[0] for f in frames if f[0] is not None]
+    assert len(shown) >= 5  # intermediate frames arrived
+    assert len({im["path"] for im in shown}) == len(shown)  # never the same image twice
     final, dist, status = last_values(frames)
     assert "Generated 2 samples" in status and "seed 5" in status
     # how far it is shows in the status itself (a progress bar over it covered the previous status)
@@ -118,8 +118,8 @@ def test_generate_streams_frames_and_the_last_is_the_sample(server, client, chec
     model = pixelrnn.load(str(checkpoints / "tiny-bin"))
     torch.set_num_threads(1)
     assert np.array_equal(fetch(server, final), expected_grid(model, 2, 5))
-    first = fetch(server, images[0])
-    assert (first == ui.PENDING_RGB).all(axis=2).mean() > 0.5  # the first frame is mostly still to sample
+    first = fetch(server, shown[0])
+    assert (first == ui.pictures.PENDING_RGB).all(axis=2).mean() > 0.5  # the first frame is mostly still to sample
     assert fetch(server, dist).shape[1] > 300
 
 
@@ -149,7 +149,7 @@ def test_complete_plain_and_smc(server, client, files):
     final, _, status = last_values(frames)
     assert len([f for f in frames if f[0] is not None]) >= 3 and "392 pixels" in status  # the bottom half
     grid = fetch(server, final)
-    scale = ui.display_scale(28, 28)
+    scale = ui.pictures.display_scale(28, 28)
     assert grid.shape == (28 * scale, 3 * 28 * scale + 2 * GAP_PX, 3)  # original | 2 completions
     top = slice(0, 14 * scale)
     completion = grid[:, 28 * scale + GAP_PX: 2 * 28 * scale + GAP_PX]
@@ -167,8 +167,8 @@ def test_complete_with_auto_class_draws_each_class_from_the_posterior(server, cl
     grid, _, status = client.predict("tiny-rgb", editor(files["rgb"], files["mask"]), ui.AUTO_CLASS, "plain", 2, 3,
                                      1.0, 7, 0, api_name=COMPLETE)
     model = pixelrnn.load(str(checkpoints / "tiny-rgb"))
-    names = ui.spec_of(model, "cifar10").class_names
-    x = ui.prepare_image(Image.open(files["rgb"]), ui.spec_of(model, "cifar10")).tensor()
+    names = ui.registry.spec_of(model, "cifar10").class_names
+    x = ui.uploads.prepare_image(Image.open(files["rgb"]), ui.registry.spec_of(model, "cifar10")).tensor()
     top = torch.zeros(32, 32, dtype=torch.bool)
     top[:16] = True
     with torch.inference_mode():
@@ -182,9 +182,9 @@ def test_complete_with_auto_class_draws_each_class_from_the_posterior(server, cl
     hole = ~top
     torch.set_num_threads(1)
     expected = pixelrnn.sample(model, 3, y=drawn, image=x, mask=hole, seed=7)
-    scale = ui.display_scale(32, 32)
+    scale = ui.pictures.display_scale(32, 32)
     completions = fetch(server, grid)[:, 32 * scale + GAP_PX:]
-    assert np.array_equal(completions[:, : 32 * scale], ui.render_images(expected.numpy(), 256, scale)[0])
+    assert np.array_equal(completions[:, : 32 * scale], ui.pictures.render_images(expected.numpy(), 256, scale)[0])
     _, _, status = client.predict("tiny-rgb", editor(files["rgb"], files["full_mask"]), ui.AUTO_CLASS, "plain", 2, 1,
                                   1.0, 7, 0, api_name=COMPLETE)
     assert "no known pixel comes before the region: the uniform prior" in status
@@ -229,24 +229,24 @@ def test_complete_bad_arguments(client, files):
 def test_full_mask_equals_generation(server, client, files, checkpoints):
     final = client.predict("tiny-bin", editor(files["rgb"], files["full_mask"]), None, "plain", 2, 1, 1.0, 21, 0,
                            api_name=COMPLETE)[0]
-    scale = ui.display_scale(28, 28)
+    scale = ui.pictures.display_scale(28, 28)
     completion = fetch(server, final)[:, 28 * scale + GAP_PX:]
     torch.set_num_threads(1)
     expected = pixelrnn.sample(pixelrnn.load(str(checkpoints / "tiny-bin")), 1, seed=21).numpy()
-    assert np.array_equal(completion, ui.render_images(expected, 2, scale)[0])
+    assert np.array_equal(completion, ui.pictures.render_images(expected, 2, scale)[0])
 
 
 def test_inspect_and_pixel(server, client, files):
     view, surprise, entropy, table, chart, influence, text, row, col = client.predict(
         "tiny-bin", handle_file(str(files["rgb"])), None, api_name=INSPECT)
     assert chart_bars(chart)[0] == (row, col)
-    scale = ui.inspect_scale(28, 28)
+    scale = ui.pictures.inspect_scale(28, 28)
     assert fetch(server, view).shape == (28 * scale, 28 * scale, 3)
-    assert fetch(server, surprise).shape == (28 * scale + ui.LEGEND_PX, 28 * scale, 3)
-    assert fetch(server, entropy).shape == (28 * scale + ui.LEGEND_PX, 28 * scale, 3)
+    assert fetch(server, surprise).shape == (28 * scale + ui.pictures.LEGEND_PX, 28 * scale, 3)
+    assert fetch(server, entropy).shape == (28 * scale + ui.pictures.LEGEND_PX, 28 * scale, 3)
     assert "tiny-bin" in table and "bits/dim" in table and "Most surprising" in text and 0 <= row < 28
     chart, influence, text = client.predict("tiny-bin", handle_file(str(files["rgb"])), None, 4, 7, api_name=PIXEL)
-    assert fetch(server, influence).shape == (28 * scale + ui.LEGEND_PX, 28 * scale, 3)
+    assert fetch(server, influence).shape == (28 * scale + ui.pictures.LEGEND_PX, 28 * scale, 3)
     where, [bars] = chart_bars(chart)  # binary: one bar per level, the true value marked
     assert "row 4, col 7" in text and where == (4, 7)
     assert [v for v, _, _ in bars] == [0, 1] and sum(p for _, p, _ in bars) == pytest.approx(1, abs=1e-5)
@@ -333,8 +333,8 @@ def test_compress_shows_sizes_and_offers_the_file(prnn, checkpoints, files):
     row = next(line for line in table.splitlines() if "tiny-rgb" in line)
     assert f"| {len(data):,} |" in row  # the table gives the file's size
     model = pixelrnn.load(str(checkpoints / "tiny-rgb"))
-    spec = ui.spec_of(model, "cifar10")
-    prepared = ui.prepare_image(Image.open(files["rgb"]), spec)
+    spec = ui.registry.spec_of(model, "cifar10")
+    prepared = ui.uploads.prepare_image(Image.open(files["rgb"]), spec)
     with torch.inference_mode():
         per_class = model.log_prob(prepared.tensor()[None].expand(10, -1, -1, -1), torch.arange(10))
     image, label = pixelrnn.compress.decode(model, data)
@@ -347,16 +347,16 @@ def test_compress_shows_sizes_and_offers_the_file(prnn, checkpoints, files):
 
 def test_decompress_streams_rows_then_verifies(server, client, prnn, files, checkpoints):
     frames = list(client.submit(handle_file(str(prnn["path"])), api_name=DECOMPRESS))
-    images = [f[0] for f in frames if f[0] and "url" in f[0]]
-    assert len(images) >= 2 and "not verified yet" in frames[0][1]
+    shown = [f[0] for f in frames if f[0] and "url" in f[0]]
+    assert len(shown) >= 2 and "not verified yet" in frames[0][1]
     final, status = last_values(frames)
     assert "the checksum holds" in status and "tiny-rgb" in status
     model = pixelrnn.load(str(checkpoints / "tiny-rgb"))
-    prepared = ui.prepare_image(Image.open(files["rgb"]), ui.spec_of(model, "cifar10"))
-    scale = ui.display_scale(32, 32, 280)
-    assert np.array_equal(fetch(server, final), ui.render_images(prepared.pixels[None], 256, scale)[0])
-    first = fetch(server, images[0])
-    assert (first == ui.PENDING_RGB).all(axis=2).mean() > 0.5  # the first frame is mostly still to decode
+    prepared = ui.uploads.prepare_image(Image.open(files["rgb"]), ui.registry.spec_of(model, "cifar10"))
+    scale = ui.pictures.display_scale(32, 32, 280)
+    assert np.array_equal(fetch(server, final), ui.pictures.render_images(prepared.pixels[None], 256, scale)[0])
+    first = fetch(server, shown[0])
+    assert (first == ui.pictures.PENDING_RGB).all(axis=2).mean() > 0.5  # the first frame is mostly still to decode
 
 
 def test_decompress_refuses_bad_files(server, prnn, tmp_path):
@@ -393,15 +393,15 @@ def test_upscale_streams_samples_that_keep_the_small_image(server, client, check
     assert "2 full-size samples of the 14x14 image" in status and "-log p = " in status and "binarized" in status
     assert len([f for f in frames if f[1] and "url" in f[1]]) >= 3  # the samples arrived as a stream
     model = pixelrnn.load(str(checkpoints / "tiny-ms"))
-    prepared = ui.prepare_image(Image.open(ui.ASSETS_DIR / "mnist_7.png"), ui.spec_of(model))
+    prepared = ui.uploads.prepare_image(Image.open(ui.ASSETS_DIR / "mnist_7.png"), ui.registry.spec_of(model))
     x = prepared.tensor()
     torch.set_num_threads(1)
     expected = pixelrnn.sample(model, 2, image=x, mask=model.open_pixels(28, 28), seed=4)
     assert torch.equal(expected[:, :, ::2, ::2], x[None, :, ::2, ::2].expand(2, -1, -1, -1))  # the input's pixels
-    scale = ui.grid_scale(28, 28, 2)
-    grid = ui.tile(ui.render_images(expected.numpy(), 2, scale), 2)
+    scale = ui.pictures.grid_scale(28, 28, 2)
+    grid = images.tile(ui.pictures.render_images(expected.numpy(), 2, scale), 2)
     assert np.array_equal(fetch(server, samples), grid)
-    assert np.array_equal(fetch(server, small), ui.render_images(prepared.pixels[None, :, ::2, ::2], 2, 2 * scale)[0])
+    assert np.array_equal(fetch(server, small), ui.pictures.render_images(prepared.pixels[None, :, ::2, ::2], 2, 2 * scale)[0])
     maps = pixelrnn.likelihood_maps(model, x)
     nats = float(maps["nll_bits"].sum()) * np.log(2)
     assert f"-log p = {nats:.2f} nats" in status

@@ -5,10 +5,14 @@ Screenshots go to tests/screenshots/ (gitignored). Skipped when /usr/bin/chromiu
 
 from __future__ import annotations
 
+import io
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import chart_bars, running_app, save_tiny_checkpoints
+from PIL import Image
 
 from pixelrnn import compress, ui
 
@@ -106,6 +110,35 @@ def test_generate_with_a_blank_seed_gives_new_images_each_time(page):
         images.append(page.evaluate("fetch(document.querySelector('#gen-image img').src).then(r => r.arrayBuffer())"
                                     ".then(b => Array.from(new Uint8Array(b)).join(','))"))
     assert seeds[0] != seeds[1] and images[0] != images[1]
+
+
+def shown_image(page, elem_id: str) -> np.ndarray | None:
+    """The picture an output image shows now, decoded, or None."""
+    data = page.evaluate(f"(img => img ? fetch(img.src).then(r => r.arrayBuffer()).then(b => Array.from("
+                         f"new Uint8Array(b))) : null)(document.querySelector('#{elem_id} img'))")
+    return None if not data else np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB"))
+
+
+def test_the_receptive_field_overlay_shows_in_the_stream(page):
+    """The checkbox switches the overlay on for this session: once the fields are measured (in the background,
+    on first use), streamed frames tint the current pixel's receptive field blue."""
+    tints = [np.rint(0.45 * np.array(v) + 0.55 * ui.pictures.FIELD_RGB) for v in ((0, 0, 0), (255, 255, 255))]
+    page.check("#gen-field input")
+    set_slider(page, "gen-pace", 6)
+    try:
+        found, deadline = False, time.monotonic() + 120
+        while not found and time.monotonic() < deadline:
+            if not page.locator("#gen-status").inner_text().endswith("…"):
+                page.click("#gen-run")  # again: the first run may finish before the fields are measured
+                page.wait_for_timeout(500)
+            image = shown_image(page, "gen-image")
+            found = image is not None and any((image == tint).all(-1).any() for tint in tints)
+            page.wait_for_timeout(300)
+        assert found
+    finally:
+        page.click("#gen-stop")
+        page.uncheck("#gen-field input")
+        set_slider(page, "gen-pace", 0)
 
 
 def test_stop_cancels_a_stream(page):

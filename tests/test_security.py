@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import gradio.utils
 import httpx
 import pytest
@@ -275,7 +276,7 @@ def test_failed_loads_are_remembered_until_the_weights_change(tmp_path, monkeypa
                         lambda *args, **kwargs: loads.append(args) or real_load(*args, **kwargs))
     for _ in range(3):
         for name, reason in BROKEN.items():
-            with pytest.raises(ui.gr.Error, match=re.escape(reason)):
+            with pytest.raises(gr.Error, match=re.escape(reason)):
                 registry.load(name)
     assert loads == []
     assert registry.default() == "tiny-bin" and registry.choices()[0] == ("a-truncated (cannot load)", "a-truncated")
@@ -305,15 +306,15 @@ def hub_env(tmp_path, monkeypatch) -> Iterator[Any]:
 def test_hub_failures_are_remembered_and_retried_later(hub_env, tmp_path, monkeypatch):
     """Defect: a failed Hub load was not remembered: every request asked the Hub again."""
     registry = ui.Registry(save_tiny_checkpoints(tmp_path / "checkpoints", rgb=False), ["user/missing"], "cpu")
-    with pytest.raises(ui.gr.Error, match="Cannot load model 'user/missing'"):
+    with pytest.raises(gr.Error, match="Cannot load model 'user/missing'"):
         registry.load("user/missing")
     asked = hub_env.count()
-    with pytest.raises(ui.gr.Error, match="Cannot load model 'user/missing'"):
+    with pytest.raises(gr.Error, match="Cannot load model 'user/missing'"):
         registry.load("user/missing")
     assert asked > 0 and hub_env.count() == asked  # remembered
     assert "user/missing" in registry.problem("user/missing") and registry.default() == "tiny-bin"
     monkeypatch.setattr(ui.registry, "RETRY_AFTER_S", 0.0)
-    with pytest.raises(ui.gr.Error, match="Cannot load model 'user/missing'"):
+    with pytest.raises(gr.Error, match="Cannot load model 'user/missing'"):
         registry.load("user/missing")
     assert hub_env.count() > asked  # tried again after a while
 
@@ -421,7 +422,7 @@ def test_a_cancelled_long_job_frees_its_slot(checkpoints, monkeypatch):
     studio = ui.Studio(ui.Registry(checkpoints, device="cpu"))
     first = studio.sampling.generate("tiny-bin", None, 2, 1.0, 0, 0)
     next(first)
-    with pytest.raises(ui.gr.Error, match="one at a time"):
+    with pytest.raises(gr.Error, match="one at a time"):
         next(studio.sampling.generate("tiny-bin", None, 2, 1.0, 0, 0))
     first.close()  # what Gradio's cancel does to the stream
     assert len(list(studio.sampling.generate("tiny-bin", None, 2, 1.0, 0, 0))) > 1
@@ -456,7 +457,7 @@ def test_only_common_image_formats_are_decoded():
     for fmt in ("PPM", "TGA", "PCX", "TIFF", "ICO"):
         buffer = BytesIO()
         Image.new("RGB", (32, 32), "white").save(buffer, fmt)
-        with pytest.raises(ui.gr.Error, match="use a PNG, JPEG, GIF, BMP or WEBP image"):
+        with pytest.raises(gr.Error, match="use a PNG, JPEG, GIF, BMP or WEBP image"):
             ui.uploads.decode_image(buffer.getvalue(), "image")
     buffer = BytesIO()
     Image.new("RGB", (32, 32), "white").save(buffer, "PNG")
@@ -469,7 +470,7 @@ def test_the_app_sends_no_telemetry_unless_asked():
     env = {k: v for k, v in os.environ.items() if k not in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY")}
     code = ("import os, app, gradio.analytics; print(os.environ['GRADIO_ANALYTICS_ENABLED'], "
             "os.environ['HF_HUB_DISABLE_TELEMETRY'], gradio.analytics.analytics_enabled())")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ui.REPO_ROOT, env=env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", code], cwd=ui.settings.REPO_ROOT, env=env, capture_output=True, text=True,
                             timeout=120, check=False)
     assert result.stdout.split() == ["False", "1", "False"], result.stderr[-2000:]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -16,11 +17,11 @@ from conftest import chart_bars, save_tiny_checkpoints
 from PIL import Image
 
 import pixelrnn
-from pixelrnn import ui
+from pixelrnn import images, ui
 from pixelrnn.images import GAP_PX, levels_to_uint8
 
-BIN = ui.ModelSpec("row_lstm", 1, 2, 28, 28)
-RGB = ui.ModelSpec("pixelcnn", 3, 256, 32, 32, 10, class_names=tuple("abcdefghij"))
+BIN = ui.uploads.ModelSpec("row_lstm", 1, 2, 28, 28)
+RGB = ui.uploads.ModelSpec("pixelcnn", 3, 256, 32, 32, 10, class_names=tuple("abcdefghij"))
 
 
 @pytest.fixture(scope="module")
@@ -80,47 +81,47 @@ def test_modes_convert_to_model_format(tmp_path):
     }
     for name, path in sources.items():
         for spec in (BIN, RGB):
-            prepared = ui.prepare_image(str(path), spec)
+            prepared = ui.uploads.prepare_image(str(path), spec)
             assert prepared.pixels.shape == (spec.channels, spec.height, spec.width), name
             assert prepared.pixels.dtype == np.int64
             assert prepared.pixels.min() >= 0 and prepared.pixels.max() < spec.levels, name
     # 16-bit keeps its brightness: the same as the 8-bit image
-    assert np.array_equal(ui.prepare_image(sources["16bit"], RGB).pixels, ui.prepare_image(sources["gray"], RGB).pixels)
-    assert any("8 bits" in n for n in ui.prepare_image(sources["16bit"], RGB).notes)
+    assert np.array_equal(ui.uploads.prepare_image(sources["16bit"], RGB).pixels, ui.uploads.prepare_image(sources["gray"], RGB).pixels)
+    assert any("8 bits" in n for n in ui.uploads.prepare_image(sources["16bit"], RGB).notes)
     # transparency becomes black
-    prepared = ui.prepare_image(sources["rgba"], RGB)
+    prepared = ui.uploads.prepare_image(sources["rgba"], RGB)
     assert prepared.pixels[:, :, :3].max() == 0 and any("black" in n for n in prepared.notes)
-    assert any("grayscale copied" in n for n in ui.prepare_image(sources["gray"], RGB).notes)
-    assert any("colour converted" in n for n in ui.prepare_image(sources["rgb"], BIN).notes)
+    assert any("grayscale copied" in n for n in ui.uploads.prepare_image(sources["gray"], RGB).notes)
+    assert any("colour converted" in n for n in ui.uploads.prepare_image(sources["rgb"], BIN).notes)
 
 
 def test_binarization_threshold_and_levels():
-    assert ui.quantize(np.array([0, 127, 128, 255]), 2).tolist() == [0, 0, 1, 1]
-    assert ui.quantize(np.array([0, 255]), 256).tolist() == [0, 255]
-    assert ui.quantize(np.array([0, 63, 64, 255]), 4).tolist() == [0, 0, 1, 3]
+    assert images.quantize(np.array([0, 127, 128, 255]), 2).tolist() == [0, 0, 1, 1]
+    assert images.quantize(np.array([0, 255]), 256).tolist() == [0, 255]
+    assert images.quantize(np.array([0, 63, 64, 255]), 4).tolist() == [0, 0, 1, 3]
     assert levels_to_uint8(np.array([0, 1]), 2).tolist() == [0, 255]
 
 
 def test_aspect_is_kept_by_centre_crop(tmp_path):
-    assert ui.center_crop_box(64, 32, 28, 28) == (16, 0, 48, 32)
-    assert ui.center_crop_box(30, 90, 32, 32) == (0, 30, 30, 60)
+    assert images.center_crop_box(64, 32, 28, 28) == (16, 0, 48, 32)
+    assert images.center_crop_box(30, 90, 32, 32) == (0, 30, 30, 60)
     wide = np.zeros((32, 96), dtype=np.uint8)
     wide[:, 32:64] = 255  # only the centre third is white
-    prepared = ui.prepare_image(save(Image.fromarray(wide), tmp_path / "wide.png"), BIN, invert="no")
+    prepared = ui.uploads.prepare_image(save(Image.fromarray(wide), tmp_path / "wide.png"), BIN, invert="no")
     assert prepared.pixels.all() and prepared.crop_box == (32, 0, 64, 32)
 
 
 def test_light_background_is_inverted_for_single_channel_models():
-    prepared = ui.prepare_image(ui.ASSETS_DIR / "drawn_4.png", BIN)
+    prepared = ui.uploads.prepare_image(ui.ASSETS_DIR / "drawn_4.png", BIN)
     assert any("inverted" in n for n in prepared.notes)
     assert prepared.pixels[0, 0, 0] == 0 and prepared.pixels.sum() > 20
-    assert not any("inverted" in n for n in ui.prepare_image(ui.ASSETS_DIR / "mnist_7.png", BIN).notes)
+    assert not any("inverted" in n for n in ui.uploads.prepare_image(ui.ASSETS_DIR / "mnist_7.png", BIN).notes)
 
 
 def test_upscaled_examples_round_trip_exactly():
     """A nearest-upscaled 28x28 image comes back pixel for pixel (box filter)."""
     source = np.asarray(Image.open(ui.ASSETS_DIR / "mnist_7.png"))[::8, ::8]
-    prepared = ui.prepare_image(ui.ASSETS_DIR / "mnist_7.png", ui.ModelSpec("row_lstm", 1, 256, 28, 28))
+    prepared = ui.uploads.prepare_image(ui.ASSETS_DIR / "mnist_7.png", ui.uploads.ModelSpec("row_lstm", 1, 256, 28, 28))
     assert np.array_equal(prepared.pixels[0], source)
 
 
@@ -153,7 +154,7 @@ def test_bad_uploads_give_clear_errors(tmp_path, case, message):
     else:
         source = None
     with pytest.raises(gr.Error, match=message):
-        ui.prepare_image(source, RGB)
+        ui.uploads.prepare_image(source, RGB)
 
 
 # --- masks ----------------------------------------------------------------------------------------------
@@ -168,84 +169,84 @@ def painted_layer(size: tuple[int, int], box: tuple[int, int, int, int] | None) 
 
 
 def test_mask_any_coverage_and_alignment():
-    prepared = ui.PreparedImage(np.zeros((1, 28, 28), dtype=np.int64), (224, 224), (0, 0, 224, 224))
-    mask = ui.extract_mask([painted_layer((224, 224), (80, 16, 81, 17))], prepared, 28, 28)  # one pixel
+    prepared = ui.uploads.PreparedImage(np.zeros((1, 28, 28), dtype=np.int64), (224, 224), (0, 0, 224, 224))
+    mask = ui.uploads.extract_mask([painted_layer((224, 224), (80, 16, 81, 17))], prepared, 28, 28)  # one pixel
     assert mask.sum() == 1 and mask[2, 10]
-    mask = ui.extract_mask([painted_layer((224, 224), (0, 112, 224, 224))], prepared, 28, 28)  # bottom half
+    mask = ui.uploads.extract_mask([painted_layer((224, 224), (0, 112, 224, 224))], prepared, 28, 28)  # bottom half
     assert mask[14:].all() and not mask[:14].any()
-    assert not ui.extract_mask([painted_layer((224, 224), None)], prepared, 28, 28).any()
-    assert not ui.extract_mask([], prepared, 28, 28).any()
+    assert not ui.uploads.extract_mask([painted_layer((224, 224), None)], prepared, 28, 28).any()
+    assert not ui.uploads.extract_mask([], prepared, 28, 28).any()
     # a layer of another size is stretched onto the image; a layer without alpha counts non-zero pixels
-    assert ui.extract_mask([painted_layer((112, 112), (0, 56, 112, 112))], prepared, 28, 28)[14:].all()
+    assert ui.uploads.extract_mask([painted_layer((112, 112), (0, 56, 112, 112))], prepared, 28, 28)[14:].all()
     gray = np.zeros((224, 224), dtype=np.uint8)
     gray[:, :112] = 255
-    assert ui.extract_mask([gray], prepared, 28, 28)[:, :14].all()
+    assert ui.uploads.extract_mask([gray], prepared, 28, 28)[:, :14].all()
 
 
 def test_mask_follows_the_crop():
-    prepared = ui.PreparedImage(np.zeros((1, 28, 28), dtype=np.int64), (300, 200), (50, 0, 250, 200))
-    mask = ui.extract_mask([painted_layer((300, 200), (0, 0, 50, 200))], prepared, 28, 28)  # cropped away
+    prepared = ui.uploads.PreparedImage(np.zeros((1, 28, 28), dtype=np.int64), (300, 200), (50, 0, 250, 200))
+    mask = ui.uploads.extract_mask([painted_layer((300, 200), (0, 0, 50, 200))], prepared, 28, 28)  # cropped away
     assert not mask.any()
-    mask = ui.extract_mask([painted_layer((300, 200), (50, 0, 51, 200))], prepared, 28, 28)  # first kept column
+    mask = ui.uploads.extract_mask([painted_layer((300, 200), (50, 0, 51, 200))], prepared, 28, 28)  # first kept column
     assert mask[:, 0].all() and mask.sum() == 28
 
 
 def test_pool_any_upsamples_too():
     small = np.zeros((4, 4), dtype=bool)
     small[1, 2] = True
-    pooled = ui.pool_any(small, 28, 28)
+    pooled = ui.uploads.pool_any(small, 28, 28)
     assert pooled.sum() == 49 and pooled[7:14, 14:21].all()
 
 
 def test_editor_parts():
-    assert ui.editor_parts({"background": "a.png", "layers": ["m.png"], "composite": "c.png"}) == ("a.png", ["m.png"])
-    assert ui.editor_parts({"background": None, "layers": [], "composite": "c.png"}) == ("c.png", [])
+    assert ui.uploads.editor_parts({"background": "a.png", "layers": ["m.png"], "composite": "c.png"}) == ("a.png", ["m.png"])
+    assert ui.uploads.editor_parts({"background": None, "layers": [], "composite": "c.png"}) == ("c.png", [])
     for empty in (None, {"background": None, "layers": [], "composite": None}):
         with pytest.raises(gr.Error, match="No image"):
-            ui.editor_parts(empty)
+            ui.uploads.editor_parts(empty)
 
 
 # --- arguments ------------------------------------------------------------------------------------------
 
 def test_argument_checks():
-    assert ui.parse_int("4", "n", 1, 16) == 4 and ui.parse_int(4.0, "n", 1, 16) == 4
+    assert ui.params.parse_int("4", "n", 1, 16) == 4 and ui.params.parse_int(4.0, "n", 1, 16) == 4
     for bad in (0, 17, 2.5, "x", None):
         with pytest.raises(gr.Error, match="from 1 to 16"):
-            ui.parse_int(bad, "Number of samples", 1, 16)
+            ui.params.parse_int(bad, "Number of samples", 1, 16)
     for bad in (0, -1, "nan", "inf", None, 11):
         with pytest.raises(gr.Error, match="Temperature"):
-            ui.parse_temperature(bad)
-    assert ui.parse_temperature("0.5") == 0.5
-    assert 0 <= ui.parse_seed(None) < 2**32 and ui.parse_seed("") >= 0 and ui.parse_seed(7) == 7
-    assert ui.parse_class(None, BIN) is None
-    assert ui.parse_class("c", RGB) == 2 and ui.parse_class(3, RGB) == 3 and ui.parse_class("9", RGB) == 9
-    assert ui.parse_class(ui.AUTO_CLASS, RGB, allow_auto=True) is None
-    assert ui.parse_class("auto (most likely)", RGB, allow_auto=True) is None  # the earlier name still works
+            ui.params.parse_temperature(bad)
+    assert ui.params.parse_temperature("0.5") == 0.5
+    assert 0 <= ui.params.parse_seed(None) < 2**32 and ui.params.parse_seed("") >= 0 and ui.params.parse_seed(7) == 7
+    assert ui.params.parse_class(None, BIN) is None
+    assert ui.params.parse_class("c", RGB) == 2 and ui.params.parse_class(3, RGB) == 3 and ui.params.parse_class("9", RGB) == 9
+    assert ui.params.parse_class(ui.AUTO_CLASS, RGB, allow_auto=True) is None
+    assert ui.params.parse_class("auto (most likely)", RGB, allow_auto=True) is None  # the earlier name still works
     for bad, message in ((10, "out of range"), (-1, "out of range"), ("zebra", "Unknown class"), (None, "choose")):
         with pytest.raises(gr.Error, match=message):
-            ui.parse_class(bad, RGB)
-    assert ui.parse_mode("plain") is False and ui.parse_mode(ui.MODES[1]) is True
+            ui.params.parse_class(bad, RGB)
+    assert ui.params.parse_mode("plain") is False and ui.params.parse_mode(ui.MODES[1]) is True
     with pytest.raises(gr.Error, match="Completion mode"):
-        ui.parse_mode("magic")
+        ui.params.parse_mode("magic")
     with pytest.raises(gr.Error, match="Animation"):
-        ui.parse_pace(-1)
+        ui.params.parse_pace(-1)
 
 
 # --- rendering, clicks, throttling ----------------------------------------------------------------------
 
 def test_rendering_shapes():
-    scale = ui.display_scale(28, 28)
-    cells = ui.render_images(np.zeros((3, 1, 28, 28), dtype=np.int64), 2, scale,
+    scale = ui.pictures.display_scale(28, 28)
+    cells = ui.pictures.render_images(np.zeros((3, 1, 28, 28), dtype=np.int64), 2, scale,
                              pending=np.ones((28, 28), dtype=bool), cursor=(0, 0))
     assert len(cells) == 3 and cells[0].shape == (28 * scale, 28 * scale, 3)
-    assert tuple(cells[0][scale // 2, scale // 2]) == ui.PENDING_RGB and tuple(cells[0][0, 0]) == ui.CURSOR_RGB
-    grid = ui.tile(cells, 2)
+    assert tuple(cells[0][scale // 2, scale // 2]) == ui.pictures.PENDING_RGB and tuple(cells[0][0, 0]) == ui.pictures.CURSOR_RGB
+    grid = images.tile(cells, 2)
     assert grid.shape == (2 * 28 * scale + GAP_PX, 2 * 28 * scale + GAP_PX, 3)
-    dist = ui.render_distribution(np.full((256, 3), 1 / 256), [0, 128, 255], "title")
+    dist = ui.pictures.render_distribution(np.full((256, 3), 1 / 256), [0, 128, 255], "title")
     assert dist.ndim == 3 and dist.shape[2] == 3 and dist.shape[0] > 3 * 60
-    heat = ui.render_heatmap(np.arange(28 * 28, dtype=float).reshape(28, 28), scale, "bits")
-    assert heat.shape == (28 * scale + ui.LEGEND_PX, 28 * scale, 3)
-    assert ui.colormap(np.array([0.0, 1.0]), 1.0).tolist() == [list(ui.VIRIDIS[0]), list(ui.VIRIDIS[-1])]
+    heat = ui.pictures.render_heatmap(np.arange(28 * 28, dtype=float).reshape(28, 28), scale, "bits")
+    assert heat.shape == (28 * scale + ui.pictures.LEGEND_PX, 28 * scale, 3)
+    assert ui.pictures.colormap(np.array([0.0, 1.0]), 1.0).tolist() == [list(ui.pictures.VIRIDIS[0]), list(ui.pictures.VIRIDIS[-1])]
 
 
 def test_distribution_bars_are_as_tall_as_their_probabilities_and_the_marked_one_orange():
@@ -258,38 +259,38 @@ def test_distribution_bars_are_as_tall_as_their_probabilities_and_the_marked_one
     assert [int(coloured[:, 10 * v + 5].sum()) for v in range(10)] == [0, 6, 21, 0, 11, 0, 0, 0, 0, 4]
     assert not coloured[:, 9::10].any() and not coloured[:10].any() and not coloured[31:].any()  # gaps, margins
     assert tuple(canvas[30, 45]) == MARK_RGB and tuple(canvas[30, 15]) == (0, 0, 255)
-    chart = ui.render_distribution(np.array([[0.2], [0.8]]), [0])
+    chart = ui.pictures.render_distribution(np.array([[0.2], [0.8]]), [0])
     assert (chart == MARK_RGB).all(-1).sum() > (chart == (90, 90, 90)).all(-1).sum() / 8  # a bar a quarter as tall
 
 
 def test_distribution_chart_shows_every_level_and_marks_the_true_value_per_channel():
     probs = np.random.default_rng(0).dirichlet(np.ones(256), 3).T  # (levels, C)
-    html = ui.distribution_html(probs, [7, 128, 255], 4, 9)
+    html = ui.inspect_tab.distribution_html(probs, [7, 128, 255], 4, 9)
     where, channels = chart_bars(html)
     assert where == (4, 9) and len(channels) == 3 and "G: true value 128" in html
     for c, true in enumerate((7, 128, 255)):
         assert [v for v, _, _ in channels[c]] == list(range(256))
         assert np.allclose([p for _, p, _ in channels[c]], probs[:, c], rtol=1e-5)
         assert [v for v, _, marked in channels[c] if marked] == [true]
-    _, [bars] = chart_bars(ui.distribution_html(np.array([[0.9], [0.1]]), [1], 0, 0))
+    _, [bars] = chart_bars(ui.inspect_tab.distribution_html(np.array([[0.9], [0.1]]), [1], 0, 0))
     assert bars == [(0, 0.9, False), (1, 0.1, True)]
 
 
 def test_click_to_pixel():
-    scale = ui.inspect_scale(28, 28)
-    assert ui.click_to_pixel([0, 0], 28, 28, scale) == (0, 0)
-    assert ui.click_to_pixel([scale * 5 + 1, scale * 3 + scale - 1], 28, 28, scale) == (3, 5)  # [x, y] -> (row, col)
-    assert ui.click_to_pixel([28 * scale - 1, 28 * scale - 1], 28, 28, scale) == (27, 27)
-    assert ui.click_to_pixel([10, 28 * scale + 5], 28, 28, scale) is None  # the colour bar under a map
-    assert ui.click_to_pixel([-1, 3], 28, 28, scale) is None
-    assert ui.click_to_pixel(None, 28, 28, scale) is None
+    scale = ui.pictures.inspect_scale(28, 28)
+    assert ui.pictures.click_to_pixel([0, 0], 28, 28, scale) == (0, 0)
+    assert ui.pictures.click_to_pixel([scale * 5 + 1, scale * 3 + scale - 1], 28, 28, scale) == (3, 5)  # [x, y] -> (row, col)
+    assert ui.pictures.click_to_pixel([28 * scale - 1, 28 * scale - 1], 28, 28, scale) == (27, 27)
+    assert ui.pictures.click_to_pixel([10, 28 * scale + 5], 28, 28, scale) is None  # the colour bar under a map
+    assert ui.pictures.click_to_pixel([-1, 3], 28, 28, scale) is None
+    assert ui.pictures.click_to_pixel(None, 28, 28, scale) is None
     for bad in ([float("nan"), 3], [3, float("inf")], ["-inf", 2]):  # a crafted request: no ValueError
-        assert ui.click_to_pixel(bad, 28, 28, scale) is None
+        assert ui.pictures.click_to_pixel(bad, 28, 28, scale) is None
 
 
 def test_frame_gate_throttles_and_never_repeats():
     now = [0.0]
-    gate = ui.FrameGate(interval=0.05, clock=lambda: now[0])
+    gate = ui.streaming.FrameGate(interval=0.05, clock=lambda: now[0])
     sent = []
     for k in range(100):  # 1 s of steps every 10 ms
         now[0] = k * 0.01
@@ -336,14 +337,14 @@ def test_sampler_resumes_on_other_threads(studio):
 
 def test_pacer_and_with_last():
     now, slept = [0.0], []
-    pacer = ui.Pacer(100, 2.0, clock=lambda: now[0], sleep=slept.append)
+    pacer = ui.streaming.Pacer(100, 2.0, clock=lambda: now[0], sleep=slept.append)
     pacer.wait(50)
     assert slept == [pytest.approx(1.0)]
     now[0] = 5.0
     pacer.wait(60)  # behind schedule: no sleep
     assert len(slept) == 1
-    assert list(ui.with_last([1, 2, 3])) == [(1, False), (2, False), (3, True)]
-    assert list(ui.with_last([])) == []
+    assert list(ui.streaming.with_last([1, 2, 3])) == [(1, False), (2, False), (3, True)]
+    assert list(ui.streaming.with_last([])) == []
 
 
 # --- registry and endpoints ---------------------------------------------------------------------------
@@ -362,7 +363,7 @@ def test_registry_discovery_and_lazy_cached_loading(checkpoints, studio):
     with pytest.raises(gr.Error, match="Unknown model"):
         fresh.load("../etc")
     env = ui.Registry.from_env(hub_ids=[])
-    assert env.root == ui.REPO_ROOT / "checkpoints"
+    assert env.root == ui.settings.REPO_ROOT / "checkpoints"
 
 
 def test_hub_models_are_listed_at_once_and_loaded_lazily(checkpoints, tmp_path, monkeypatch):
@@ -389,6 +390,38 @@ def test_hub_models_are_listed_at_once_and_loaded_lazily(checkpoints, tmp_path, 
             registry.load("user/missing")
 
 
+def test_the_overlay_tints_exactly_the_current_pixels_measured_receptive_field(studio):
+    """Switched on for a session, each streamed frame tints the pixels that the current pixel's distribution
+    depends on, as measured from the model (views.pixel_fields), and nothing else; other sessions see none."""
+    from types import SimpleNamespace
+
+    from pixelrnn.views import pixel_fields
+
+    model = studio.registry.load("tiny-bin")
+    on, off = SimpleNamespace(session_hash="on"), SimpleNamespace(session_hash="off")
+    studio.core.show_field(True, on)
+    deadline = time.monotonic() + 120  # measured in the background on first use
+    while (fields := studio.core.receptive_fields("tiny-bin", model)) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fields is not None and np.array_equal(fields, pixel_fields(model).numpy())
+    scale = ui.pictures.grid_scale(28, 28, 1)
+    tints = [np.rint(0.45 * np.array(v) + 0.55 * ui.pictures.FIELD_RGB) for v in ((0, 0, 0), (255, 255, 255))]
+    checked = 0
+    for image, _, status in studio.sampling.generate("tiny-bin", None, 1, 1.0, 4, 0.2, request=on):
+        if not isinstance(image, np.ndarray) or not isinstance(status, str) or not status.startswith("Pixel "):
+            continue
+        k = int(status.split()[1].replace(",", ""))  # "Pixel k of 784, ...": the k-th pixel was just sampled
+        centres = image[scale // 2 :: scale, scale // 2 :: scale][:28, :28]
+        tinted = np.zeros((28, 28), dtype=bool)
+        for tint in tints:
+            tinted |= (centres == tint).all(-1)
+        assert np.array_equal(tinted, fields[divmod(k - 1, 28)]), k
+        checked += 1
+    assert checked >= 2
+    plain = [f[0] for f in studio.sampling.generate("tiny-bin", None, 1, 1.0, 4, 0, request=off)]
+    assert not any(isinstance(im, np.ndarray) and any((im == t).all(-1).any() for t in tints) for im in plain)
+
+
 def final_frame(frames: list[tuple]) -> tuple:
     """The last value sent for each output of a stream of (image, dist, status) updates."""
     last = [None, None, None]
@@ -402,12 +435,12 @@ def final_frame(frames: list[tuple]) -> tuple:
 def test_generate_streams_and_matches_direct_sampling(studio):
     frames = list(studio.sampling.generate("tiny-bin", None, 3, 1.0, 11, 0.3))
     assert len(frames) >= 3
-    images = [f[0] for f in frames if isinstance(f[0], np.ndarray)]
-    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(images))
+    shown = [f[0] for f in frames if isinstance(f[0], np.ndarray)]
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(shown))
     image, dist, status = final_frame(frames)
     expected = pixelrnn.sample(studio.registry.load("tiny-bin"), 3, seed=11)
-    scale = ui.grid_scale(28, 28, 3)
-    assert np.array_equal(image, ui.tile(ui.render_images(expected.numpy(), 2, scale), 2))
+    scale = ui.pictures.grid_scale(28, 28, 3)
+    assert np.array_equal(image, images.tile(ui.pictures.render_images(expected.numpy(), 2, scale), 2))
     assert "Generated 3 samples" in status and "seed 11" in status and dist.ndim == 3
 
 
@@ -416,7 +449,7 @@ def test_generate_multiscale_and_conditional(studio):
     assert final_frame(frames)[0].shape == (280, 280, 3)
     frames = list(studio.sampling.generate("tiny-rgb", "cat", 1, 1.0, 5, 0))
     expected = pixelrnn.sample(studio.registry.load("tiny-rgb"), 1, y=3, seed=5)
-    expected_image = ui.render_images(expected.numpy(), 256, ui.grid_scale(32, 32, 1))[0]
+    expected_image = ui.pictures.render_images(expected.numpy(), 256, ui.pictures.grid_scale(32, 32, 1))[0]
     assert np.array_equal(final_frame(frames)[0], expected_image)
 
 
@@ -437,9 +470,9 @@ def test_complete_full_mask_equals_generation_and_empty_mask_errors(studio):
     full = {"background": background, "layers": [painted_layer((224, 224), (0, 0, 224, 224))], "composite": None}
     image, _, status = final_frame(list(studio.sampling.complete("tiny-bin", full, None, "plain", 4, 2, 1.0, 9, 0)))
     expected = pixelrnn.sample(studio.registry.load("tiny-bin"), 2, seed=9)
-    scale = ui.display_scale(28, 28)
-    original = ui.masked_original(ui.prepare_image(background, BIN).pixels, 2, np.ones((28, 28), bool), scale)
-    assert np.array_equal(image, ui.tile([original, *ui.render_images(expected.numpy(), 2, scale)], 3))
+    scale = ui.pictures.display_scale(28, 28)
+    original = ui.pictures.masked_original(ui.uploads.prepare_image(background, BIN).pixels, 2, np.ones((28, 28), bool), scale)
+    assert np.array_equal(image, images.tile([original, *ui.pictures.render_images(expected.numpy(), 2, scale)], 3))
     assert "784 pixels" in status
     empty = {"background": background, "layers": [painted_layer((224, 224), None)], "composite": None}
     with pytest.raises(gr.Error, match="mask is empty"):
@@ -452,8 +485,8 @@ def test_complete_keeps_known_pixels_with_smc(studio):
     frames = list(studio.sampling.complete("tiny-rgb", editor, "cat", ui.MODES[1], 3, 2, 1.0, 1, 0))
     image, _, status = final_frame(frames)
     assert "SMC, 3 particles" in status and "effective sample size" in status
-    scale = ui.display_scale(32, 32)
-    known = ui.upscale(ui.to_rgb(ui.prepare_image(background, RGB).pixels, 256), scale)
+    scale = ui.pictures.display_scale(32, 32)
+    known = images.upscale(images.to_rgb(ui.uploads.prepare_image(background, RGB).pixels, 256), scale)
     cell = image[:, 32 * scale + GAP_PX: 2 * 32 * scale + GAP_PX]  # first completion
     assert np.array_equal(cell[: 8 * scale], known[: 8 * scale])  # rows above the hole are unchanged
 
@@ -461,20 +494,20 @@ def test_complete_keeps_known_pixels_with_smc(studio):
 def test_inspect_and_pixel(studio):
     view, surprise, _, table, chart, influence, text, row, col = studio.inspector.inspect("tiny-bin", ui.ASSETS_DIR / "mnist_7.png")
     assert chart_bars(chart)[0] == (row, col)
-    scale = ui.inspect_scale(28, 28)
-    assert view.shape == (28 * scale, 28 * scale, 3) and surprise.shape[0] == 28 * scale + ui.LEGEND_PX
+    scale = ui.pictures.inspect_scale(28, 28)
+    assert view.shape == (28 * scale, 28 * scale, 3) and surprise.shape[0] == 28 * scale + ui.pictures.LEGEND_PX
     assert "tiny-ms" in table and "no-weights" in table and "bits/dim" in table  # every model of the same format
     assert "tiny-rgb" not in table and "Most surprising pixel" in text and 0 <= row < 28
     chart, influence, text = studio.inspector.pixel("tiny-bin", ui.ASSETS_DIR / "mnist_7.png", None, 3, 4)
     (where, [bars]) = chart_bars(chart)
     maps = pixelrnn.likelihood_maps(studio.registry.load("tiny-bin"),
-                                    torch.from_numpy(ui.prepare_image(ui.ASSETS_DIR / "mnist_7.png", BIN).pixels))
+                                    torch.from_numpy(ui.uploads.prepare_image(ui.ASSETS_DIR / "mnist_7.png", BIN).pixels))
     assert "row 3, col 4" in text and where == (3, 4)
     assert np.allclose([p for _, p, _ in bars], maps["probs"][:, 0, 3, 4].numpy(), rtol=1e-5)
-    pixels = torch.from_numpy(ui.prepare_image(ui.ASSETS_DIR / "mnist_7.png", BIN).pixels)
+    pixels = torch.from_numpy(ui.uploads.prepare_image(ui.ASSETS_DIR / "mnist_7.png", BIN).pixels)
     strength = pixelrnn.views.influence(studio.registry.load("tiny-bin"), pixels, 3, 4).numpy()
-    scale = ui.inspect_scale(28, 28)
-    expected = ui.render_heatmap(strength, scale, "influence on this pixel")
+    scale = ui.pictures.inspect_scale(28, 28)
+    expected = ui.pictures.render_heatmap(strength, scale, "influence on this pixel")
     ui.pictures.draw_cursor(expected, (3, 4), scale)
     assert np.array_equal(influence, expected) and strength[4:].sum() == strength[3, 4:].sum() == 0 < strength.sum()
     with pytest.raises(gr.Error, match="Row"):

@@ -21,6 +21,7 @@ MASK_RGB = np.array([255, 40, 40])  # tint of the region to regenerate
 CURSOR_RGB = (255, 40, 40)
 CHANNEL_RGB = {1: [(90, 90, 90)], 3: [(214, 48, 49), (39, 174, 96), (41, 98, 255)]}
 MARK_RGB = (245, 130, 0)
+FIELD_RGB = np.array([40, 120, 255])  # tint of the current pixel's receptive field
 VIRIDIS = np.rint(Colormap("viridis").lut(256)[:, :3] * 255).astype(np.uint8)  # (256, 3), from the cmap package
 
 
@@ -52,11 +53,14 @@ def draw_cursor(cell: np.ndarray, position: tuple[int, int], scale: int) -> None
 
 
 def render_images(pixels: np.ndarray, levels: int, scale: int, pending: np.ndarray | None = None,
-                  cursor: tuple[int, int] | None = None) -> list[np.ndarray]:
-    """(n, C, H, W) levels -> n upscaled (h, w, 3) cells; pending pixels grey, the cursor pixel outlined."""
+                  cursor: tuple[int, int] | None = None, field: np.ndarray | None = None) -> list[np.ndarray]:
+    """(n, C, H, W) levels -> n upscaled (h, w, 3) cells; pending pixels grey, the cursor pixel outlined, the
+    pixels of `field` ((H, W) bool: the cursor pixel's receptive field) tinted blue."""
     rgb = to_rgb(pixels, levels).copy()
     if pending is not None:
         rgb[:, pending] = PENDING_RGB
+    if field is not None:
+        rgb[:, field] = np.rint(0.45 * rgb[:, field] + 0.55 * FIELD_RGB).astype(np.uint8)
     cells = [upscale(image, scale) for image in rgb]
     if cursor is not None:
         for cell in cells:

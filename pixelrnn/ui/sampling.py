@@ -38,8 +38,10 @@ class SamplingTabs:
     # -- Generate --
     @user_errors
     def generate(self, model_name: str, class_label: Any = None, n: Any = 4, temperature: Any = 1.0, seed: Any = 0,
-                 pace: Any = 0.0) -> Iterator[tuple]:
-        """Stream n samples pixel by pixel: (image grid, current pixel's distribution, status)."""
+                 pace: Any = 0.0, request: gr.Request = None) -> Iterator[tuple]:
+        """Stream n samples pixel by pixel: (image grid, current pixel's distribution, status); the current pixel's
+        receptive field tinted if the session switched it on."""
+        field = self.core.shows_field(request)
         self.core.threads()
         spec = self.registry.spec(model_name)
         y = parse_class(class_label, spec)
@@ -55,7 +57,8 @@ class SamplingTabs:
             pixels = step.image.cpu().numpy()
             s = scale * (spec.height // pixels.shape[2])
             pending = None if final else ~step.done.cpu().numpy()
-            cells = render_images(pixels, spec.levels, s, pending, None if final else step.position)
+            cells = render_images(pixels, spec.levels, s, pending, None if final else step.position,
+                                  self._field(field, model_name, model, step, final))
             r, j = step.position
             where = "small image, " if step.stage == "small" else ""
             title = f"Sample 1, {where}pixel (row {r}, col {j}); sampled value marked"
@@ -70,12 +73,22 @@ class SamplingTabs:
         with self.core.capacity(n, spec, "samples"):
             yield from self.core.stream(steps, spec, pace, render, summary)
 
+    def _field(self, show: bool, model_name: str, model: pixelrnn.Model, step: pixelrnn.Step, final: bool
+               ) -> np.ndarray | None:
+        """The receptive field to tint in a frame ((H, W) bool), when asked for, measured and in the full-size stage."""
+        if not show or final or step.stage != "full":
+            return None
+        fields = self.core.receptive_fields(model_name, model)
+        return None if fields is None else fields[step.position]
+
     # -- Complete --
     @user_errors
     def complete(self, model_name: str, editor: Any, class_label: Any = None, mode: Any = "plain",
                  particles: Any = 8, n: Any = 3, temperature: Any = 1.0, seed: Any = 0, pace: Any = 0.0,
-                 ) -> Iterator[tuple]:
-        """Stream completions of the painted region: (original | completions, current distribution, status)."""
+                 request: gr.Request = None) -> Iterator[tuple]:
+        """Stream completions of the painted region: (original | completions, current distribution, status); the
+        current pixel's receptive field tinted if the session switched it on."""
+        field = self.core.shows_field(request)
         self.core.threads()
         spec = self.registry.spec(model_name)
         y = parse_class(class_label, spec, allow_auto=True)
@@ -105,7 +118,8 @@ class SamplingTabs:
                 f = spec.height // pixels.shape[2]
                 stage_mask = mask[::f, ::f] if f > 1 else mask
                 pending = None if final else stage_mask & ~step.done.cpu().numpy()
-                cells = render_images(pixels, spec.levels, scale * f, pending, None if final else step.position)
+                cells = render_images(pixels, spec.levels, scale * f, pending, None if final else step.position,
+                                      self._field(field, model_name, model, step, final))
                 r, j = step.position
                 known = not stage_mask[r, j]
                 where = "small image, " if step.stage == "small" else ""
