@@ -1,59 +1,49 @@
 #!/usr/bin/env bash
-# One stage of the GPU training session planned for paper-grade checkpoints (one H100, three calls of
-# under 10 minutes each; files outside $OUT survive between calls only while the machine stays warm).
-#   bash configs/gpu/session.sh STAGE DATA_FOLDER
-# STAGE 1: benchmark, then start the five MNIST runs. STAGE 2: resume them and start CIFAR-10 (quarters a, b).
-# STAGE 3: resume everything to the end of each config's --hours (CIFAR now also on quarter c); final test
-# evaluation and samples. DATA_FOLDER: the .npz files carried with this call, added to what earlier calls left.
-# Every run trains from its config; all run at once on the GPU under CUDA MPS (each is launch-bound).
+# The GPU session for paper-size checkpoints. A lent GPU gives 15 minutes of device time in all (start-up
+# included) and at most 10 minutes a call, so each stage is one call of about 8 minutes:
+#   bash configs/gpu/session.sh mnist DATA_FOLDER   # five binarized-MNIST / MNIST runs side by side
+#   bash configs/gpu/session.sh cifar DATA_FOLDER   # CIFAR-10 Row LSTM (the paper's CIFAR model) and a Multi-Scale
+#                                                   # Row LSTM (Upscale in colour), on one training quarter
+# DATA_FOLDER holds the .npz files carried with the call (cifar: one quarter, CIFAR_PARTS, default a, and the test
+# file). Each run trains from configs/gpu/NAME.json to the end of its --hours, evaluates the test split and writes
+# its checkpoint folder (config, weights, metrics, samples, card) to $OUT/NAME; logs go to $OUT/logs.
+# REHEARSE=1 runs the same script at tiny sizes on the CPU: tests/test_gpu_session.py does, so that it works the
+# first time a GPU is lent.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-stage=$1
-work=/tmp/pixelrnn
-mkdir -p "$work/data" "$work/runs" "${OUT:=$work/out}"
-cp "$2"/*.npz "$work/data/"
-export PYTHONUNBUFFERED=1
-py=python3
-mnist=(binarized-mnist-diagonal-bilstm binarized-mnist-row-lstm binarized-mnist-pixelcnn
-       binarized-mnist-multiscale-row-lstm mnist-row-lstm-conditional)
-cifar=cifar10-pixelcnn-conditional
-minutes=(0 5.3 8.0 0)  # this call's budget per stage (0: to the end of the schedule)
-
-if [ "$stage" = 1 ]; then
+stage=${1:?stage: mnist or cifar} data=${2:?data folder}
+out=${OUT:-/tmp/pixelrnn-out}
+py=${PYTHON:-python3}
+mkdir -p "$out/logs"
+case $stage in
+  mnist) runs=(binarized-mnist-diagonal-bilstm binarized-mnist-row-lstm binarized-mnist-pixelcnn
+               binarized-mnist-multiscale-row-lstm mnist-row-lstm-conditional)
+         extra=() ;;
+  cifar) runs=(cifar10-row-lstm cifar10-multiscale-row-lstm)
+         extra=(--cifar-parts "${CIFAR_PARTS:-a}") ;;
+  *) echo "stage must be mnist or cifar, not $stage" >&2; exit 2 ;;
+esac
+if [ "${REHEARSE:-0}" = 1 ]; then
+  extra+=(--device cpu --hidden 4 --layers 1 --out-hidden 8 --batch-size 8 --max-steps 3 --hours 0 --eval-every 2
+          --eval-images 8 --test-limit 8 --samples 1 --train-limit 64)
+else
   nvidia-smi -L
-  $py -m pixelrnn.bench train --device cuda --shapes mnist --batch 64 256 1024 --iters 5 --baseline .bench_old \
-    | tee "$OUT/bench_train_mnist.txt"
-  $py -m pixelrnn.bench train --device cuda --shapes cifar --batch 16 64 --iters 5 --baseline .bench_old \
-    | tee "$OUT/bench_train_cifar.txt"
+  # CUDA MPS lets the runs' small kernels share the GPU at once (each run alone is launch-bound)
+  if nvidia-cuda-mps-control -d 2>/dev/null; then echo "CUDA MPS on"; else echo "CUDA MPS unavailable"; fi
 fi
-if [ ! -e /tmp/mps_checked ]; then  # CUDA MPS lets the small runs' kernels share the GPU at once
-  touch /tmp/mps_checked
-  if nvidia-cuda-mps-control -d && timeout 60 $py -c "import torch; assert (torch.ones(1, device='cuda') + 1).item() == 2"; then
-    echo "CUDA MPS on"
-  else
-    echo quit | nvidia-cuda-mps-control; echo "CUDA MPS unavailable: the runs time-share the GPU"
-  fi
-fi
-nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 30 >> "$work/runs/gpu_utilization.log" &
-monitor=$!
 
-train() {  # name, extra flags...
-  local name=$1; shift
-  local flags=(--config "configs/gpu/$name.json" --data-dir "$work/data" --out "$work/runs/$name" --resume --no-progress
-               --minutes "${minutes[$stage]}" "$@")
-  { $py -m pixelrnn.train "${flags[@]}" || $py -m pixelrnn.train "${flags[@]}" --no-cuda-graph; } \
-    >> "$work/runs/$name.log" 2>&1
+train() {  # one run; its optimizer state stays behind (it cannot resume on another machine)
+  local name=$1
+  if $py -m pixelrnn.train --config "configs/gpu/$name.json" --data-dir "$data" --out "$out/$name" --no-progress \
+       "${extra[@]}" > "$out/logs/$name.log" 2>&1; then
+    rm -f "$out/$name"/training_state.* "$out/$name/best.safetensors"
+  else
+    echo "$name failed:"; tail -n 20 "$out/logs/$name.log"; return 1
+  fi
 }
 pids=()
-for name in "${mnist[@]}"; do train "$name" & pids+=($!); done
-if [ "$stage" = 2 ]; then train $cifar --cifar-parts ab & pids+=($!); fi
-if [ "$stage" = 3 ]; then train $cifar --cifar-parts abc & pids+=($!); fi
-wait "${pids[@]}"
-kill $monitor
-tail -n 3 "$work"/runs/*.log
-# back to the workstation: every MNIST run whole; CIFAR without its 55 MB optimizer state (it stays here)
-tar czf "$OUT/mnist_runs.tgz" -C "$work/runs" "${mnist[@]}" $(cd "$work/runs" && ls *.log)
-if [ -d "$work/runs/$cifar" ]; then
-  tar czf "$OUT/cifar_run.tgz" -C "$work/runs" --exclude training_state.safetensors --exclude best.safetensors $cifar
-fi
-ls -la "$OUT"
+for name in "${runs[@]}"; do train "$name" & pids+=($!); done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+for name in "${runs[@]}"; do echo "$name: $(tail -n 1 "$out/logs/$name.log")"; done
+exit $status
