@@ -26,23 +26,18 @@ from pathlib import Path
 import torch
 
 import pixelrnn
-from pixelrnn.model import DEFAULT_LAYERS
+from pixelrnn.model import paper_config
 from pixelrnn.sampling import sample_steps
 from pixelrnn.training import LogProb, TrainStep, device_name
 
-SHAPES = {  # name: (channels, levels, height, width, paper hidden, paper layers for recurrent models)
-    "mnist": (1, 2, 28, 28, 16, 7),
-    "cifar": (3, 256, 32, 32, 128, 12),
-}
+SHAPES = {"mnist": "binarized_mnist", "cifar": "cifar10"}  # shape name -> the paper's preset (model.PRESETS)
 
 
 def build(arch: str, shape: str, args: argparse.Namespace, device: torch.device) -> pixelrnn.PixelRNN:
-    channels, levels, height, width, hidden, layers = SHAPES[shape]
-    if arch == "pixelcnn" and shape == "mnist":
-        layers = DEFAULT_LAYERS["pixelcnn"]
-    model = pixelrnn.build_model(arch, channels, levels, height, width, hidden=args.hidden or hidden,
-                                 layers=args.layers or layers, out_hidden=args.out_hidden)
-    return model.to(device)
+    """The paper's `arch` at `shape` (`paper_config`), with the sizes the options override."""
+    config = paper_config(SHAPES[shape], arch, hidden=args.hidden or None, layers=args.layers or None,
+                          out_hidden=args.out_hidden)
+    return pixelrnn.build_model(config).to(device)
 
 
 def sync(device: torch.device) -> None:
@@ -89,7 +84,8 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> None:
             old = baseline_images_per_s(args.baseline, shape, batch, args) if args.baseline else {}
             for arch in args.archs:
                 model = build(arch, shape, args, device)
-                channels, levels, height, width, *_ = SHAPES[shape]
+                config = model.config
+                channels, levels, height, width = config.channels, config.levels, config.height, config.width
                 lr = torch.tensor(1e-4, device=device) if graph else 1e-4
                 optimizer = torch.optim.Adam(model.parameters(), lr=lr, capturable=graph)
                 ema = [p.detach().clone() for p in model.parameters()]

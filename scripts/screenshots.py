@@ -1,7 +1,7 @@
 """Screenshots of every tab for the README, on the shipped checkpoints: `python scripts/screenshots.py`.
 
 Starts the app on a free loopback port, drives it in headless Chromium (as tests/test_browser.py does) and writes
-docs/screenshot-<tab>.png.
+docs/screenshot-<tab>.png, docs/screenshot-phone.png and docs/receptive-fields.png.
 """
 
 from __future__ import annotations
@@ -26,6 +26,40 @@ DOCS = REPO / "docs"
 def wait_for(page, elem_id: str, text: str) -> None:
     page.wait_for_function(f"document.querySelector('#{elem_id}')?.innerText.includes({text!r})")
     page.wait_for_timeout(1500)  # the last image loads after the status
+
+
+def receptive_field_shots(page) -> None:
+    """docs/receptive-fields.png: a frame of Generate with the overlay, for each single-scale MNIST architecture."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    tints = [np.rint(0.45 * np.array(v) + 0.55 * ui.pictures.FIELD_RGB) for v in ((0, 0, 0), (255, 255, 255))]
+    page.get_by_role("tab", name="Generate").click()
+    page.check("#gen-field input")
+    set_slider(page, "gen-n", 1)
+    set_slider(page, "gen-pace", 10)
+    shots = []
+    for model in ("binarized-mnist-row-lstm", "binarized-mnist-diagonal-bilstm", "binarized-mnist-pixelcnn"):
+        choose(page, "gen-model", model)
+        while True:  # the first runs go by while the fields are measured in the background
+            if not page.locator("#gen-status").inner_text().endswith("…"):
+                page.click("#gen-run")
+                page.wait_for_timeout(1000)
+            status = page.locator("#gen-status").inner_text()
+            shot = page.locator("#gen-image img").screenshot()
+            image = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"))
+            done = int(status.split()[1].replace(",", "")) if status.startswith("Pixel ") else 0
+            if done > 400 and any((np.abs(image.astype(int) - tint).max(-1) < 8).sum() > 100 for tint in tints):
+                shots.append(image)
+                page.click("#gen-stop")
+                page.wait_for_timeout(1500)
+                break
+            page.wait_for_timeout(200)
+    height = min(shot.shape[0] for shot in shots)
+    row = np.concatenate([np.pad(shot[:height], ((0, 0), (0, 12), (0, 0)), constant_values=255) for shot in shots], 1)
+    Image.fromarray(row).save(DOCS / "receptive-fields.png")
 
 
 def main() -> None:
@@ -75,6 +109,7 @@ def main() -> None:
             page.get_by_role("tab", name="Models").click()
             page.wait_for_timeout(2000)
             page.screenshot(path=DOCS / "screenshot-models.png", full_page=True)
+            receptive_field_shots(page)
 
             phone = browser.new_page(viewport={"width": 390, "height": 844})  # the first screen, mid-stream
             phone.goto(f"http://127.0.0.1:{port}", wait_until="load")
