@@ -141,6 +141,32 @@ def test_the_receptive_field_overlay_shows_in_the_stream(page):
         set_slider(page, "gen-pace", 0)
 
 
+def test_two_tabs_generating_at_once_both_animate_and_finish(page, server):
+    """Two visitors at once: both streams run side by side (each shows progress while the other does) and both
+    finish; neither waits for the other."""
+    other = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})  # another visitor
+    try:
+        other.goto(server, wait_until="load")
+        other.wait_for_selector("#gen-run")
+        for tab in (page, other):
+            set_slider(tab, "gen-pace", 3)
+        before = [tab.locator("#gen-status").inner_text() for tab in (page, other)]
+        for tab in (page, other):
+            tab.click("#gen-run")
+        overlapped, deadline = False, time.monotonic() + 60
+        statuses = before
+        while time.monotonic() < deadline:
+            statuses = [tab.locator("#gen-status").inner_text() for tab in (page, other)]
+            overlapped |= all(s.startswith("Pixel ") for s in statuses)
+            if all(s.startswith("Generated") and s != b for s, b in zip(statuses, before, strict=True)):
+                break
+            page.wait_for_timeout(100)
+        assert overlapped and all(s.startswith("Generated 4 samples") for s in statuses), statuses
+    finally:
+        other.close()
+        set_slider(page, "gen-pace", 0)
+
+
 def test_stop_cancels_a_stream(page):
     set_slider(page, "gen-pace", 10)
     page.click("#gen-run")
