@@ -78,7 +78,7 @@ def _image(caption: str, name: str, elem_id: str, pixelated: bool = True, **kwar
                         elem_classes=["pixelated"] if pixelated else [], buttons=["download", "fullscreen"], **kwargs)
 
 
-def _field_checkbox(studio: ui.Studio, prefix: str) -> gr.Checkbox:
+def _field_checkbox(studio: ui.Studio, prefix: str, tab: str) -> gr.Checkbox:
     """The receptive-field overlay's switch, remembered per browser session (the endpoints' arguments stay)."""
     field = gr.Checkbox(False, label="Show the current pixel's receptive field",
                        info="blue: the pixels its distribution depends on in this model, measured from the model "
@@ -86,7 +86,11 @@ def _field_checkbox(studio: ui.Studio, prefix: str) -> gr.Checkbox:
                             "Row LSTM sees a triangle above, the Diagonal BiLSTM the whole past, the PixelCNN a "
                             "window with a blind spot",
                        elem_id=f"{prefix}-field")
-    field.change(studio.core.show_field, field, None, queue=False, api_visibility="private", show_progress="hidden")
+
+    def remember(show: bool, request: gr.Request) -> None:  # Gradio passes the request to a parameter so typed
+        studio.core.show_field(tab, show, request)
+
+    field.change(remember, field, None, queue=False, api_visibility="private", show_progress="hidden")
     return field
 
 
@@ -164,7 +168,7 @@ def _generate_tab(studio: ui.Studio, registry: ui.Registry, default: str | None,
             with gr.Accordion("Settings", open=True, elem_id="gen-settings"), gr.Row():
                 n = gr.Slider(1, ui.MAX_SAMPLES, value=4, step=1, label="Samples", elem_id="gen-n")
                 temperature, seed, pace = _sampling_settings("gen", pace=3)
-            _field_checkbox(studio, "gen")
+            _field_checkbox(studio, "gen", "generate")
 
     _follow_classes(studio, model, cls, False, "classes_generate")
     outputs = [image, dist, status]
@@ -209,7 +213,7 @@ def _complete_tab(studio: ui.Studio, registry: ui.Registry, default: str | None,
                     n = gr.Slider(1, ui.MAX_COMPLETIONS, value=3, step=1, label="Completions", elem_id="cmp-n")
                 with gr.Row():
                     temperature, seed, pace = _sampling_settings("cmp", pace=2)
-                _field_checkbox(studio, "cmp")
+                _field_checkbox(studio, "cmp", "complete")
 
     _follow_classes(studio, model, cls, True, "classes_complete")
     outputs = [image, dist, status]

@@ -320,5 +320,8 @@ Model = PixelRNN | MultiScalePixelRNN
 def build_model(*args: Any, **hparams: Any) -> Model:
     """The model of a `ModelConfig`, or of `ModelConfig(*args, **hparams)` (positionally: arch, channels, levels,
     height, width, num_classes): a Multi-Scale PixelRNN when `factor` is set, else a PixelRNN."""
-    config = args[0] if len(args) == 1 and isinstance(args[0], ModelConfig) else ModelConfig(*args, **hparams)
+    if len(args) == 1 and isinstance(args[0], ModelConfig):
+        config = replace(args[0], **hparams)
+    else:
+        config = ModelConfig(*args, **hparams)
     return (PixelRNN if config.factor is None else MultiScalePixelRNN)(config)

@@ -196,10 +196,10 @@ def save_state(run: Run, batches: Batches) -> None:
 
 def select(state: dict, record: dict, valid_images: int) -> str | None:
     """Model selection: "raw" or "ema" if this evaluation's better weights are the best yet (recorded in state),
-    else None (counted towards --patience)."""
+    else None (counted towards --patience; so is a diverged, non-finite evaluation)."""
     which = better_weights(record)
     score = record[f"valid_{which}"]
-    if state["best"] is not None and score >= state["best"]["valid"]:
+    if not math.isfinite(score) or (state["best"] is not None and not score < state["best"]["valid"]):
         state["bad_evals"] += 1
         return None
     state["best"] = {"valid": score, "step": state["step"], "weights": which, "valid_images": valid_images,

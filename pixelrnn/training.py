@@ -181,8 +181,11 @@ def validation_subset(count: int, size: int) -> Tensor:
 
 
 def better_weights(record: dict) -> str:
-    """Which weights of an evaluation did better on the validation subset: "ema" (ties included) or "raw"."""
-    return "ema" if record.get("valid_ema", math.inf) <= record["valid_raw"] else "raw"
+    """Which weights of an evaluation did better on the validation subset: "ema" (ties included) or "raw"; a
+    non-finite (diverged) score loses to a finite one."""
+    raw, ema = (record.get(key, math.inf) for key in ("valid_raw", "valid_ema"))
+    raw, ema = (score if math.isfinite(score) else math.inf for score in (raw, ema))
+    return "ema" if ema <= raw and "valid_ema" in record else "raw"
 
 
 def split_validation(dataset: str, args: argparse.Namespace) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:

@@ -62,10 +62,12 @@ def receptive_fields(model: Model, positions: list[tuple[int, int, int]], y: int
     return (gradient != 0).unflatten(0, (len(positions), trials)).any(1)
 
 
-def pixel_fields(model: Model, channel: int = 0, y: int | None = None, batch: int = 16) -> Tensor:
+def pixel_fields(model: Model, channel: int = 0, y: int | None = None, batch: int | None = None) -> Tensor:
     """(H, W, H, W) bool: for each pixel (row, col) of the full-size image, the pixels (any channel) that the
-    distribution of its sub-pixel `channel` depends on: `receptive_fields` of every pixel, `batch` at a time."""
+    distribution of its sub-pixel `channel` depends on: `receptive_fields` of every pixel, `batch` at a time
+    (default: as many as keep a pass's logits near 64 MB, at most 32; a CIFAR-10 model: 3)."""
     net = model.large if isinstance(model, MultiScalePixelRNN) else model
+    batch = batch or max(1, min(32, 2**23 // (3 * net.levels * net.channels * net.height * net.width)))
     positions = [(r, c, channel) for r in range(net.height) for c in range(net.width)]
     maps = [receptive_fields(model, positions[k : k + batch], y).any(1) for k in range(0, len(positions), batch)]
     return torch.cat(maps).reshape(net.height, net.width, net.height, net.width)

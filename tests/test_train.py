@@ -445,6 +445,10 @@ def test_selection_keeps_the_best_evaluation_and_counts_the_others():
     state["step"] = 300
     assert select(state, {"valid_raw": 89.0, "valid_ema": 88.5, "eval_images": 8}, 50) == "ema"
     assert (state["best"]["valid"], state["best"]["step"], state["bad_evals"]) == (88.5, 300, 0)
+    state["step"] = 400  # a diverged evaluation never becomes the best; a finite average beats a NaN raw score
+    assert select(state, {"valid_raw": math.nan, "valid_ema": math.nan, "eval_images": 8}, 50) is None
+    assert state["bad_evals"] == 1 and state["best"]["step"] == 300
+    assert select(state, {"valid_raw": math.nan, "valid_ema": 80.0, "eval_images": 8}, 50) == "ema"
 
 
 def test_the_moving_average_swaps_in_and_out_and_round_trips():

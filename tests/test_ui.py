@@ -399,11 +399,12 @@ def test_the_overlay_tints_exactly_the_current_pixels_measured_receptive_field(s
 
     model = studio.registry.load("tiny-bin")
     on, off = SimpleNamespace(session_hash="on"), SimpleNamespace(session_hash="off")
-    studio.core.show_field(True, on)
+    studio.core.show_field("generate", True, on)
     deadline = time.monotonic() + 120  # measured in the background on first use
     while (fields := studio.core.receptive_fields("tiny-bin", model)) is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert fields is not None and np.array_equal(fields, pixel_fields(model).numpy())
+    assert not studio.core.shows_field(on, "complete")  # each tab has its own switch
     scale = ui.pictures.grid_scale(28, 28, 1)
     tints = [np.rint(0.45 * np.array(v) + 0.55 * ui.pictures.FIELD_RGB) for v in ((0, 0, 0), (255, 255, 255))]
     checked = 0

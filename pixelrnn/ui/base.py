@@ -42,7 +42,8 @@ class Core:
         self.downloads = tempfile.TemporaryDirectory(prefix="pixelrnn-prnn-")  # .prnn files offered for download
         self._fields: dict[tuple, np.ndarray | None] = {}  # (model, weights) -> receptive fields; None: measuring
         self._fields_lock = threading.Lock()
-        self._shows_field: OrderedDict[str, bool] = OrderedDict()  # browser session -> overlay switched on
+        self._shows_field: OrderedDict[tuple[str, str], bool] = OrderedDict()  # (session, tab) -> overlay on
+        self._measuring = threading.Semaphore(1)  # one measurement of receptive fields at a time (GBs for CIFAR)
 
     # -- helpers --
     def threads(self) -> None:
@@ -121,16 +122,19 @@ class Core:
         threading.Thread(target=self._measure_fields, args=(key, model), name=f"fields {name}", daemon=True).start()
         return None
 
-    def show_field(self, show: Any, request: gr.Request) -> None:
-        """The overlay's checkbox, remembered per browser session: the sampling endpoints keep their arguments."""
+    def show_field(self, tab: str, show: Any, request: gr.Request) -> None:
+        """A tab's overlay checkbox, remembered per browser session: the sampling endpoints keep their arguments."""
         if request is not None and request.session_hash:
-            self._shows_field[request.session_hash] = show is True
-            while len(self._shows_field) > 1024:
-                self._shows_field.popitem(last=False)
+            with self._fields_lock:
+                self._shows_field[request.session_hash, tab] = show is True
+                self._shows_field.move_to_end((request.session_hash, tab))
+                while len(self._shows_field) > 1024:
+                    self._shows_field.popitem(last=False)
 
-    def shows_field(self, request: gr.Request | None) -> bool:
-        """Whether this request's session switched the receptive-field overlay on."""
-        return request is not None and self._shows_field.get(request.session_hash or "", False)
+    def shows_field(self, request: gr.Request | None, tab: str) -> bool:
+        """Whether this request's session has the tab's receptive-field overlay switched on (read every frame)."""
+        with self._fields_lock:
+            return request is not None and self._shows_field.get((request.session_hash or "", tab), False)
 
     def _measure_fields(self, key: tuple, model: pixelrnn.Model) -> None:
         """Measure in this background thread at the lowest CPU priority (Linux: per thread), so that sampling
@@ -139,12 +143,17 @@ class Core:
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         try:
-            fields = pixel_fields(model).numpy()
+            with self._measuring:
+                fields = pixel_fields(model).numpy()
         except Exception:  # the overlay is an extra: the stream goes on without it
             log.exception("measuring the receptive fields of %s failed", key[0])
             return
+        finally:
+            release_memory()
         with self._fields_lock:
             self._fields[key] = fields
+            while len(self._fields) > 8:  # older weights' entries
+                self._fields.pop(next(iter(self._fields)))
 
     async def arrival(self, model_name: Any, *inputs: Any) -> list[dict]:
         """Gradio validator of the events that load a model (the model is their first input): `Registry.arrival`,

@@ -41,7 +41,6 @@ class SamplingTabs:
                  pace: Any = 0.0, request: gr.Request = None) -> Iterator[tuple]:
         """Stream n samples pixel by pixel: (image grid, current pixel's distribution, status); the current pixel's
         receptive field tinted if the session switched it on."""
-        field = self.core.shows_field(request)
         self.core.threads()
         spec = self.registry.spec(model_name)
         y = parse_class(class_label, spec)
@@ -58,7 +57,7 @@ class SamplingTabs:
             s = scale * (spec.height // pixels.shape[2])
             pending = None if final else ~step.done.cpu().numpy()
             cells = render_images(pixels, spec.levels, s, pending, None if final else step.position,
-                                  self._field(field, model_name, model, step, final))
+                                  self._field(request, "generate", model_name, model, step, final))
             r, j = step.position
             where = "small image, " if step.stage == "small" else ""
             title = f"Sample 1, {where}pixel (row {r}, col {j}); sampled value marked"
@@ -73,10 +72,11 @@ class SamplingTabs:
         with self.core.capacity(n, spec, "samples"):
             yield from self.core.stream(steps, spec, pace, render, summary)
 
-    def _field(self, show: bool, model_name: str, model: pixelrnn.Model, step: pixelrnn.Step, final: bool
-               ) -> np.ndarray | None:
-        """The receptive field to tint in a frame ((H, W) bool), when asked for, measured and in the full-size stage."""
-        if not show or final or step.stage != "full":
+    def _field(self, request: gr.Request | None, tab: str, model_name: str, model: pixelrnn.Model,
+               step: pixelrnn.Step, final: bool) -> np.ndarray | None:
+        """The receptive field to tint in a frame ((H, W) bool), when switched on, measured and in the full-size
+        stage."""
+        if final or step.stage != "full" or not self.core.shows_field(request, tab):
             return None
         fields = self.core.receptive_fields(model_name, model)
         return None if fields is None else fields[step.position]
@@ -88,7 +88,6 @@ class SamplingTabs:
                  request: gr.Request = None) -> Iterator[tuple]:
         """Stream completions of the painted region: (original | completions, current distribution, status); the
         current pixel's receptive field tinted if the session switched it on."""
-        field = self.core.shows_field(request)
         self.core.threads()
         spec = self.registry.spec(model_name)
         y = parse_class(class_label, spec, allow_auto=True)
@@ -119,7 +118,7 @@ class SamplingTabs:
                 stage_mask = mask[::f, ::f] if f > 1 else mask
                 pending = None if final else stage_mask & ~step.done.cpu().numpy()
                 cells = render_images(pixels, spec.levels, scale * f, pending, None if final else step.position,
-                                      self._field(field, model_name, model, step, final))
+                                      self._field(request, "complete", model_name, model, step, final))
                 r, j = step.position
                 known = not stage_mask[r, j]
                 where = "small image, " if step.stage == "small" else ""
