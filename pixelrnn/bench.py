@@ -3,6 +3,8 @@
 python -m pixelrnn.bench train    training images/s per architecture at MNIST and CIFAR shapes
 python -m pixelrnn.bench sample   reference vs cached sampling time per architecture, batch 1 and 64
 python -m pixelrnn.bench compress realised code length, PNG / WebP / JPEG XL, and coding time per shipped checkpoint
+python -m pixelrnn.bench serve    the demo (app.py, over HTTP) against the library, 4 samples per shipped model, and
+                                  24 and 40 simultaneous 1-sample visitors
 
 Model sizes default to the paper's (Sec. 5): binarized MNIST h=16 (7 recurrent layers,
 15 PixelCNN layers); CIFAR-10 h=128, 12 layers. On a CPU the reference sampler is timed
@@ -13,16 +15,23 @@ forward pass at every step); the line says so.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
 import os
 import re
 import resource
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import torch
 
 import pixelrnn
@@ -192,9 +201,117 @@ def bench_compress(args: argparse.Namespace, device: torch.device) -> None:
               f"{m['enc']:6.2f} {m['dec']:6.2f}", flush=True)
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str] | None = None, cpus: set[int] | None = None) -> Iterator[tuple[str, int]]:
+    """`python app.py` on the shipped checkpoints (plus `env`), on a free loopback port and on `cpus` (default all):
+    yields (its URL, its pid)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "OMP_NUM_THREADS": "1",
+                        "PIXELRNN_HUB_MODELS": "", "GRADIO_ANALYTICS_ENABLED": "False"} | (env or {})
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    if cpus is not None:
+        os.sched_setaffinity(server.pid, cpus)  # before it starts its threads, which inherit it
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(1200):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/gradio_api/info", timeout=5).status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield url, server.pid
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def api_call(server: str, api: str, data: list, timeout: float = 30.0) -> tuple[str, Any, float]:
+    """POST /gradio_api/call/{api}, then read its event stream -> (last event, its data, seconds it took).
+
+    The event is "complete" (data: the outputs) or "error" (data: the message shown to the user), also when the
+    request is refused at once: HTTP 400 (the events with a validator check the request there) or 503 (the queue is
+    full)."""
+    start = time.monotonic()
+    response = httpx.post(f"{server}/gradio_api/call/{api}", json={"data": data}, timeout=timeout)
+    if response.status_code in (400, 503):
+        return "error", response.json().get("detail"), time.monotonic() - start
+    response.raise_for_status()
+    event_id = response.json()["event_id"]
+    event, payload = None, None
+    with httpx.stream("GET", f"{server}/gradio_api/call/{api}/{event_id}", timeout=timeout) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line.partition(":")[2].strip()
+            elif line.startswith("data:") and event in ("complete", "error"):
+                payload = json.loads(line.partition(":")[2])
+    if event == "error" and isinstance(payload, dict):
+        payload = payload.get("error")
+    return event, payload, time.monotonic() - start
+
+
+SERVE_CASES = (("binarized-mnist-row-lstm", None, 4), ("binarized-mnist-diagonal-bilstm", None, 4),
+               ("cifar10-pixelcnn-conditional", "cat", 4))
+
+
+def bench_serve(args: argparse.Namespace, device: torch.device) -> None:
+    """Library vs demo, and simultaneous visitors. The server runs on core 0 and this process on the others while
+    it is a client (a remote visitor's work is not the server's); the library is timed on core 0 too."""
+    torch.set_num_threads(1)
+    print(f"demo (app.py over HTTP, animation 0) vs library (pixelrnn.sample) on {device_name(torch.device('cpu'))}; "
+          f"medians of {args.iters}")
+    with serving(cpus={0}) as (url, _):
+        for name, label, n in SERVE_CASES:
+            library, demo = serve_times(url, name, label, n, args.iters)
+            print(f"{name:34s} n={n}: library {library:.2f} s, demo {demo:.2f} s, demo / library "
+                  f"{demo / library:.2f}x")
+        for visitors in (24, 40):
+            print(simultaneous_visitors(url, visitors))
+
+
+def serve_times(url: str, name: str, label: str | None, n: int, iters: int) -> tuple[float, float]:
+    """(library, demo) seconds for n samples of a shipped model, medians of `iters`."""
+    cores = os.sched_getaffinity(0)
+    model = pixelrnn.load(str(REPO / "checkpoints" / name))
+    y = None if label is None else torch.full((n,), 3)
+    api_call(url, "generate", [name, label, n, 1.0, "0", 0], 300)  # loads the model
+    library = []
+    for k in range(iters):
+        os.sched_setaffinity(0, {0})
+        start = time.perf_counter()
+        pixelrnn.sample(model, n, y=y, seed=k)
+        library.append(time.perf_counter() - start)
+        os.sched_setaffinity(0, (cores - {0}) or cores)
+    demo = [api_call(url, "generate", [name, label, n, 1.0, str(k), 0], 300)[2] for k in range(iters)]
+    return statistics.median(library), statistics.median(demo)
+
+
+def simultaneous_visitors(url: str, visitors: int) -> str:
+    """`visitors` 1-sample MNIST requests sent at once -> a line: how many were served, latencies, refusals."""
+    answers: list = [None] * visitors
+
+    def visit(k: int) -> None:
+        answers[k] = api_call(url, "generate", [SERVE_CASES[0][0], None, 1, 1.0, str(k), 0], 600)
+
+    threads = [threading.Thread(target=visit, args=(k,), daemon=True) for k in range(visitors)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = sorted(answer[2] for answer in answers)
+    refused = sorted({str(answer[1])[:60] for answer in answers if answer[0] != "complete"})
+    return (f"{visitors} simultaneous 1-sample requests ({SERVE_CASES[0][0]}): "
+            f"{sum(answer[0] == 'complete' for answer in answers)} served, median {statistics.median(seconds):.1f} s, "
+            f"slowest {seconds[-1]:.1f} s; refused: {refused or 'none'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("train", "sample", "compress"))
+    p.add_argument("what", choices=("train", "sample", "compress", "serve"))
     p.add_argument("--images", type=int, default=10, help="compress: test images per checkpoint")
     p.add_argument("--checkpoints", nargs="+", default=None, help="compress: these shipped checkpoints (default: all)")
     p.add_argument("--archs", nargs="+", default=list(pixelrnn.ARCHS), choices=pixelrnn.ARCHS)
@@ -211,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    {"train": bench_train, "sample": bench_sample, "compress": bench_compress}[args.what](args, device)
+    {"train": bench_train, "sample": bench_sample, "compress": bench_compress, "serve": bench_serve}[args.what](
+        args, device)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,12 @@ Prints latencies, and the server's resident memory (VmRSS) and peak (VmHWM) from
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +27,10 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from pixelrnn.bench import api_call as call
+from pixelrnn.bench import serving
+
 MNIST, CIFAR = "binarized-mnist-diagonal-bilstm", "cifar10-pixelcnn-conditional"
 
 
@@ -65,34 +65,6 @@ def in_threads(calls: list[tuple]) -> list[tuple[float, str]]:
     for thread in threads:
         thread.join()
     return results
-
-
-@contextlib.contextmanager
-def serving(env: dict[str, str] | None = None, cpus: set[int] | None = None) -> Iterator[tuple[str, int]]:
-    """`python app.py` on the shipped checkpoints (plus `env`), on a free loopback port and on `cpus` (default all):
-    yields (its URL, its pid)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = os.environ | {"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "OMP_NUM_THREADS": "1",
-                        "PIXELRNN_HUB_MODELS": "", "GRADIO_ANALYTICS_ENABLED": "False"} | (env or {})
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    if cpus is not None:
-        os.sched_setaffinity(server.pid, cpus)  # before it starts its threads, which inherit it
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                Client(url, download_files=False, verbose=False)
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.1)
-        print(f"server up; memory {memory_mb(server.pid)[0]:.0f} MB")
-        yield url, server.pid
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def generator(url: str):
@@ -169,7 +141,6 @@ def section_3(url: str, pid: int, generate) -> None:
 def section_4() -> None:
     sys.path[:0] = [str(REPO), str(REPO / "tests")]
     import fakehub
-    from test_security import call  # the HTTP API without a client library: the cheapest loop a client can run
 
     files = {p.name: p.read_bytes() for p in (REPO / "checkpoints" / MNIST).iterdir() if p.is_file()}
     os.sched_setaffinity(0, {1})

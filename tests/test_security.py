@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 import pixelrnn
 from pixelrnn import ui
+from pixelrnn.bench import api_call as call
 
 PROMPT_S = 10.0  # an answer that must not wait for a download or a retry (20+ s) comes within this, even on a busy machine
 
@@ -43,29 +44,6 @@ def checkpoints(tmp_path_factory) -> Path:
 def server(checkpoints) -> Iterator[str]:
     with running_app(checkpoints) as url:
         yield url
-
-
-def call(server: str, api: str, data: list, timeout: float = 30.0) -> tuple[str, Any, float]:
-    """POST /gradio_api/call/{api}, then read its event stream -> (last event, its data, seconds it took).
-
-    The event is "complete" (data: the outputs) or "error" (data: the message shown to the user), also when the
-    request is refused at once (HTTP 400)."""
-    start = time.monotonic()
-    response = httpx.post(f"{server}/gradio_api/call/{api}", json={"data": data}, timeout=timeout)
-    if response.status_code == 400:  # refused before it was queued (the events with a validator check it there)
-        return "error", response.json().get("detail"), time.monotonic() - start
-    response.raise_for_status()
-    event_id = response.json()["event_id"]
-    event, payload = None, None
-    with httpx.stream("GET", f"{server}/gradio_api/call/{api}/{event_id}", timeout=timeout) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event:"):
-                event = line.partition(":")[2].strip()
-            elif line.startswith("data:") and event in ("complete", "error"):
-                payload = json.loads(line.partition(":")[2])
-    if event == "error" and isinstance(payload, dict):
-        payload = payload.get("error")
-    return event, payload, time.monotonic() - start
 
 
 # --- 1. file inputs: no server file reads, no hang on a FIFO -----------------------------------------------------
