@@ -98,7 +98,8 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
         if self.hidden < self.channels:
-            raise ValueError(f"hidden ({self.hidden}) must be at least channels ({self.channels}) for the colour groups")
+            raise ValueError(f"hidden ({self.hidden}) must be at least channels ({self.channels}) for the colour "
+                             "groups")
         if self.factor is not None:
             _check_positive(factor=self.factor, cond_channels=self.cond_channels)
             if self.factor < 2 or self.height % self.factor or self.width % self.factor:

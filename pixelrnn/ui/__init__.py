@@ -9,7 +9,8 @@ Everything here is a plain function or a small class that can be tested without 
 - `params`: parsing the endpoints' parameters;
 - `pictures`: upscaled images, distributions, heat maps;  `streaming`: frame throttling and pacing;
 - `registry`: local and Hub models, loaded on first use;  `cards`: likelihood analyses, model cards;
-- `base`, `sampling`, `inspect_tab`, `compress_tab`, `studio`: the endpoints, one object per tab over a shared `Core`, held by `Studio`.
+- `base`, `sampling`, `inspect_tab`, `compress_tab`, `studio`: the endpoints, one object per tab over a shared
+  `Core`, held by `Studio`.
 """
 
 # the modules, for tests and tools: ui.pictures.render_distribution, ui.params.parse_int, ...

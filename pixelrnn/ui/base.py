@@ -91,8 +91,8 @@ class Core:
             release_memory()
 
     def stream(self, steps: Iterable[pixelrnn.Step], spec: ModelSpec, pace: float,
-                render: Callable[[pixelrnn.Step, bool], tuple[np.ndarray, np.ndarray]], summary: Callable[[Any], str]
-                ) -> Iterator[tuple]:
+               render: Callable[[pixelrnn.Step, bool], tuple[np.ndarray, np.ndarray]], summary: Callable[[Any], str]
+               ) -> Iterator[tuple]:
         """Throttle, pace and render sampler steps into (image, distribution, status) updates. The status says how
         far it is (the app shows no progress bar over it: one would cover the previous run's status)."""
         gate, total = FrameGate(), self.steps_total(spec)

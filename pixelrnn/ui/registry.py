@@ -230,7 +230,8 @@ class Registry:
             raise gr.Error(f"Model {name!r} is still being {doing}: try again in a minute.") from None
 
     async def arrival(self, name: Any, timeout: float | None = None) -> None:
-        """Wait up to `timeout` (default HUB_WAIT_S) for a Hub model that is not loaded yet, starting its download, holding no thread.
+        """Wait up to `timeout` (default HUB_WAIT_S) for a Hub model that is not loaded yet, starting its download,
+        holding no thread.
 
         The events that load a model run this first, as their Gradio validator, before the request takes a slot: the
         request then finds the model loaded, or is told at once that it is still downloading. So a stalled download
