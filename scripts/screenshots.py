@@ -35,7 +35,7 @@ def receptive_field_shots(page) -> None:
     import numpy as np
     from PIL import Image
 
-    tints = [np.rint(0.45 * np.array(v) + 0.55 * ui.pictures.FIELD_RGB) for v in ((0, 0, 0), (255, 255, 255))]
+    tints = [ui.pictures.field_tint(np.array(v)) for v in ((0, 0, 0), (255, 255, 255))]  # over black, white
     page.get_by_role("tab", name="Generate").click()
     page.check("#gen-field input")
     set_slider(page, "gen-n", 1)

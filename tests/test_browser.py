@@ -122,7 +122,7 @@ def shown_image(page, elem_id: str) -> np.ndarray | None:
 def test_the_receptive_field_overlay_shows_in_the_stream(page):
     """The checkbox switches the overlay on for this session: once the fields are measured (in the background,
     on first use), streamed frames tint the current pixel's receptive field blue."""
-    tints = [np.rint(0.45 * np.array(v) + 0.55 * ui.pictures.FIELD_RGB) for v in ((0, 0, 0), (255, 255, 255))]
+    tints = [ui.pictures.field_tint(np.array(v)) for v in ((0, 0, 0), (255, 255, 255))]  # over black, white
     page.check("#gen-field input")
     set_slider(page, "gen-pace", 6)
     try:

@@ -406,7 +406,7 @@ def test_the_overlay_tints_exactly_the_current_pixels_measured_receptive_field(s
     assert fields is not None and np.array_equal(fields, pixel_fields(model).numpy())
     assert not studio.core.shows_field(on, "complete")  # each tab has its own switch
     scale = ui.pictures.grid_scale(28, 28, 1)
-    tints = [np.rint(0.45 * np.array(v) + 0.55 * ui.pictures.FIELD_RGB) for v in ((0, 0, 0), (255, 255, 255))]
+    tints = [ui.pictures.field_tint(np.array(v)) for v in ((0, 0, 0), (255, 255, 255))]  # over black, white
     checked = 0
     for image, _, status in studio.sampling.generate("tiny-bin", None, 1, 1.0, 4, 0.2, request=on):
         if not isinstance(image, np.ndarray) or not isinstance(status, str) or not status.startswith("Pixel "):

@@ -52,6 +52,11 @@ def draw_cursor(cell: np.ndarray, position: tuple[int, int], scale: int) -> None
     cell[top : bottom + 1, right - thick + 1 : right + 1] = CURSOR_RGB
 
 
+def field_tint(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 colours as the receptive-field overlay tints them."""
+    return np.rint(0.45 * np.asarray(rgb) + 0.55 * FIELD_RGB).astype(np.uint8)
+
+
 def render_images(pixels: np.ndarray, levels: int, scale: int, pending: np.ndarray | None = None,
                   cursor: tuple[int, int] | None = None, field: np.ndarray | None = None) -> list[np.ndarray]:
     """(n, C, H, W) levels -> n upscaled (h, w, 3) cells; pending pixels grey, the cursor pixel outlined, the
@@ -60,7 +65,7 @@ def render_images(pixels: np.ndarray, levels: int, scale: int, pending: np.ndarr
     if pending is not None:
         rgb[:, pending] = PENDING_RGB
     if field is not None:
-        rgb[:, field] = np.rint(0.45 * rgb[:, field] + 0.55 * FIELD_RGB).astype(np.uint8)
+        rgb[:, field] = field_tint(rgb[:, field])
     cells = [upscale(image, scale) for image in rgb]
     if cursor is not None:
         for cell in cells:
