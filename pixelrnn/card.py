@@ -157,8 +157,9 @@ def architecture(config: dict, metrics: dict, model_kind: str, factor: Any) -> l
         lines.append(f"images {shape} (channels x height x width), a {config.get('levels', '?')}-way softmax "
                      f"per sub-pixel")
         if factor:
-            lines.append(f"multi-scale: a small model on the image subsampled by {factor}, conditioning the "
-                         f"large one through a {config.get('cond_channels', '?')}-channel map")
+            small = config.get("small_layers") or layers
+            lines.append(f"multi-scale: a small model ({small} residual layers) on the image subsampled by {factor}, "
+                         f"conditioning the large one through a {config.get('cond_channels', '?')}-channel map")
         if config.get("num_classes"):
             lines.append(f"class-conditional over {config['num_classes']} classes")
     parameters = metrics.get("parameters") or _count_parameters(config)

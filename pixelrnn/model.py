@@ -61,7 +61,8 @@ class ModelConfig:
     the first (None: the paper's depth, 15 PixelCNN blocks or 7 recurrent layers); out_hidden: the output layers'
     width; skip: skip connections from every layer to the output (Sec. 3.3); num_classes: class-conditional when
     set; factor: a Multi-Scale PixelRNN whose small image is (H/factor, W/factor) (Sec. 3.6); cond_channels: width
-    of the conditioning map added as a bias in every layer (None: 16 for Multi-Scale, else 0).
+    of the conditioning map added as a bias in every layer (None: 16 for Multi-Scale, else 0); small_layers: the
+    Multi-Scale small image's model's residual layers (None: `layers`).
     """
 
     arch: str = "diagonal_bilstm"
@@ -77,6 +78,7 @@ class ModelConfig:
     dropout: float = 0.0
     factor: int | None = _limit(None, 64)
     cond_channels: int | None = _limit(None, 1024)
+    small_layers: int | None = _limit(None, 64)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -100,6 +102,10 @@ class ModelConfig:
         if self.hidden < self.channels:
             raise ValueError(f"hidden ({self.hidden}) must be at least channels ({self.channels}) for the colour "
                              "groups")
+        if self.small_layers is not None:
+            if self.factor is None:
+                raise ValueError("small_layers is for a Multi-Scale PixelRNN: set factor too")
+            _check_positive(small_layers=self.small_layers)
         if self.factor is not None:
             _check_positive(factor=self.factor, cond_channels=self.cond_channels)
             if self.factor < 2 or self.height % self.factor or self.width % self.factor:
@@ -107,9 +113,8 @@ class ModelConfig:
                                  f"got {self.factor}")
 
     def to_dict(self) -> dict[str, Any]:
-        """config.json's contents (a single-scale model's omits `factor`, as checkpoints always have)."""
-        values = asdict(self)
-        return values if self.factor is not None else {k: v for k, v in values.items() if k != "factor"}
+        """config.json's contents; `factor` and `small_layers` only when set, as checkpoints before them had."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("factor", "small_layers")}
 
     def too_large(self) -> list[str]:
         """The fields above their limits, as "name = value (at most limit)"."""
@@ -281,8 +286,9 @@ class MultiScalePixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn
         self._hub_mixin_config = config.to_dict()
         self.factor, channels, cond_channels = config.factor, config.channels, config.cond_channels
         self.small = PixelRNN(replace(config, height=config.height // self.factor, width=config.width // self.factor,
-                                      factor=None, cond_channels=0))
-        self.large = PixelRNN(replace(config, factor=None))
+                                      layers=config.small_layers or config.layers, factor=None, small_layers=None,
+                                      cond_channels=0))
+        self.large = PixelRNN(replace(config, factor=None, small_layers=None))
         self.upsample = nn.Sequential(
             nn.Conv2d(channels, cond_channels, 3, padding=1),
             nn.ReLU(),

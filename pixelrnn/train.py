@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.0, help="dropout on each layer's residual branch")
     p.add_argument("--hflip", action="store_true", help="mirror each training image left-right with probability 1/2")
     p.add_argument("--factor", type=int, default=0, help="Multi-Scale PixelRNN: subsampling factor (e.g. 2)")
+    p.add_argument("--small-layers", type=int, default=None, help="Multi-Scale: the small image's layers (default: --layers)")
     p.add_argument("--batch-size", type=int, default=16, help="global batch (split across processes)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
@@ -115,7 +116,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
     info = DATASETS[args.dataset]
     return paper_config("binarized_mnist" if binarized else args.dataset, args.arch, hidden=args.hidden,
                         layers=args.layers, out_hidden=args.out_hidden, factor=args.factor or None,
-                        num_classes=info.num_classes if args.conditional else None, skip=not args.no_skip,
+                        small_layers=args.small_layers, num_classes=info.num_classes if args.conditional else None, skip=not args.no_skip,
                         dropout=args.dropout)
 
 
@@ -129,8 +130,10 @@ def run_settings(args: argparse.Namespace) -> dict:
 
 
 def shape_of(settings: dict) -> dict:
-    """The model that run settings build (dropout aside, which a resume may change)."""
-    return {k: v for k, v in model_config(argparse.Namespace(**settings)).to_dict().items() if k != "dropout"}
+    """The model that run settings build (dropout aside, which a resume may change); options newer than the
+    settings take their defaults."""
+    args = argparse.Namespace(**{**vars(parse_args([])), **settings})
+    return {k: v for k, v in model_config(args).to_dict().items() if k != "dropout"}
 
 
 

@@ -206,11 +206,12 @@ def test_local_pickle_only_folder_is_refused_without_unpickling(tiny, monkeypatc
     ('{"skip": "yes"}', "skip must be true or false"),
     ('{"arch": "row_lstm", "attention_heads": 4}', r"unknown model argument\(s\) \[.attention_heads.\]"),
     ('{"factor": 3, "height": 8, "width": 8}', "factor must be >= 2 and divide"),
+    ('{"small_layers": 2}', "small_layers is for a Multi-Scale PixelRNN: set factor too"),
     ("[1, 2, 3]", "expected a JSON object of model arguments, got list"),
     ("{not json", "cannot read JSON"),
     ('{"layers": 1000, "hidden": 4096}', r"too large for pixelrnn: hidden = 4096 \(at most 1024\), layers = 1000"),
     ('{"layers": 64, "hidden": 1024}', r"too large for pixelrnn: 2,551,681,218 parameters \(at most 100,000,000\)"),
-], ids=["arch", "negative", "float", "skip", "unknown-key", "factor", "list", "syntax", "bounds", "parameters"])
+], ids=["arch", "negative", "float", "skip", "unknown-key", "factor", "small-layers", "list", "syntax", "bounds", "parameters"])
 def test_invalid_config(tiny, config, message):
     (tiny[1] / "config.json").write_text(config)
     with pytest.raises(CheckpointError, match=message) as info:
@@ -249,11 +250,15 @@ def test_checkpoints_name_cannot_escape(env, tiny, monkeypatch):
         hub.resolve("../secret")  # not checkpoints/../secret; as a path from the cwd it does not exist
 
 
-def test_multiscale_round_trip(fake_hub, env):
-    model = tiny_model(factor=2)
-    fake_hub.set_repo("user/multiscale", files_of(save(model, env / "ms")))
+@pytest.mark.parametrize("small_layers", [None, 3])
+def test_multiscale_round_trip(fake_hub, env, small_layers):
+    model = tiny_model(factor=2, small_layers=small_layers)
+    folder = save(model, env / "ms")
+    assert ("small_layers" in json.loads((folder / "config.json").read_text())) == (small_layers is not None)
+    fake_hub.set_repo("user/multiscale", files_of(folder))
     loaded = hub.load("user/multiscale")
     assert isinstance(loaded, pixelrnn.MultiScalePixelRNN) and loaded.factor == 2
+    assert (len(loaded.small.layers), len(loaded.large.layers)) == (small_layers or 1, 1)
     assert same_outputs(model.eval(), loaded)
 
 
@@ -365,10 +370,11 @@ def test_model_cards_of_conditional_and_multi_scale_models(env):
     assert meta["model-index"][0]["results"][0]["task"]["type"] == "class-conditional-image-generation"
     assert "unconditional-image-generation" not in text
     assert "1.8 h of training, on cpu (x86_64, 1 thread)" in text
-    folder = save(tiny_model(factor=2), env / "ms", {"dataset": "binarized_mnist", "arch": "row_lstm",
-                                                      "test_nll_nats": 84.9, "unit": "nats", "multiscale_factor": 2})
+    folder = save(tiny_model(factor=2, small_layers=3), env / "ms", {
+        "dataset": "binarized_mnist", "arch": "row_lstm", "test_nll_nats": 84.9, "unit": "nats", "multiscale_factor": 2})
     text = write_model_card(folder).read_text()
     assert front_matter(text)["pipeline_tag"] == "unconditional-image-generation"
+    assert "multi-scale: a small model (3 residual layers) on the image subsampled by 2" in text
     assert "| paper," not in text and "no figure for a Multi-Scale model on Binarized MNIST" in text
 
 

@@ -167,15 +167,32 @@ def test_states_saved_before_settings_and_random_streams_were_kept_still_resume(
     assert resumed["selected"]["valid"] == -1.0 and resumed["selected"]["step"] == first["selected"]["step"]
 
 
+def test_settings_saved_before_an_option_existed_resume_with_its_default(tmp_path):
+    write_fixture_data(tmp_path)
+    out = tmp_path / "run"
+    run_train(tmp_path, out, "--arch", "row_lstm", "--factor", "2", "--max-steps", "2")
+    state = json.loads((out / "training_state.json").read_text())
+    del state["settings"]["small_layers"]
+    (out / "training_state.json").write_text(json.dumps(state))
+    resumed = run_train(tmp_path, out, "--arch", "row_lstm", "--factor", "2", "--max-steps", "3", "--resume")
+    assert resumed["steps"] == 3 and resumed["changes"] == [{"step": 2, "changed": {"max_steps": [2, 3]}}]
+    with pytest.raises(SystemExit, match="holds another model"):
+        run_train(tmp_path, out, "--arch", "row_lstm", "--factor", "2", "--small-layers", "2", "--max-steps", "4",
+                  "--resume")
+
+
 @pytest.mark.parametrize("extra", [["--dataset", "mnist", "--conditional", "--arch", "pixelcnn"],
                                    ["--dataset", "mnist", "--binarize", "--arch", "diagonal_bilstm"],
                                    ["--dataset", "cifar10", "--conditional", "--cifar-parts", "ab", "--arch", "pixelcnn"],
-                                   ["--dataset", "binarized_mnist", "--arch", "row_lstm", "--factor", "2"]])
+                                   ["--dataset", "binarized_mnist", "--arch", "row_lstm", "--factor", "2",
+                                    "--small-layers", "2"]])
 def test_training_cli_datasets(tmp_path, extra):
     write_fixture_data(tmp_path)
     metrics = run_train(tmp_path, tmp_path / "run", "--max-steps", "2", *extra)
     assert math.isfinite(metrics["test_nll_nats"]) and metrics["test_nll_nats"] > 0
     shipped = pixelrnn.load(str(tmp_path / "run"))  # the shipped model re-measures the recorded test NLL
+    if "--small-layers" in extra:
+        assert (len(shipped.small.layers), len(shipped.large.layers)) == (2, 1)
     x, y = load_split(extra[1], "test", tmp_path)
     if "--binarize" in extra:
         from pixelrnn.data import binarize
