@@ -47,7 +47,8 @@ INTRO = """# PixelRNN Studio
 Pixel Recurrent Neural Networks ([van den Oord et al., 2016](https://arxiv.org/abs/1601.06759)): every pixel is
 sampled from a distribution given all the pixels above and to its left. **Generate** new images pixel by pixel,
 **Complete** a region you paint, **Upscale** an image from its small version, **Inspect** how surprising each pixel
-of an image is, **Compress** an image losslessly with a model, and read the **Models**' cards.
+of an image is, **Compress** an image losslessly with a model, watch **How it computes**, and read the **Models**'
+cards.
 """
 
 
@@ -291,6 +292,27 @@ def _inspect_tab(studio: ui.Studio, registry: ui.Registry, default: str | None, 
             preprocess=False, show_progress="hidden", **analysis)
 
 
+def _computation_tab(studio: ui.Studio, registry: ui.Registry, default: str | None, examples: list[str],
+                     analysis: dict[str, Any]) -> None:
+    """How it computes: one teacher-forced pass of a model on an image, animated the way the network runs it."""
+    with gr.Tab("How it computes", id="computation", elem_id="tab-computation"), gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            model, image, cls, run = _image_inputs(registry, studio, "how", default, examples, 240, "Play")
+            seconds = gr.Slider(2, 30, value=8, step=1, label="Animation (s)", elem_id="how-seconds")
+            figure = _image("Each architecture's context of the red pixel (the paper's Fig. 2, measured from "
+                            "small models)", "Context", "how-figure")
+        with gr.Column(scale=2):
+            animation = _image("One pass, step by step (an animation that loops)", "Pass", "how-animation")
+            text = gr.Markdown(label="How it computes", elem_id="how-text")
+
+    _follow_classes(studio, model, cls, True, "classes_computation")
+    outputs = [animation, figure, text]
+    run.click(gpu(studio.computation.play), [model, image, cls, seconds], outputs, api_name="computation",
+              preprocess=False, show_progress_on=[animation], **analysis)
+    for change in (model.change, image.change):  # the animation never outlives its model or image
+        change(ui.cleared(len(outputs)), None, outputs, api_visibility="private", queue=False, show_progress="hidden")
+
+
 def _compress_tab(studio: ui.Studio, registry: ui.Registry, default: str | None, examples: list[str],
                   sampling: dict[str, Any]) -> None:
     """Compress: the image range-coded with the model (re-run on a new image or class list); Decode reads a
@@ -367,6 +389,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             _upscale_tab(studio, registry, examples, sampling)
             _inspect_tab(studio, registry, default, examples, analysis)
             _compress_tab(studio, registry, default, examples, sampling)
+            _computation_tab(studio, registry, default, examples, analysis)
             _models_tab(demo, studio, registry, default)
 
     demo.queue(default_concurrency_limit=2, max_size=32)

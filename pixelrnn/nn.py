@@ -153,6 +153,12 @@ class DiagonalBiLSTM(nn.Module):
         return torch.block_diag(above[0].t(), above[1].t()), torch.block_diag(left[0].t(), left[1].t())
 
     def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        forward_state, reverse_state = self.streams(x, bias)
+        return forward_state + shift_down(reverse_state)
+
+    def streams(self, x: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The two directions' states (B, h, H, W) each, in image coordinates: the left-to-right one, and the
+        right-to-left one (computed on the mirrored map and mirrored back) before its shift down."""
         batch, _, height, width = x.shape
         hidden = self.hidden
         # input-to-state for the whole map, laid out (H, W, B, 8h); the state bias joins the conv's bias
@@ -179,7 +185,7 @@ class DiagonalBiLSTM(nn.Module):
             c = F.pad(c_new.view(n, batch, 2 * hidden), (0, 0, 0, 0, lo, height - 1 - hi))
             columns.append(h)
         both_out = unskew(torch.stack(columns, dim=1)).permute(2, 3, 0, 1)  # (B, 2h, H, W)
-        return both_out[:, :hidden] + shift_down(both_out[:, hidden:].flip(-1))
+        return both_out[:, :hidden], both_out[:, hidden:].flip(-1)
 
 
 class PixelCNNBlock(nn.Module):

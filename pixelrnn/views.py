@@ -1,19 +1,23 @@
-"""What the network sees: each prediction's receptive field, measured from the model itself (Sec. 3, Fig. 2 / 4).
+"""What the network sees, and how it computes: maps measured from the model itself (Sec. 3, Fig. 2 / 3 / 4).
 
 The Row LSTM sees a triangle above a pixel (and its left neighbours), the Diagonal BiLSTM the whole past, the
 PixelCNN a window that grows with depth and has a blind spot. These maps are not drawn templates: they are the
 sub-pixels with a non-zero gradient of the prediction, in float64, OR-ed over a few random inputs so that a
-ReLU that happens to be off does not hide a real connection.
+ReLU that happens to be off does not hide a real connection. `computation` shows a teacher-forced pass the way
+the network runs it: the Row LSTM row by row, the Diagonal BiLSTM diagonal by diagonal in two directions, the
+PixelCNN layer by layer.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from pixelrnn.model import Model, MultiScalePixelRNN, PixelRNN, scale_pixels
+from pixelrnn.nn import skew
 
 
 def _full_size(model: Model, row: int, col: int, channel: int) -> PixelRNN:
@@ -79,15 +83,102 @@ def influence(model: Model, image: Tensor, row: int, col: int, channel: int | No
     pixel (row, col) (all its channels, or sub-pixel `channel`): the size of its gradient with respect to a
     relaxed (float) input, summed over the input pixel's channels, in a float64 copy of the model. Zero outside
     the receptive field; a Multi-Scale model: its full-size stage, given the image's own small image."""
-    multiscale = isinstance(model, MultiScalePixelRNN)
     net = _full_size(model, row, col, 0 if channel is None else channel)
-    probe = copy.deepcopy(model).cpu().double().eval()
-    x = torch.as_tensor(image).long().cpu()[None]  # (1, C, H, W)
-    inputs = scale_pixels(x, net.levels, torch.float64).requires_grad_()
-    labels = None if net.num_classes is None else torch.tensor([0 if y is None else y])
-    cond = probe.condition(probe.downsample(x)) if multiscale else None
-    logits = (probe.large if multiscale else probe).forward_scaled(inputs, labels, cond)  # (1, levels, C, H, W)
+    probe, inputs, labels, cond = _teacher_forced(model, image, y, torch.float64)
+    inputs.requires_grad_()
+    logits = probe.forward_scaled(inputs, labels, cond)  # (1, levels, C, H, W)
+    x = torch.as_tensor(image).long().cpu()[None]
     channels = range(net.channels) if channel is None else [channel]
     log_p = sum(torch.log_softmax(logits[0, :, c, row, col], 0)[x[0, c, row, col]] for c in channels)
     (gradient,) = torch.autograd.grad(log_p, inputs)
     return gradient[0].abs().sum(0).detach()
+
+
+def _teacher_forced(model: Model, image: Tensor, y: int | None, dtype: torch.dtype
+                    ) -> tuple[PixelRNN, Tensor, Tensor | None, Tensor | None]:
+    """A CPU copy of the model's full-size PixelRNN in `dtype`, and its inputs for `image` (C, H, W): (net,
+    scaled pixels (1, C, H, W), label (1,) or None, conditioning map from the image's own small image or None)."""
+    probe = copy.deepcopy(model).cpu().to(dtype).eval()
+    x = torch.as_tensor(image).long().cpu()[None]  # (1, C, H, W)
+    multiscale = isinstance(probe, MultiScalePixelRNN)
+    net = probe.large if multiscale else probe
+    labels = None if net.num_classes is None else torch.tensor([0 if y is None else y])
+    with torch.no_grad():
+        cond = probe.condition(probe.downsample(x)) if multiscale else None
+    return net, scale_pixels(x, net.levels, dtype), labels, cond
+
+
+def layer_calls(net: PixelRNN, inputs: Tensor, labels: Tensor | None = None, cond: Tensor | None = None
+                ) -> list[tuple[tuple, Tensor]]:
+    """Each layer's (arguments, output) in one pass of `net` on scaled `inputs` (B, C, H, W): a recurrent
+    layer's output is its h (B, h, H, W), a PixelCNN block's its 2h features."""
+    calls: list[tuple[tuple, Tensor]] = []
+    hooks = [layer.register_forward_hook(lambda _, args, output: calls.append((args, output)))
+             for layer in net.layers]
+    try:
+        net.forward_scaled(inputs, labels, cond)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+@dataclass
+class Panel:
+    """One map of a teacher-forced pass: a layer's state (or one direction's) and when the pass computes it."""
+
+    title: str
+    layer: int  # 0-based
+    values: Tensor  # (H', W') float: the norm of the state's features at each position
+    step: Tensor  # (H', W') long: the step of the pass that computes each position (-1: none, a skew's padding)
+
+
+def computation(model: Model, image: Tensor, y: int | None = None) -> list[Panel]:
+    """The panels of one teacher-forced pass of `model` (a Multi-Scale model: its full-size stage) on `image`
+    (C, H, W), layer after layer, as the network computes it: the Row LSTM's state row by row (Sec. 3.1), each
+    Diagonal BiLSTM direction diagonal by diagonal, one column of the skewed map per step (Sec. 3.2, Fig. 3),
+    the PixelCNN's every position of a block at once (Sec. 3.5). Sampling instead always runs in raster order."""
+    net, inputs, labels, cond = _teacher_forced(model, image, y, torch.float32)
+    with torch.no_grad():
+        calls = layer_calls(net, inputs, labels, cond)
+        states = [net.layers[k].streams(*args) if net.arch == "diagonal_bilstm" else (output,)
+                  for k, (args, output) in enumerate(calls)]
+    height, width = net.height, net.width
+    rows, cols = torch.arange(height)[:, None].expand(height, width), torch.arange(width).expand(height, width)
+    diagonals = height + width - 1  # the skewed map's columns
+    panels = []
+    for k, maps in enumerate(states):
+        norms = [state[0].norm(dim=0) for state in maps]  # (H, W) each
+        if net.arch == "pixelcnn":
+            panels.append(Panel(f"block {k + 1}", k, norms[0], torch.full((height, width), k)))
+        elif net.arch == "row_lstm":
+            panels.append(Panel(f"layer {k + 1}", k, norms[0], k * height + rows))
+        else:
+            start, inside = k * diagonals, skew(torch.ones(height, width, dtype=torch.bool))
+            skewed_step = torch.where(inside, start + torch.arange(diagonals), -1)
+            panels += [Panel(f"layer {k + 1}, L→R", k, norms[0], start + rows + cols),
+                       Panel(f"layer {k + 1}, R→L", k, norms[1], start + rows + (width - 1 - cols)),
+                       Panel(f"layer {k + 1}, L→R skewed", k, skew(norms[0]), skewed_step)]
+    return panels
+
+
+def layer_fields(model: Model, row: int, col: int, y: int | None = None, trials: int = 3, seed: int = 0
+                 ) -> Tensor:
+    """(L, H, W) bool: the pixels that the state of pixel (row, col) after each layer depends on (a Multi-Scale
+    model: its full-size stage), measured like `receptive_fields` from gradients of random projections of that
+    state, in float64: the receptive field growing layer by layer."""
+    net = _full_size(model, row, col, 0)
+    probe = copy.deepcopy(net).cpu().double().eval()
+    generator = torch.Generator().manual_seed(seed)
+    inputs = (torch.rand((trials, net.channels, net.height, net.width), generator=generator,
+                         dtype=torch.float64) * 2 - 1).requires_grad_()
+    labels = None if net.num_classes is None else torch.full((trials,), 0 if y is None else y)
+    cond = None if not net.cond_channels else torch.randn(trials, net.cond_channels, net.height, net.width,
+                                                           generator=generator, dtype=torch.float64)
+    fields = []
+    for _, output in layer_calls(probe, inputs, labels, cond):
+        state = output[:, :, row, col]  # (trials, features)
+        projection = torch.randn(state.shape, generator=generator, dtype=torch.float64)
+        (gradient,) = torch.autograd.grad((state * projection).sum(), inputs, retain_graph=True)
+        fields.append((gradient != 0).any(1).any(0))
+    return torch.stack(fields)

@@ -1,10 +1,14 @@
-"""The receptive field that the demo shows is the model's exact dependency set (the causality tests' sets)."""
+"""The receptive field that the demo shows is the model's exact dependency set (the causality tests' sets); the
+"how it computes" panels are the layers' own states, in an order the layers can run in."""
 
 import pytest
 import torch
 from test_causality import dependencies, index, make
 
-from pixelrnn.views import pixel_fields, receptive_field, receptive_fields
+from pixelrnn import ARCHS
+from pixelrnn.model import scale_pixels
+from pixelrnn.nn import shift_down, skew
+from pixelrnn.views import computation, layer_calls, layer_fields, pixel_fields, receptive_field, receptive_fields
 
 CASES = [(arch, channels, levels) for arch in ("pixelcnn", "row_lstm", "diagonal_bilstm")
          for channels, levels in ((1, 2), (3, 256))]
@@ -93,3 +97,69 @@ def test_influence_is_zero_outside_the_receptive_field_and_follows_the_context()
             log_p = [torch.log_softmax(model.forward_scaled(x)[0, :, 0, 4, 3], 0)[image[0, 4, 3]].item()
                      for x in (inputs, nudged)]
         assert abs(abs(log_p[1] - log_p[0]) / 1e-6 - strength[r, j].item()) < 1e-4 * strength[r, j].item()
+
+
+def layer_call(model, image, k):
+    """Layer k's (input features, bias) and output in a teacher-forced pass on `image` (C, H, W)."""
+    inputs = scale_pixels(image[None], model.levels, torch.float64)  # `make`'s models are float64
+    return layer_calls(model, inputs)[k]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_computation_shows_the_layers_own_states(arch):
+    model = make(arch, 3, 16, 5, 6, layers=2).eval()
+    image = torch.randint(0, 16, (3, 5, 6))
+    panels = computation(model, image)
+    assert [p.layer for p in panels] == [0, 0, 0, 1, 1, 1] if arch == "diagonal_bilstm" else [0, 1]
+    for k, layer in enumerate(model.layers):
+        args, output = layer_call(model, image, k)
+        shown = [p for p in panels if p.layer == k]
+        with torch.no_grad():
+            if arch == "diagonal_bilstm":  # the two directions, which the layer adds (the second shifted down)
+                forward, reverse = layer.streams(*args)
+                torch.testing.assert_close(forward + shift_down(reverse), output)
+                expected = [forward[0].norm(dim=0), reverse[0].norm(dim=0), skew(forward[0].norm(dim=0))]
+            else:
+                expected = [output[0].norm(dim=0)]
+        for panel, values in zip(shown, expected, strict=True):
+            torch.testing.assert_close(panel.values, values.float())  # the panels come from a float32 pass
+
+
+@pytest.mark.parametrize("arch", ["row_lstm", "diagonal_bilstm"])
+def test_computation_steps_are_an_order_the_layer_can_run_in(arch):
+    """Each state a panel shows at step s is computed from the layer's input at the positions of steps <= s only:
+    changing the input at every later position leaves it as it is (and changes some later state). A wrong order
+    (rows for a diagonal sweep, or the right-to-left sweep numbered like the left-to-right one) fails."""
+    height, width = 5, 6
+    model = make(arch, 1, 2, height, width, layers=1).eval()
+    image = torch.randint(0, 2, (1, height, width))
+    panels = [p for p in computation(model, image) if p.values.shape == (height, width)]
+    (features, bias), _ = layer_call(model, image, 0)
+    layer = model.layers[0]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        states = layer.streams(features, bias) if arch == "diagonal_bilstm" else (layer(features, bias),)
+        for panel, state in zip(panels, states, strict=True):
+            for step in range(int(panel.step.max())):
+                later = panel.step > step
+                changed = features + later * torch.randn(features.shape, generator=generator)
+                new = layer.streams(changed, bias) if arch == "diagonal_bilstm" else (layer(changed, bias),)
+                moved = (new[panels.index(panel)] - state).abs().amax(1)[0] > 1e-6  # (H, W)
+                assert not moved[~later].any(), (panel.title, step)
+                assert moved[later].any(), (panel.title, step)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_layer_fields_grow_into_the_receptive_field(arch):
+    """The pixels a position's state reads after each layer: only earlier pixels (grey), never fewer after a
+    later layer (the residual stream keeps what it read), and after the last layer exactly the prediction's
+    receptive field; a PixelCNN's grows layer by layer."""
+    model = make(arch, 1, 2, 12, 12, layers=3)
+    fields = layer_fields(model, 9, 6)  # (L, H, W)
+    past = torch.zeros(12 * 12, dtype=torch.bool)
+    past[: 9 * 12 + 6] = True
+    assert not (fields & ~past.view(12, 12)).any()
+    assert all((fields[k] <= fields[k + 1]).all() for k in range(2))
+    assert torch.equal(fields[-1], receptive_field(model, 9, 6)[0])
+    if arch == "pixelcnn":
+        assert fields[0].sum() < fields[1].sum() < fields[2].sum()

@@ -9,7 +9,7 @@ Everything here is a plain function or a small class that can be tested without 
 - `params`: parsing the endpoints' parameters;
 - `pictures`: upscaled images, distributions, heat maps;  `streaming`: frame throttling and pacing;
 - `registry`: local and Hub models, loaded on first use;  `cards`: likelihood analyses, model cards;
-- `base`, `sampling`, `inspect_tab`, `compress_tab`, `studio`: the endpoints, one object per tab over a shared
+- `base`, `sampling`, `inspect_tab`, `compress_tab`, `computation_tab`, `studio`: the endpoints, one object per tab over a shared
   `Core`, held by `Studio`.
 """
 
@@ -17,6 +17,7 @@ Everything here is a plain function or a small class that can be tested without 
 from pixelrnn.ui import (  # noqa: F401
     base,
     cards,
+    computation_tab,
     errors,
     inspect_tab,
     params,

@@ -12,6 +12,7 @@ import numpy as np
 from pixelrnn.ui.base import Core
 from pixelrnn.ui.cards import model_card
 from pixelrnn.ui.compress_tab import CompressTab
+from pixelrnn.ui.computation_tab import ComputationTab
 from pixelrnn.ui.errors import user_errors
 from pixelrnn.ui.inspect_tab import InspectTab
 from pixelrnn.ui.registry import Registry
@@ -21,14 +22,15 @@ from pixelrnn.ui.streaming import is_progress
 
 
 class Studio:
-    """The app's endpoints, one object per tab (`sampling`: Generate, Complete, Upscale; `inspector`; `compressor`)
-    over the `Core` they share (`core`: registry, threads, work limits, streaming, cached analyses)."""
+    """The app's endpoints, one object per tab (`sampling`: Generate, Complete, Upscale; `inspector`; `compressor`;
+    `computation`: How it computes) over the `Core` they share (`core`: registry, threads, work limits, streaming, cached analyses)."""
 
     def __init__(self, registry: Registry, cpu_threads: int = 1):
         self.registry = registry
         self.core = Core(registry, cpu_threads)
         self.sampling, self.inspector, self.compressor = SamplingTabs(self.core), InspectTab(self.core), \
             CompressTab(self.core)
+        self.computation = ComputationTab(self.core)
 
     @user_errors
     def model_card(self, model_name: str) -> tuple[str, np.ndarray | None, np.ndarray | None]:
