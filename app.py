@@ -298,7 +298,8 @@ def _computation_tab(studio: ui.Studio, registry: ui.Registry, default: str | No
     with gr.Tab("How it computes", id="computation", elem_id="tab-computation"), gr.Row():
         with gr.Column(scale=1, min_width=280):
             model, image, cls, run = _image_inputs(registry, studio, "how", default, examples, 240, "Play")
-            seconds = gr.Slider(2, 30, value=8, step=1, label="Animation (s)", elem_id="how-seconds")
+            seconds = gr.Slider(ui.computation_tab.MIN_SECONDS, ui.computation_tab.MAX_SECONDS, value=8, step=1,
+                                label="Animation (s)", elem_id="how-seconds")
             figure = _image("Each architecture's context of the red pixel (the paper's Fig. 2, measured from "
                             "small models)", "Context", "how-figure")
         with gr.Column(scale=2):

@@ -156,9 +156,9 @@ def computation(model: Model, image: Tensor, y: int | None = None) -> list[Panel
         else:
             start, inside = k * diagonals, skew(torch.ones(height, width, dtype=torch.bool))
             skewed_step = torch.where(inside, start + torch.arange(diagonals), -1)
-            panels += [Panel(f"layer {k + 1}, L→R", k, norms[0], start + rows + cols),
-                       Panel(f"layer {k + 1}, R→L", k, norms[1], start + rows + (width - 1 - cols)),
-                       Panel(f"layer {k + 1}, L→R skewed", k, skew(norms[0]), skewed_step)]
+            panels += [Panel(f"layer {k + 1}: from left", k, norms[0], start + rows + cols),
+                       Panel(f"layer {k + 1}: from right", k, norms[1], start + rows + (width - 1 - cols)),
+                       Panel(f"layer {k + 1}: from left, skewed", k, skew(norms[0]), skewed_step)]
     return panels
 
 

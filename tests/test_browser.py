@@ -12,9 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import chart_bars, running_app, save_tiny_checkpoints
-from PIL import Image
+from PIL import Image, ImageSequence
 
+import pixelrnn
 from pixelrnn import compress, ui
+from pixelrnn.ui.computation_tab import GAP_PX, HEADER_PX, PANEL_PX, TITLE_PX
+from pixelrnn.ui.pictures import PENDING_RGB
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -30,7 +33,10 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    return save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"), multiscale=True)
+    root = save_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"), multiscale=True)
+    for name, arch, layers in (("tiny-diag", "diagonal_bilstm", 2), ("tiny-cnn", "pixelcnn", 3)):  # How it computes
+        pixelrnn.build_model(arch, 1, 2, 12, 12, hidden=4, layers=layers).save_pretrained(root / name)
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -325,6 +331,53 @@ def test_upscale(page):
     page.locator("#ups-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_2.png"))
     page.wait_for_function("document.querySelectorAll('#ups-samples img').length === 0")  # no stale samples
     assert "full-size samples" not in page.locator("#ups-status").inner_text()
+
+
+def computed(frame: np.ndarray, panel: int, size: int) -> np.ndarray:
+    """(size, size) bool: the positions of the `panel`-th map of the first row of an animation frame that are
+    computed (not the pending grey)."""
+    scale = PANEL_PX // size
+    left, top = GAP_PX + panel * (size * scale + GAP_PX), HEADER_PX + TITLE_PX
+    centres = frame[top + scale // 2 : top + size * scale : scale, left + scale // 2 : left + size * scale : scale]
+    return ~(centres == PENDING_RGB).all(-1)
+
+
+@pytest.mark.parametrize("model,arch", [("tiny-bin", "Row LSTM"), ("tiny-diag", "Diagonal BiLSTM"),
+                                        ("tiny-cnn", "PixelCNN")])
+def test_how_it_computes_plays_the_pass_in_the_architectures_order(page, model, arch):
+    """The animation's frames fill in the first layer row by row (Row LSTM), each direction diagonal by diagonal
+    (Diagonal BiLSTM: r + c, and r + (W - 1 - c) on the mirrored map), or one whole block per frame (PixelCNN)."""
+    page.get_by_role("tab", name="How it computes").click()
+    choose(page, "how-model", model)
+    page.wait_for_selector("#how-image input[type=file]", state="attached")
+    page.locator("#how-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
+    page.wait_for_selector("#how-image img")
+    page.wait_for_timeout(500)  # the upload's change event clears the outputs: let it land before Play
+    page.click("#how-run")
+    page.wait_for_function(f"document.querySelector('#how-text')?.innerText.includes({arch!r})")
+    data = page.evaluate("fetch(document.querySelector('#how-animation img').src).then(r => r.arrayBuffer())"
+                         ".then(b => Array.from(new Uint8Array(b)))")
+    animation = Image.open(io.BytesIO(bytes(data)))
+    frames = [np.asarray(animation.convert("RGB")) for _ in ImageSequence.Iterator(animation)]
+    size = 28 if model == "tiny-bin" else 12
+    rows, cols = np.mgrid[:size, :size]
+    if arch == "Row LSTM":  # one layer: a row per frame, top to bottom
+        assert len(frames) == size
+        for t, frame in enumerate(frames):
+            assert np.array_equal(computed(frame, 0, size), rows <= t), t
+    elif arch == "Diagonal BiLSTM":  # two layers of 2 x 12 - 1 diagonals; the first layer's
+        assert len(frames) == 2 * (2 * size - 1)
+        for t, frame in enumerate(frames[: 2 * size - 1]):
+            assert np.array_equal(computed(frame, 0, size), rows + cols <= t), t
+            assert np.array_equal(computed(frame, 1, size), rows + (size - 1 - cols) <= t), t
+    else:  # three blocks, one per frame
+        assert len(frames) == 3
+        for t, frame in enumerate(frames):
+            assert [computed(frame, k, size).all() for k in range(3)] == [k <= t for k in range(3)]
+            assert [computed(frame, k, size).any() for k in range(3)] == [k <= t for k in range(3)]
+    assert page.locator("#how-figure img").get_attribute("src")
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / f"computation-{model}.png", full_page=True)
 
 
 def test_on_a_phone_generate_and_the_stream_fit_the_first_screen(page, server):

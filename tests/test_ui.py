@@ -526,3 +526,32 @@ def test_model_card(studio):
     assert "| Validation NLL | – |" in card and samples is None and curve is None
     assert "no model.safetensors" in studio.model_card("no-weights")[0]
     assert "tiny-ms" in ui.models_table(studio.registry)
+
+
+def test_how_it_computes_shows_the_models_own_pass(studio, checkpoints, tmp_path):
+    """Every frame of the animation is the library's picture of the model's pass at the step its caption names,
+    on the image as the model reads it; a second request is served from disk; bad arguments get a sentence."""
+    from pixelrnn.ui.computation_tab import frame_steps, render_frame
+    from pixelrnn.views import computation, layer_fields
+
+    image = save(Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)),
+                 tmp_path / "grey.png")
+    path, figure, text = studio.computation.play("tiny-bin", image, None, 5)
+    assert "Row LSTM" in text and "raster order" in text and figure.ndim == 3
+    model = studio.registry.load("tiny-bin")
+    _, analysis = studio.core.analysis("tiny-bin", image, None)
+    panels = computation(model, torch.from_numpy(analysis.pixels))
+    focus = (28 - 7, 14)
+    fields = layer_fields(model, *focus).numpy()
+    animation = Image.open(path)
+    assert animation.n_frames == len(frame_steps(28)) == 28
+    for t in (0, 13, 27):
+        animation.seek(t)
+        expected = render_frame(panels, t, fields, focus, f"step {t + 1} of 28: layer 1, row {t}")
+        assert np.array_equal(np.asarray(animation.convert("RGB")), expected), t
+    assert studio.computation.play("tiny-bin", image, None, 5)[0] == path
+    assert "the full-size stage, given the small image" in studio.computation.play("tiny-ms", image, None, 2)[2]
+    assert "PixelCNN" in studio.computation.play("tiny-rgb", image, ui.AUTO_CLASS, 2)[2]
+    for args, message in [(("tiny-bin", image, None, 99), "Animation length"), (("tiny-bin", None), "No image")]:
+        with pytest.raises(gr.Error, match=message):
+            studio.computation.play(*args)

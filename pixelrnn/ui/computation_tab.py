@@ -16,12 +16,14 @@ import pixelrnn
 from pixelrnn.images import upscale
 from pixelrnn.ui.base import Core
 from pixelrnn.ui.errors import returns_memory, user_errors
+from pixelrnn.ui.params import parse_int
 from pixelrnn.ui.pictures import CURSOR_RGB, FIELD_RGB, PENDING_RGB, colormap, draw_text, field_tint
 from pixelrnn.views import Panel, computation, layer_fields, receptive_field
 
 PANEL_PX = 96  # displayed size of one layer's map
 TITLE_PX, GAP_PX, HEADER_PX = 16, 10, 22
 MAX_FRAMES = 96  # an animation shows at most this many steps (evenly spread, the last one always)
+MIN_SECONDS, MAX_SECONDS = 2, 30  # the animation's length
 KEPT_ANIMATIONS = 32  # animation files kept on disk (the oldest go first)
 ARCH_NAMES = {"row_lstm": "Row LSTM", "diagonal_bilstm": "Diagonal BiLSTM", "pixelcnn": "PixelCNN"}
 HOW = {
@@ -81,13 +83,14 @@ def render_frame(panels: list[Panel], step: int, fields: np.ndarray, focus: tupl
 
 
 def describe(arch: str, panels: list[Panel], step: int) -> str:
-    """What the pass computes at `step`: "layer 2, row 14", "layer 1, diagonal 30", "block 3"."""
+    """What the pass computes at `step`: "layer 2, row 14", "layer 1, diagonal 30", "block 3: every position at
+    once"."""
     panel = next(p for p in panels if (p.step == step).any())
     if arch == "pixelcnn":
         return f"{panel.title}: every position at once"
     where = (panel.step == step).nonzero()[0].tolist()
     unit = f"row {where[0]}" if arch == "row_lstm" else f"diagonal {where[0] + where[1]}"
-    return f"{panel.title.split(',')[0]}, {unit}"
+    return f"{panel.title.split(':')[0]}, {unit}"
 
 
 def frame_steps(total: int) -> list[int]:
@@ -97,22 +100,27 @@ def frame_steps(total: int) -> list[int]:
     return sorted({round(k * (total - 1) / (MAX_FRAMES - 1)) for k in range(MAX_FRAMES)})
 
 
+FIGURE_SHAPE, FIGURE_PIXEL, FIGURE_PX = (8, 21), (6, 10), 9
+
+
 @functools.cache
 def context_figure(highlight: str) -> np.ndarray:
-    """The paper's Fig. 2 (right), drawn by us from models: the context of the red pixel in a 9 x 13 image for
-    each architecture, the exact dependency set of a small random model (one layer; two PixelCNN blocks)."""
+    """The paper's Fig. 2 (right), drawn by us from models: the context of the red pixel in an 8 x 21 image for
+    each architecture, the exact dependency set of a small random model (one layer; two PixelCNN blocks), with
+    `highlight`'s panel shaded."""
     panels = []
     for arch, name in ARCH_NAMES.items():
-        model = pixelrnn.build_model(arch, 1, 2, 9, 13, hidden=4, layers=2 if arch == "pixelcnn" else 1)
-        field = receptive_field(model, 6, 6).any(0).numpy()
-        rgb = np.full((9, 13, 3), 235, np.uint8)
+        model = pixelrnn.build_model(arch, 1, 2, *FIGURE_SHAPE, hidden=4, layers=2 if arch == "pixelcnn" else 1)
+        field = receptive_field(model, *FIGURE_PIXEL).any(0).numpy()
+        rgb = np.full((*FIGURE_SHAPE, 3), 235, np.uint8)
         rgb[field] = FIELD_RGB
-        rgb[6, 6] = CURSOR_RGB
-        cell = Image.new("RGB", (13 * 12 + 8, 9 * 12 + 26), (255, 235, 200) if arch == highlight else "white")
-        draw_text(cell, (4, 4), name, (40, 40, 40), 12)
-        cell.paste(Image.fromarray(upscale(rgb, 12)), (4, 22))
+        rgb[FIGURE_PIXEL] = CURSOR_RGB
+        height, width = (n * FIGURE_PX for n in FIGURE_SHAPE)
+        cell = Image.new("RGB", (width + 8, height + 26), (255, 235, 200) if arch == highlight else "white")
+        draw_text(cell, (4, 4), name, (40, 40, 40), 13)
+        cell.paste(Image.fromarray(upscale(rgb, FIGURE_PX)), (4, 22))
         panels.append(np.asarray(cell))
-    return np.concatenate(panels, axis=1)
+    return np.concatenate(panels, axis=0)
 
 
 class ComputationTab:
@@ -125,11 +133,12 @@ class ComputationTab:
     @user_errors
     @returns_memory
     def play(self, model_name: str, image: Any, class_label: Any = None, seconds: Any = 8) -> tuple:
-        """(an animated WebP of the pass, the context figure, the description)."""
+        """(an animated WebP of the pass lasting `seconds` (then the finished pass for 2 s, looped), the context
+        figure, the description)."""
         spec, analysis = self.core.analysis(model_name, image, class_label)
         model = self.registry.load(model_name)
         net = model.large if spec.factor else model
-        duration_s = min(max(float(seconds) if seconds is not None else 8.0, 1.0), 30.0)
+        duration_s = parse_int(seconds, "Animation length (s)", MIN_SECONDS, MAX_SECONDS)
         key = hashlib.blake2b(f"{model_name}|{self.registry.version(model_name)}|{analysis.label}|"
                               f"{duration_s}".encode() + analysis.pixels.tobytes()).hexdigest()[:24]
         path = Path(self._folder.name) / f"{key}.webp"
@@ -141,7 +150,7 @@ class ComputationTab:
                 f"pixels its state at the red dot depends on (measured from the model). {RASTER}")
         return str(path), context_figure(net.arch), text
 
-    def _animate(self, model: pixelrnn.Model, arch: str, pixels: np.ndarray, label: int | None, duration_s: float,
+    def _animate(self, model: pixelrnn.Model, arch: str, pixels: np.ndarray, label: int | None, duration_s: int,
                  path: Path) -> None:
         panels = computation(model, torch.from_numpy(pixels), label)
         height, width = panels[0].values.shape
