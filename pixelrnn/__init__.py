@@ -3,7 +3,15 @@
 from pixelrnn import views
 from pixelrnn.images import load_image
 from pixelrnn.model import ARCHS, Model, MultiScalePixelRNN, PixelRNN, bits_per_dim, build_model
-from pixelrnn.sampling import Step, class_posterior, likelihood_maps, sample, sample_steps
+from pixelrnn.sampling import (
+    SampleRequest,
+    Step,
+    class_posterior,
+    likelihood_maps,
+    sample,
+    sample_batch_steps,
+    sample_steps,
+)
 
 _HUB_NAMES = ("CheckpointError", "HubUnreachableError", "load")
 
@@ -25,6 +33,7 @@ __all__ = [
     "Model",
     "MultiScalePixelRNN",
     "PixelRNN",
+    "SampleRequest",
     "Step",
     "bits_per_dim",
     "build_model",
@@ -33,6 +42,7 @@ __all__ = [
     "load",
     "load_image",
     "sample",
+    "sample_batch_steps",
     "sample_steps",
     "views",
 ]

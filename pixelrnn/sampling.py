@@ -9,8 +9,9 @@ the Multi-Scale PixelRNN's two stages, and per-pixel likelihood maps.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -77,10 +78,13 @@ def _levels(model: Model) -> int:
     return model.large.levels if isinstance(model, MultiScalePixelRNN) else model.levels
 
 
-def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: Tensor | None, temperature: float,
-              generator: torch.Generator, method: str, every: int, particles: int, stage: str,
-              scored: Tensor | None = None) -> Iterator[Step]:
+def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: Tensor | None,
+              temperature: float | Tensor, generators: list[tuple[torch.Generator, int]], method: str, every: int,
+              particles: int, stage: str, scored: Tensor | None = None) -> Iterator[Step]:
     """Fill the True pixels of `mask` in x (N, C, H, W) in raster order, in place; yield progress.
+
+    generators: (generator, rows) blocks of x's rows in order: each block's uniforms come from its own
+    generator, as they would alone (`sample_batch_steps`); temperature: one, or one per row (N,).
 
     particles > 1: x holds groups of `particles` consecutive images that share one target;
     after each row they are weighted by the model's (tempered) probability of that row's known
@@ -90,7 +94,8 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
     """
     n, channels, height, width = x.shape
     stepper = (CachedStepper if method == "cached" else ReferenceStepper)(model, x, y, cond)
-    uniforms = torch.rand(height, width, channels, n, generator=generator).to(x.device)
+    uniforms = torch.cat([torch.rand(height, width, channels, rows, generator=generator)
+                          for generator, rows in generators], dim=3).to(x.device)  # (H, W, C, N)
     done = ~mask  # pixels that are final: the known ones from the start
     log_weights = torch.zeros(n, dtype=torch.float64, device=x.device)
     ess_trace: list[Tensor] = []
@@ -115,12 +120,13 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
         _check_levels(x, model.levels, r, width)
         stepper.end_row(x, r)
         if particles > 1:
-            ess_trace.append(_resample(stepper, x, log_weights, particles, generator, force=r == height - 1))
+            ess_trace.append(_resample(stepper, x, log_weights, particles, generators[0][0],
+                                       force=r == height - 1))
     if not every or (height * width) % every:  # the final record
         yield Step(x.clone(), (height - 1, width - 1), _probs(probs), done.clone(), stage, list(ess_trace))
 
 
-def _tempered(logits: Tensor, temperature: float) -> Tensor:
+def _tempered(logits: Tensor, temperature: float | Tensor) -> Tensor:
     """(logits - their max) / temperature over dim 1, in float64: no overflow for any positive temperature.
 
     Dividing float32 logits by a tiny temperature overflows (at t = 1e-40, logits / t is inf and softmax NaN).
@@ -129,15 +135,17 @@ def _tempered(logits: Tensor, temperature: float) -> Tensor:
     temperature is greedy decoding (ties share the mass), a huge one the uniform distribution.
     """
     shifted = logits.double()
+    if isinstance(temperature, Tensor):  # one per row (N,)
+        temperature = temperature.to(shifted).view(-1, *[1] * (shifted.dim() - 1))
     return (shifted - shifted.amax(1, keepdim=True)) / temperature
 
 
-def tempered_probs(logits: Tensor, temperature: float) -> Tensor:
+def tempered_probs(logits: Tensor, temperature: float | Tensor) -> Tensor:
     """softmax(logits / temperature) over dim 1, in float32: what a drawn sub-pixel is sampled from."""
     return torch.softmax(_tempered(logits, temperature), dim=1).float()
 
 
-def tempered_log_probs(logits: Tensor, temperature: float) -> Tensor:
+def tempered_log_probs(logits: Tensor, temperature: float | Tensor) -> Tensor:
     """log_softmax(logits / temperature) over dim 1, in float32 (finite, or -inf): what a known sub-pixel is scored
     with. Drawn and scored sub-pixels use the same conditionals: the sampler's target is the *tempered model*,
     p_T(x) = prod_i softmax(logits_i / T)[x_i], a normalised autoregressive model (at T = 1 the model itself),
@@ -184,42 +192,67 @@ def _resample(stepper, x: Tensor, log_weights: Tensor, particles: int, generator
     return ess.float()
 
 
+def _seeded(seed: int | None) -> torch.Generator:
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()  # non-deterministic, and leaves torch's global generator alone
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def _check_every(every: Any) -> None:
+    if not isinstance(every, int) or every < 0:
+        raise ValueError(f"every must be a non-negative integer, got {every!r}")
+
+
 def _sample_steps(model: Model, n: int = 1, y=None, image=None, mask=None, temperature: float = 1.0,
                   seed: int | None = None, method: str = "cached", every: int = 1,
                   particles: int = 1) -> Iterator[Step]:
     """The sampler itself; see `sample_steps`."""
     model.eval()
     device = next(model.parameters()).device
-    multiscale = isinstance(model, MultiScalePixelRNN)
-    large = model.large if multiscale else model
+    large = model.large if isinstance(model, MultiScalePixelRNN) else model
     if not isinstance(particles, int) or particles < 1:
         raise ValueError(f"particles must be a positive integer, got {particles!r}")
     labels, x, fill = _prepare(model, n, y, image, mask, temperature, method, large.channels, large.height,
                                large.width, device)
-    if not isinstance(every, int) or every < 0:
-        raise ValueError(f"every must be a non-negative integer, got {every!r}")
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()  # non-deterministic, and leaves torch's global generator alone
-    else:
-        generator.manual_seed(seed)
+    _check_every(every)
+    generator = _seeded(seed)
     if particles > 1:
         x, labels = x.repeat_interleave(particles, 0), None if labels is None else labels.repeat_interleave(particles)
-    cond = scored = None
-    if multiscale:  # Sec. 3.6: the small image first, then the full image given it
-        small, small_fill = model.downsample(x).clone(), model.downsample(fill)
-        for step in _generate(model.small, small, small_fill, labels, None, temperature, generator, method,
-                              every, particles, "small"):
-            if every:
-                yield _first_particles(step, n, particles)
-        x[..., :: model.factor, :: model.factor] = small
-        open_pixels = model.open_pixels(large.height, large.width, device)
-        scored = ~fill & open_pixels  # log p(x) has no large-model term for the pixels the small image fixes
-        fill = fill & open_pixels
-        cond = model.condition(small)
-    for step in _generate(large, x, fill, labels, cond, temperature, generator, method, every, particles, "full",
-                          scored):
+    for step in _run(model, x, fill, labels, temperature, [(generator, n * particles)], method, every, particles):
         yield _first_particles(step, n, particles)
+
+
+def _run(model: Model, x: Tensor, fill: Tensor, labels: Tensor | None, temperature: float | Tensor,
+         generators: list[tuple[torch.Generator, int]], method: str, every: int, particles: int) -> Iterator[Step]:
+    """Fill x's `fill` pixels in place, both stages of a Multi-Scale model; yield progress."""
+    if not isinstance(model, MultiScalePixelRNN):
+        yield from _generate(model, x, fill, labels, None, temperature, generators, method, every, particles, "full")
+        return
+    # Sec. 3.6: the small image first, then the full image given it
+    small, small_fill = model.downsample(x).clone(), model.downsample(fill)
+    for step in _generate(model.small, small, small_fill, labels, None, temperature, generators, method, every,
+                          particles, "small"):
+        if every:
+            yield step
+    x[..., :: model.factor, :: model.factor] = small
+    open_pixels = model.open_pixels(model.large.height, model.large.width, x.device)
+    scored = ~fill & open_pixels  # log p(x) has no large-model term for the pixels the small image fixes
+    yield from _generate(model.large, x, fill & open_pixels, labels, model.condition(small), temperature, generators,
+                         method, every, particles, "full", scored)
+
+
+def _without_grad(steps: Iterator[Step]) -> Iterator[Step]:
+    """`steps` with autograd off while each one is computed. Grad mode is per thread and a consumer (Gradio) may
+    resume a generator on another thread: it is switched around each step, not across the yields."""
+    while True:
+        with torch.no_grad():
+            step = next(steps, None)
+        if step is None:
+            return
+        yield step
 
 
 def sample_steps(model: Model, n: int = 1, y=None, image=None, mask=None, temperature: float = 1.0,
@@ -238,15 +271,47 @@ def sample_steps(model: Model, n: int = 1, y=None, image=None, mask=None, temper
     the same tempered conditionals, so it targets p_T(unknown | known), at T = 1 the model's posterior.
     The last Step's image is the result; its levels always lie in [0, levels).
     """
-    steps = _sample_steps(model, n, y, image, mask, temperature, seed, method, every, particles)
-    while True:
-        # grad mode is per thread and a consumer (Gradio) may resume us on another thread:
-        # switch autograd off around each step, not across the yields
-        with torch.no_grad():
-            step = next(steps, None)
-        if step is None:
-            return
-        yield step
+    return _without_grad(_sample_steps(model, n, y, image, mask, temperature, seed, method, every, particles))
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One caller's part of a batched run (`sample_batch_steps`): n images of class y, at a temperature, seeded."""
+
+    n: int = 1
+    y: int | None = None
+    temperature: float = 1.0
+    seed: int | None = None
+
+
+def sample_batch_steps(model: Model, requests: Sequence[SampleRequest], method: str = "cached",
+                       every: int = 1) -> Iterator[Step]:
+    """Generate for several requests in one batched run (how a server serves many callers at once), yielding
+    `Step`s of all their images, in request order (request k's are rows sum(n before k) onwards).
+
+    Each request's images are what `sample_steps(model, r.n, r.y, temperature=r.temperature, seed=r.seed)`
+    gives alone: its uniforms come from its own seed, its temperature is its own; only the batched network's
+    float rounding can differ (none seen in float64)."""
+    return _without_grad(_batch_steps(model, list(requests), method, every))
+
+
+def _batch_steps(model: Model, requests: list[SampleRequest], method: str, every: int) -> Iterator[Step]:
+    model.eval()
+    device = next(model.parameters()).device
+    large = model.large if isinstance(model, MultiScalePixelRNN) else model
+    if not requests:
+        raise ValueError("no requests to sample for")
+    labels = [_prepare(model, r.n, r.y, None, None, r.temperature, method, large.channels, large.height,
+                       large.width, device)[0] for r in requests]
+    _check_every(every)
+    rows = sum(r.n for r in requests)
+    x = torch.zeros(rows, large.channels, large.height, large.width, dtype=torch.long, device=device)
+    fill = torch.ones(large.height, large.width, dtype=torch.bool, device=device)
+    temperature = torch.tensor([r.temperature for r in requests for _ in range(r.n)], dtype=torch.float64,
+                               device=device)
+    generators = [(_seeded(r.seed), r.n) for r in requests]
+    yield from _run(model, x, fill, None if labels[0] is None else torch.cat(labels), temperature, generators,
+                    method, every, 1)
 
 
 def _first_particles(step: Step, n: int, particles: int) -> Step:

@@ -223,3 +223,24 @@ def test_known_pixels_are_final_from_the_first_step():
     mask[2:] = True
     first = next(iter(pixelrnn.sample_steps(make("pixelcnn", 1, 2, 4, 6), 1, image=image, mask=mask, every=1)))
     assert first.done[:2].all() and first.done.sum() == 12  # rows 0-1 known; the first step visits (0, 0), known
+
+
+@pytest.mark.parametrize("arch,channels,levels,num_classes", [*CASES[::2], ("multiscale", 3, 256, 3)])
+def test_a_batched_run_gives_each_request_what_it_gets_alone(arch, channels, levels, num_classes):
+    """Requests sharing one run (a server's batching) keep their own seed, class and temperature: in float64 each
+    one's images equal its solo samples, whatever shares its run and in what order."""
+    model = (make("row_lstm", channels, levels, 6, 6, num_classes, factor=2) if arch == "multiscale"
+             else make(arch, channels, levels, num_classes=num_classes))
+    y = (lambda k: None) if num_classes is None else (lambda k: k % num_classes)
+    requests = [pixelrnn.SampleRequest(n=2, y=y(0), temperature=1.0, seed=11),
+                pixelrnn.SampleRequest(n=1, y=y(1), temperature=0.6, seed=12),
+                pixelrnn.SampleRequest(n=3, y=y(2), temperature=1.7, seed=13)]
+    for order in (requests, requests[::-1]):
+        steps = list(pixelrnn.sample_batch_steps(model, order))
+        assert len(steps) == (45 if arch == "multiscale" else 30)  # every pixel of each stage
+        images = steps[-1].image.split([r.n for r in order])
+        for request, images_of_request in zip(order, images, strict=True):
+            alone = pixelrnn.sample(model, request.n, y=request.y, temperature=request.temperature, seed=request.seed)
+            assert torch.equal(images_of_request, alone), request
+    with pytest.raises(ValueError, match="temperature must be a positive number"):
+        list(pixelrnn.sample_batch_steps(model, [requests[0], pixelrnn.SampleRequest(temperature=0)]))
