@@ -173,8 +173,10 @@ def _generate_tab(studio: ui.Studio, registry: ui.Registry, default: str | None,
 
     _follow_classes(studio, model, cls, False, "classes_generate")
     outputs = [image, dist, status]
+    # its own concurrency: the streams replay recordings, Generate's worker threads do the (batched) sampling
     event = run.click(gpu(studio.sampling.generate), [model, cls, n, temperature, seed, pace], outputs,
-                      api_name="generate", preprocess=False, show_progress="hidden", **sampling)
+                      api_name="generate", preprocess=False, show_progress="hidden",
+                      **(sampling | {"concurrency_id": "generate", "concurrency_limit": ui.GENERATE_SLOTS}))
     _stream_controls(event, stop, model, outputs, "stop_generate")
 
 
@@ -393,7 +395,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
             _computation_tab(studio, registry, default, examples, analysis)
             _models_tab(demo, studio, registry, default)
 
-    demo.queue(default_concurrency_limit=2, max_size=32)
+    demo.queue(default_concurrency_limit=2, max_size=ui.QUEUE_SIZE)
     # Gradio's idle queue polls every 1 ms and its progress loop every 10 ms (~6% of a core with nobody there); at
     # 20 ms a new request waits at most 20 ms more (no endpoint here reports gr.Progress). Private attributes of the
     # pinned Gradio: skipped if they are gone.

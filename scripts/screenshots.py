@@ -1,7 +1,9 @@
-"""Screenshots of every tab for the README, on the shipped checkpoints: `python scripts/screenshots.py`.
+"""Screenshots of every tab for the README, on the shipped checkpoints: `python scripts/screenshots.py [SECTION ...]`.
 
 Starts the app on a free loopback port, drives it in headless Chromium (as tests/test_browser.py does) and writes
-docs/screenshot-<tab>.png, docs/screenshot-phone.png and docs/receptive-fields.png.
+the sections asked for (default: all): `tabs` docs/screenshot-<tab>.png, `fields` docs/receptive-fields.png,
+`computation` docs/screenshot-computation.png and docs/computation-<arch>.webp (the tab's animations), `phone`
+docs/screenshot-phone.png.
 """
 
 from __future__ import annotations
@@ -62,7 +64,78 @@ def receptive_field_shots(page) -> None:
     Image.fromarray(row).save(DOCS / "receptive-fields.png")
 
 
-def main() -> None:
+def tab_shots(page) -> None:
+    set_slider(page, "gen-n", 16)
+    set_slider(page, "gen-pace", 0)
+    page.click("#gen-run")
+    wait_for(page, "gen-status", "Generated")
+    page.screenshot(path=DOCS / "screenshot-generate.png", full_page=True)
+
+    page.get_by_role("tab", name="Complete").click()
+    choose(page, "cmp-model", "cifar10-pixelcnn-conditional")
+    upload_to_editor(page, "cmp-editor", ui.ASSETS_DIR / "cifar_cat.png")
+    paint_bottom_half(page, "cmp-editor")
+    page.get_by_label("context-aware (SMC)").check()
+    set_slider(page, "cmp-pace", 0)
+    page.click("#cmp-run")
+    wait_for(page, "cmp-status", "completions of")
+    page.screenshot(path=DOCS / "screenshot-complete.png", full_page=True)
+
+    page.get_by_role("tab", name="Upscale").click()
+    page.locator("#ups-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_2.png"))
+    set_slider(page, "ups-pace", 0)
+    page.click("#ups-run")
+    wait_for(page, "ups-status", "full-size samples")
+    page.screenshot(path=DOCS / "screenshot-upscale.png", full_page=True)
+
+    for tab, prefix, done in (("Inspect", "insp", ("insp-pixel-text", "Most surprising")),
+                              ("Compress", "zip", ("zip-status", "ready to download"))):
+        page.get_by_role("tab", name=tab).click()
+        page.locator(f"#{prefix}-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
+        wait_for(page, *done)
+        page.screenshot(path=DOCS / f"screenshot-{tab.lower()}.png", full_page=True)
+
+    page.get_by_role("tab", name="Models").click()
+    page.wait_for_timeout(2000)
+    page.screenshot(path=DOCS / "screenshot-models.png", full_page=True)
+
+
+def computation_shots(page) -> None:
+    """The How it computes tab on the 7, for each binarized-MNIST architecture: its animation as the app sends it,
+    and a screenshot of the tab (Diagonal BiLSTM)."""
+    page.get_by_role("tab", name="How it computes").click()
+    page.locator("#how-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
+    page.wait_for_selector("#how-image img")
+    page.wait_for_timeout(1000)
+    for arch in ("row-lstm", "pixelcnn", "diagonal-bilstm"):
+        choose(page, "how-model", f"binarized-mnist-{arch}")
+        page.click("#how-run")
+        wait_for(page, "how-text", {"row-lstm": "Row LSTM", "pixelcnn": "PixelCNN", "diagonal-bilstm": "Diagonal"}[arch])
+        data = page.evaluate("fetch(document.querySelector('#how-animation img').src).then(r => r.arrayBuffer())"
+                             ".then(b => Array.from(new Uint8Array(b)))")
+        (DOCS / f"computation-{arch}.webp").write_bytes(bytes(data))
+    page.wait_for_timeout(4000)  # mid-animation
+    page.screenshot(path=DOCS / "screenshot-computation.png", full_page=True)
+
+
+def phone_shots(browser, url: str) -> None:
+    phone = browser.new_page(viewport={"width": 390, "height": 844})  # the first screen, mid-stream
+    phone.goto(url, wait_until="load")
+    phone.wait_for_selector("#gen-run")
+    set_slider(phone, "gen-pace", 4)
+    phone.click("#gen-run")
+    phone.wait_for_function("document.querySelector('#gen-status')?.innerText.includes('Pixel 3')")
+    phone.wait_for_timeout(1500)
+    phone.screenshot(path=DOCS / "screenshot-phone.png")
+
+
+SECTIONS = {"tabs": tab_shots, "fields": receptive_field_shots, "computation": computation_shots}
+
+
+def main(sections: list[str]) -> None:
+    unknown = set(sections) - {*SECTIONS, "phone"}
+    if unknown:
+        raise SystemExit(f"unknown sections {sorted(unknown)}: choose from {[*SECTIONS, 'phone']}")
     demo = app.build_demo(device="cpu")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,54 +148,15 @@ def main() -> None:
             page.set_default_timeout(600_000)
             page.goto(f"http://127.0.0.1:{port}", wait_until="load")
             page.wait_for_selector("#gen-run")
-
-            set_slider(page, "gen-n", 16)
-            set_slider(page, "gen-pace", 0)
-            page.click("#gen-run")
-            wait_for(page, "gen-status", "Generated")
-            page.screenshot(path=DOCS / "screenshot-generate.png", full_page=True)
-
-            page.get_by_role("tab", name="Complete").click()
-            choose(page, "cmp-model", "cifar10-pixelcnn-conditional")
-            upload_to_editor(page, "cmp-editor", ui.ASSETS_DIR / "cifar_cat.png")
-            paint_bottom_half(page, "cmp-editor")
-            page.get_by_label("context-aware (SMC)").check()
-            set_slider(page, "cmp-pace", 0)
-            page.click("#cmp-run")
-            wait_for(page, "cmp-status", "completions of")
-            page.screenshot(path=DOCS / "screenshot-complete.png", full_page=True)
-
-            page.get_by_role("tab", name="Upscale").click()
-            page.locator("#ups-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_2.png"))
-            set_slider(page, "ups-pace", 0)
-            page.click("#ups-run")
-            wait_for(page, "ups-status", "full-size samples")
-            page.screenshot(path=DOCS / "screenshot-upscale.png", full_page=True)
-
-            for tab, prefix, done in (("Inspect", "insp", ("insp-pixel-text", "Most surprising")),
-                                      ("Compress", "zip", ("zip-status", "ready to download"))):
-                page.get_by_role("tab", name=tab).click()
-                page.locator(f"#{prefix}-image input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_7.png"))
-                wait_for(page, *done)
-                page.screenshot(path=DOCS / f"screenshot-{tab.lower()}.png", full_page=True)
-
-            page.get_by_role("tab", name="Models").click()
-            page.wait_for_timeout(2000)
-            page.screenshot(path=DOCS / "screenshot-models.png", full_page=True)
-            receptive_field_shots(page)
-
-            phone = browser.new_page(viewport={"width": 390, "height": 844})  # the first screen, mid-stream
-            phone.goto(f"http://127.0.0.1:{port}", wait_until="load")
-            phone.wait_for_selector("#gen-run")
-            set_slider(phone, "gen-pace", 4)
-            phone.click("#gen-run")
-            phone.wait_for_function("document.querySelector('#gen-status')?.innerText.includes('Pixel 3')")
-            phone.wait_for_timeout(1500)
-            phone.screenshot(path=DOCS / "screenshot-phone.png")
+            for name, shoot in SECTIONS.items():
+                if not sections or name in sections:
+                    shoot(page)
+            if not sections or "phone" in sections:
+                phone_shots(browser, f"http://127.0.0.1:{port}")
             browser.close()
     finally:
         demo.close()
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

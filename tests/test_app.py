@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -290,6 +291,28 @@ def test_eight_concurrent_clients_get_their_own_samples(server, checkpoints):
     model = pixelrnn.load(str(checkpoints / "tiny-bin"))
     for seed, image in results.items():
         assert np.array_equal(image, expected_grid(model, 2, seed)), seed
+
+
+def test_slow_animations_do_not_hold_the_sampler(server):
+    """Defect: three Generate requests animating over 20 s held every sampling slot, and every other visitor
+    waited for them. Generate's workers now do the sampling and a stream only replays its recording at its pace:
+    with five 20-s animations running, a full-speed request finishes while all five still animate."""
+    clients = [Client(server, download_files=False, verbose=False) for _ in range(6)]
+    slow = [c.submit("tiny-bin", None, 1, 1.0, k, ui.settings.MAX_PACE_S, api_name=GENERATE)
+            for k, c in enumerate(clients[:5])]
+    try:
+        for job in slow:  # each one is streaming (holds whatever slot it takes)
+            for _ in range(1200):
+                if job.outputs() or job.done():
+                    break
+                time.sleep(0.05)
+            assert job.outputs() and not job.done()
+        _, _, status = clients[5].predict("tiny-bin", None, 1, 1.0, 9, 0, api_name=GENERATE)
+        assert "Generated 1 sample" in status
+        assert not any(job.done() for job in slow)
+    finally:
+        for job in slow:
+            job.cancel()
 
 
 @pytest.mark.parametrize("path", ["/file=/etc/passwd", "/gradio_api/file=/etc/passwd",

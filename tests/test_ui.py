@@ -305,6 +305,17 @@ def test_frame_gate_throttles_and_never_repeats():
     assert not gate.due()
     now[0] = 2.41
     assert gate.due() and gate.due(final=True)
+    streams = [8]  # 8 streams running on a 2-core server: each sends a quarter of the frames
+    shared = ui.streaming.FrameGate(interval=0.05, clock=lambda: now[0], streams=lambda: streams[0], full_rate=2)
+    sent = []
+    for k in range(100):
+        now[0] = 10 + k * 0.01
+        if shared.due(final=k == 99):
+            sent.append(k)
+    assert sent[0] == 0 and sent[-1] == 99 and 5 <= len(sent) <= 7
+    streams[0] = 1  # the others finished: back to the full rate
+    now[0] += 0.06
+    assert shared.due()
     image = np.zeros((4, 4, 3), dtype=np.uint8)
     assert gate.fresh("image", image) is image
     assert isinstance(gate.fresh("image", image.copy()), type(gr.skip()))  # identical content: skipped

@@ -9,6 +9,7 @@ Everything here is a plain function or a small class that can be tested without 
 - `params`: parsing the endpoints' parameters;
 - `pictures`: upscaled images, distributions, heat maps;  `streaming`: frame throttling and pacing;
 - `registry`: local and Hub models, loaded on first use;  `cards`: likelihood analyses, model cards;
+- `batching`: Generate requests for a model sampled together in batched runs, replayed at each visitor's pace;
 - `base`, `sampling`, `inspect_tab`, `compress_tab`, `computation_tab`, `studio`: the endpoints, one object per tab over a shared
   `Core`, held by `Studio`.
 """
@@ -34,10 +35,12 @@ from pixelrnn.ui.registry import Registry
 from pixelrnn.ui.settings import (
     ANALYSIS_SLOTS,
     ASSETS_DIR,
+    GENERATE_SLOTS,
     MAX_COMPLETIONS,
     MAX_PARTICLES,
     MAX_SAMPLES,
     MAX_UPLOAD_BYTES,
+    QUEUE_SIZE,
     SAMPLING_SLOTS,
 )
 from pixelrnn.ui.studio import Studio, cleared, example_images, model_changed, settle, stopped
@@ -46,11 +49,13 @@ __all__ = [
     "ANALYSIS_SLOTS",
     "ASSETS_DIR",
     "AUTO_CLASS",
+    "GENERATE_SLOTS",
     "MAX_COMPLETIONS",
     "MAX_PARTICLES",
     "MAX_SAMPLES",
     "MAX_UPLOAD_BYTES",
     "MODES",
+    "QUEUE_SIZE",
     "SAMPLING_SLOTS",
     "Registry",
     "Studio",

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 import pixelrnn
+from pixelrnn.ui.batching import BatchServer
 from pixelrnn.ui.cards import Analysis, analyse
 from pixelrnn.ui.errors import release_memory
 from pixelrnn.ui.params import AUTO_CLASS, parse_class
 from pixelrnn.ui.registry import Registry
-from pixelrnn.ui.settings import LONG_WORK, MAX_WORK
+from pixelrnn.ui.settings import GENERATE_WORKERS, LONG_WORK, MAX_WORK
 from pixelrnn.ui.streaming import PROGRESS_END, FrameGate, Pacer, with_last
 from pixelrnn.ui.uploads import ModelSpec, prepare_image
 from pixelrnn.views import pixel_fields
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 class Core:
     """What the tabs share over a Registry, handed to each tab: thread settings, the capacity check, streaming
-    sampler steps as frames, a cache of likelihood analyses and the folder of .prnn downloads."""
+    sampler steps as frames, Generate's batched sampling, a cache of likelihood analyses and the folder of .prnn
+    downloads."""
 
     def __init__(self, registry: Registry, cpu_threads: int = 1):
         self.registry, self.cpu_threads = registry, cpu_threads
@@ -44,6 +46,8 @@ class Core:
         self._fields_lock = threading.Lock()
         self._shows_field: OrderedDict[tuple[str, str], bool] = OrderedDict()  # (session, tab) -> overlay on
         self._measuring = threading.Semaphore(1)  # one measurement of receptive fields at a time (GBs for CIFAR)
+        self.batches = BatchServer(GENERATE_WORKERS, MAX_WORK, cpu_threads)  # Generate's batched sampling
+        self._streams, self._streams_lock = 0, threading.Lock()  # sampling streams running now (they share frames)
 
     # -- helpers --
     def threads(self) -> None:
@@ -95,20 +99,27 @@ class Core:
                ) -> Iterator[tuple]:
         """Throttle, pace and render sampler steps into (image, distribution, status) updates. The status says how
         far it is (the app shows no progress bar over it: one would cover the previous run's status)."""
-        gate, total = FrameGate(), self.steps_total(spec)
+        gate, total = FrameGate(streams=lambda: self._streams, full_rate=GENERATE_WORKERS), self.steps_total(spec)
         pacer, start = Pacer(total, pace), time.monotonic()
         last = None
-        for k, (step, final) in enumerate(with_last(steps), start=1):
-            pacer.wait(k)
-            last = step
-            if not gate.due(final):
-                continue
-            started = time.monotonic()
-            image, dist = render(step, final)
-            seconds = time.monotonic() - start
-            status = summary(last) if final else f"Pixel {min(k, total):,} of {total:,}, {seconds:.1f} s{PROGRESS_END}"
-            yield gate.fresh("image", image), gate.fresh("dist", dist), gate.fresh("status", status)
-            gate.spent(time.monotonic() - started)
+        with self._streams_lock:
+            self._streams += 1
+        try:
+            for k, (step, final) in enumerate(with_last(steps), start=1):
+                pacer.wait(k)
+                last = step
+                if not gate.due(final):
+                    continue
+                started = time.monotonic()
+                image, dist = render(step, final)
+                seconds = time.monotonic() - start
+                status = (summary(last) if final else
+                          f"Pixel {min(k, total):,} of {total:,}, {seconds:.1f} s{PROGRESS_END}")
+                yield gate.fresh("image", image), gate.fresh("dist", dist), gate.fresh("status", status)
+                gate.spent(time.monotonic() - started)
+        finally:
+            with self._streams_lock:
+                self._streams -= 1
 
     def receptive_fields(self, name: str, model: pixelrnn.Model) -> np.ndarray | None:
         """(H, W, H, W) bool: for each pixel, the pixels its first channel's distribution depends on in this model

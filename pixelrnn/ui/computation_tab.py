@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from pixelrnn.ui.pictures import CURSOR_RGB, FIELD_RGB, PENDING_RGB, colormap, d
 from pixelrnn.views import Panel, computation, layer_fields, receptive_field
 
 PANEL_PX = 96  # displayed size of one layer's map
-TITLE_PX, GAP_PX, HEADER_PX = 16, 10, 22
+TITLE_PX, GAP_PX, HEADER_PX = 16, 16, 22
 MAX_FRAMES = 96  # an animation shows at most this many steps (evenly spread, the last one always)
 MIN_SECONDS, MAX_SECONDS = 2, 30  # the animation's length
 KEPT_ANIMATIONS = 32  # animation files kept on disk (the oldest go first)
@@ -163,7 +164,10 @@ class ComputationTab:
                   for t in steps]
         each_ms = max(40, int(1000 * duration_s / len(frames)))
         durations = [each_ms] * (len(frames) - 1) + [2000]  # the finished pass stays a moment before the loop
-        frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, lossless=True)
+        part = path.with_name(f"{path.stem}.{threading.get_ident()}.part")  # two requests may make the same file
+        frames[0].save(part, format="WEBP", save_all=True, append_images=frames[1:], duration=durations, loop=0,
+                       lossless=True)
+        part.replace(path)
         kept = sorted(Path(self._folder.name).glob("*.webp"), key=lambda p: p.stat().st_mtime)
         for old in kept[:-KEPT_ANIMATIONS]:
             old.unlink(missing_ok=True)

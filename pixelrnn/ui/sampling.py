@@ -48,7 +48,6 @@ class SamplingTabs:
         temperature, seed, pace = parse_temperature(temperature), parse_seed(seed), parse_pace(pace)
         model = self.registry.load(model_name)
         start = time.monotonic()
-        steps = pixelrnn.sample_steps(model, n, y=y, temperature=temperature, seed=seed, every=1)
         scale = grid_scale(spec.height, spec.width, n)
         cols = math.ceil(math.sqrt(n))
 
@@ -69,8 +68,14 @@ class SamplingTabs:
             return (f"Generated {n} sample{'s' if n > 1 else ''}{what} with `{model_name}` in "
                     f"{time.monotonic() - start:.1f} s (seed {seed}, temperature {temperature:g}).")
 
-        with self.core.capacity(n, spec, "samples"):
-            yield from self.core.stream(steps, spec, pace, render, summary)
+        with self.core.capacity(n, spec, "samples"):  # sampled with the other requests for the model (batching)
+            work = n * spec.channels * self.core.steps_total(spec)
+            recording = self.core.batches.submit(model_name, model, pixelrnn.SampleRequest(n, y, temperature, seed),
+                                                 work)
+            try:
+                yield from self.core.stream(recording.replay(), spec, pace, render, summary)
+            finally:
+                recording.cancelled = True  # a stopped stream: its run may end early
 
     def _field(self, request: gr.Request | None, tab: str, model_name: str, model: pixelrnn.Model,
                step: pixelrnn.Step, final: bool) -> np.ndarray | None:

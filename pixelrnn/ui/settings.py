@@ -12,7 +12,10 @@ MAX_PARTICLES = 16  # Complete: SMC particles per completion
 MAX_TEMPERATURE = 10.0
 # Sampling work of a request, in pixel samples: images (x particles) x pixels x channels. The costliest model here
 # (CIFAR-10 PixelCNN, 256 levels) needs ~0.08 ms of one CPU core per pixel sample at batch 128, plus ~1 ms per pixel.
-SAMPLING_SLOTS = 3  # concurrent Generate/Complete requests (app.py)
+SAMPLING_SLOTS = 3  # concurrent Complete/Upscale/Compress requests (app.py)
+GENERATE_WORKERS = 2  # threads that run Generate requests, batched per model (one per vCPU of a free Space)
+GENERATE_SLOTS = 64  # concurrent Generate streams (app.py): they replay recordings, the workers do the sampling
+QUEUE_SIZE = 96  # requests Gradio queues before it answers "queue full"
 ANALYSIS_SLOTS = 2  # concurrent Inspect analyses, all their events together (app.py): each may decode a large upload
 LONG_WORK = 100_000  # above this a request is "long": one at a time, so one long job cannot starve short ones
 MAX_WORK = 400_000  # above this a request is refused (the largest settings on a 32x32 RGB model need 393,216)

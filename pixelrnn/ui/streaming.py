@@ -22,19 +22,23 @@ def is_progress(status: str | None) -> bool:
 class FrameGate:
     """Which streamed frames to send: the final one, and otherwise at most one per `interval` seconds, or
     fewer when frames are costly: rendering and sending frames (Gradio encodes every image) takes at most
-    1 / (1 + headroom) of the time, so that a stream finishes within 1.25x of the sampler alone; never the same
-    value twice for an output (the browser breaks on a repeated image file): `fresh` gives gr.skip()."""
+    1 / (1 + headroom) of the time, so that a stream finishes within 1.25x of the sampler alone; and fewer when
+    `streams()` (the streams running now) exceed `full_rate` (the CPU's cores): the streams share the frame rate
+    of `full_rate` streams, so that 24 visitors' frames do not starve the sampler that serves them. Never the
+    same value twice for an output (the browser breaks on a repeated image file): `fresh` gives gr.skip()."""
 
     def __init__(self, interval: float = FRAME_INTERVAL_S, clock: Callable[[], float] = time.monotonic,
-                 headroom: float = 4.0):
+                 headroom: float = 4.0, streams: Callable[[], int] = lambda: 1, full_rate: int = 2):
         self.interval, self.clock, self.headroom = interval, clock, headroom
+        self.streams, self.full_rate = streams, full_rate
         self.last: float | None = None
         self.cost = 0.0  # smoothed seconds per frame
         self.sent: dict[str, bytes] = {}
 
     def due(self, final: bool = False) -> bool:
         now = self.clock()
-        if final or self.last is None or now - self.last >= max(self.interval, self.headroom * self.cost):
+        interval = self.interval * max(1.0, self.streams() / self.full_rate)
+        if final or self.last is None or now - self.last >= max(interval, self.headroom * self.cost):
             self.last = now
             return True
         return False

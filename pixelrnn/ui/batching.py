@@ -1,0 +1,136 @@
+"""Serving many visitors like a model server: Generate requests for the same model share batched runs.
+
+A request is recorded, not streamed from its own sampler: worker threads (one per core) take every waiting
+request for a model into one `pixelrnn.sample_batch_steps` run, which gives each its own seed, class and
+temperature, and record each request's steps as they come. The request's stream replays its recording at the
+visitor's pace, so a slow animation never holds the sampler (issue 20), and a request that arrives while a run
+is going joins the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import torch
+
+import pixelrnn
+from pixelrnn.ui.errors import release_memory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recording:
+    """One request's part of a batched run: filled in by a worker, replayed by the request's stream."""
+
+    rows: slice  # the request's rows of the run's batch
+    steps: list[pixelrnn.Step] = field(default_factory=list)  # the run's steps, whole batch, without images
+    latest: dict[str, torch.Tensor] = field(default_factory=dict)  # stage -> its latest image, whole batch
+    finished: bool = False
+    error: BaseException | None = None
+    cancelled: bool = False  # the visitor left: the run may stop once every request in it has
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def add(self, step: pixelrnn.Step) -> None:
+        with self.changed:
+            self.latest[step.stage] = step.image
+            self.steps.append(replace(step, image=None))  # one image per stage is kept, not one per step
+            self.changed.notify_all()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        with self.changed:
+            self.finished, self.error = True, error
+            self.changed.notify_all()
+
+    def replay(self) -> Iterator[pixelrnn.Step]:
+        """This request's steps, each as soon as it is recorded, with its images and distributions. A step's image
+        is its stage's latest: the pixels the step has not reached are drawn pending, and a drawn pixel never
+        changes (plain sampling), so the latest image shows every step as it was."""
+        k = 0
+        while True:
+            with self.changed:
+                while k >= len(self.steps) and not self.finished:
+                    self.changed.wait()
+                if self.error is not None:
+                    raise self.error
+                if k >= len(self.steps):
+                    return
+                step = self.steps[k]
+                image = self.latest[step.stage]
+            yield replace(step, image=image[self.rows], probs=step.probs[self.rows])
+            k += 1
+
+
+@dataclass
+class _Waiting:
+    model_name: str
+    model: pixelrnn.Model
+    request: pixelrnn.SampleRequest
+    work: int  # pixel samples (images x sub-pixels)
+    recording: Recording
+
+
+class BatchServer:
+    """Worker threads that run waiting Generate requests in batches, one model per run."""
+
+    def __init__(self, workers: int = 2, max_work: int = 10**7, cpu_threads: int = 1):
+        self.workers, self.max_work, self.cpu_threads = workers, max_work, cpu_threads
+        self._waiting: list[_Waiting] = []
+        self._changed = threading.Condition()
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, model_name: str, model: pixelrnn.Model, request: pixelrnn.SampleRequest,
+               work: int) -> Recording:
+        """Queue a request; its recording fills in once a worker takes it (with the others waiting for the model)."""
+        recording = Recording(slice(0, request.n))
+        with self._changed:
+            self._waiting.append(_Waiting(model_name, model, request, work, recording))
+            if len(self._threads) < self.workers:
+                thread = threading.Thread(target=self._work, name=f"pixelrnn-batch-{len(self._threads)}",
+                                          daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            self._changed.notify()
+        return recording
+
+    def _next_batch(self) -> list[_Waiting]:
+        """The oldest waiting request and every other one for the same model, up to max_work in all."""
+        with self._changed:
+            while not self._waiting:
+                self._changed.wait()
+            first = self._waiting[0]
+            batch, work = [], 0
+            for waiting in self._waiting:
+                if waiting.model is first.model and (not batch or work + waiting.work <= self.max_work):
+                    batch.append(waiting)
+                    work += waiting.work
+            self._waiting = [w for w in self._waiting if w not in batch]
+            return batch
+
+    def _work(self) -> None:
+        if self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
+        while True:
+            batch = self._next_batch()
+            start = 0
+            for waiting in batch:
+                waiting.recording.rows = slice(start, start + waiting.request.n)
+                start += waiting.request.n
+            error = None
+            try:
+                for step in pixelrnn.sample_batch_steps(batch[0].model, [w.request for w in batch]):
+                    for waiting in batch:
+                        waiting.recording.add(step)
+                    if all(w.recording.cancelled for w in batch):
+                        break
+            except Exception as exc:  # every request of the run gets the error
+                log.exception("a batched sampling run failed")
+                error = exc
+            finally:
+                for waiting in batch:
+                    waiting.recording.finish(error)
+                if start > 8:
+                    release_memory()

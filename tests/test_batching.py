@@ -1,0 +1,88 @@
+"""Generate's batched sampling: which requests share a run, what each gets back, stopping and failing runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pixelrnn
+from pixelrnn.ui.batching import BatchServer, Recording, _Waiting
+
+
+def tiny(arch: str = "row_lstm", **hparams) -> pixelrnn.Model:
+    torch.manual_seed(0)
+    return pixelrnn.build_model(arch, 1, 2, 6, 6, hidden=4, layers=1, **hparams).double().eval()
+
+
+def waiting(model, n: int = 1, work: int = 36, name: str = "m") -> _Waiting:
+    return _Waiting(name, model, pixelrnn.SampleRequest(n, seed=n), work, Recording(slice(0, n)))
+
+
+def test_a_run_takes_the_oldest_request_and_every_other_one_for_its_model_within_the_work_limit():
+    one, other = tiny(), tiny("pixelcnn")
+    server = BatchServer(workers=0, max_work=100)
+    queue = [waiting(one, work=40), waiting(other, work=10), waiting(one, work=40), waiting(one, work=40),
+             waiting(other, work=10)]
+    server._waiting = list(queue)
+    assert server._next_batch() == [queue[0], queue[2]]  # a third would pass the limit
+    assert server._next_batch() == [queue[1], queue[4]]
+    assert server._next_batch() == [queue[3]]
+    server._waiting = [waiting(one, work=500)]  # a request above the limit alone still runs (admission refuses those)
+    assert len(server._next_batch()) == 1
+
+
+def replayed(recording: Recording) -> list[pixelrnn.Step]:
+    return list(recording.replay())
+
+
+@pytest.mark.parametrize("model", [tiny(), tiny(factor=2, cond_channels=4), tiny(num_classes=3)],
+                         ids=["row-lstm", "multiscale", "conditional"])
+def test_each_request_replays_its_own_samples_step_by_step(model):
+    """Requests submitted together come back as if each had run alone (float64): every step's image and
+    distribution, not only the last."""
+    server = BatchServer(workers=1)
+    conditional = model.config.num_classes is not None
+    requests = [pixelrnn.SampleRequest(2, 1 if conditional else None, 1.0, 5),
+                pixelrnn.SampleRequest(1, 2 if conditional else None, 0.5, 6)]
+    recordings = [server.submit("m", model, r, 72) for r in requests]
+    for request, recording in zip(requests, recordings, strict=True):
+        steps = replayed(recording)
+        alone = list(pixelrnn.sample_steps(model, request.n, request.y, temperature=request.temperature,
+                                           seed=request.seed))
+        assert len(steps) == len(alone)
+        for mine, solo in zip(steps, alone, strict=True):
+            assert mine.position == solo.position and mine.stage == solo.stage
+            assert torch.equal(mine.done, solo.done) and torch.equal(mine.probs, solo.probs)
+            done = mine.done.expand_as(mine.image)  # the pixels a step has reached are as they were then
+            assert torch.equal(mine.image[done], solo.image[done])
+        assert torch.equal(steps[-1].image, alone[-1].image)
+
+
+def test_a_run_whose_visitors_all_left_stops_and_errors_reach_every_request(monkeypatch):
+    step = next(iter(pixelrnn.sample_steps(tiny(), 1, seed=0)))
+
+    def endless(model, requests):  # a run that only stops when it is told to
+        while True:
+            yield step
+
+    monkeypatch.setattr(pixelrnn, "sample_batch_steps", endless)
+    server = BatchServer(workers=1)
+    left, staying = (server.submit("m", None, pixelrnn.SampleRequest(1), 36) for _ in range(2))
+    with left.changed:
+        assert left.changed.wait_for(lambda: len(left.steps) > 3, timeout=60)
+    left.cancelled = True
+    assert not left.finished  # another visitor still watches the run
+    staying.cancelled = True
+    with left.changed:
+        assert left.changed.wait_for(lambda: left.finished, timeout=60)
+    assert left.error is None and staying.finished
+
+    def failing(model, requests):
+        yield step
+        raise RuntimeError("the weights are not finite")
+
+    monkeypatch.setattr(pixelrnn, "sample_batch_steps", failing)
+    recordings = [server.submit("m", None, pixelrnn.SampleRequest(1), 36) for _ in range(2)]
+    for recording in recordings:
+        with pytest.raises(RuntimeError, match="not finite"):
+            replayed(recording)
