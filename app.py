@@ -26,7 +26,10 @@ try:  # ZeroGPU on Hugging Face Spaces; a no-op elsewhere
     import spaces
 
     gpu: Callable[[Callable], Callable] = spaces.GPU
+    ZERO_GPU = True
 except ImportError:
+    ZERO_GPU = False
+
     def gpu(fn: Callable) -> Callable:
         return fn
 
@@ -173,8 +176,9 @@ def _generate_tab(studio: ui.Studio, registry: ui.Registry, default: str | None,
 
     _follow_classes(studio, model, cls, False, "classes_generate")
     outputs = [image, dist, status]
-    # its own concurrency: the streams replay recordings, Generate's worker threads do the (batched) sampling
-    event = run.click(gpu(studio.sampling.generate), [model, cls, n, temperature, seed, pace], outputs,
+    # its own concurrency: the streams replay recordings, Generate's worker threads do the (batched) sampling, on
+    # ZeroGPU one GPU call per run (Studio's gpu), so that no animation holds the GPU
+    event = run.click(studio.sampling.generate, [model, cls, n, temperature, seed, pace], outputs,
                       api_name="generate", preprocess=False, show_progress="hidden",
                       **(sampling | {"concurrency_id": "generate", "concurrency_limit": ui.GENERATE_SLOTS}))
     _stream_controls(event, stop, model, outputs, "stop_generate")
@@ -376,7 +380,7 @@ def build_demo(checkpoints: str | Path | None = None, hub_models: Iterable[str] 
     `hub_models` (default $PIXELRNN_HUB_MODELS). Each tab's builder lays it out and wires its events."""
     ui.quiet_rejections()
     registry = ui.Registry.from_env(checkpoints, hub_models, device)
-    studio = ui.Studio(registry)
+    studio = ui.Studio(registry, gpu=gpu if ZERO_GPU else None)
     default = registry.default(PREFERRED)
     examples = ui.example_images()
     # events that load a model wait for a Hub model still downloading before they take a slot (Registry.arrival);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,3 +87,41 @@ def test_a_run_whose_visitors_all_left_stops_and_errors_reach_every_request(monk
     for recording in recordings:
         with pytest.raises(RuntimeError, match="not finite"):
             replayed(recording)
+
+
+def test_on_zerogpu_a_run_is_one_short_gpu_call_and_the_animation_plays_after_it(tmp_path):
+    """ZeroGPU holds the GPU for a whole decorated call, a generator's too: with Studio's `gpu` decorator (here a
+    fake that logs when the "GPU" is held), a Generate request samples in one call and every frame of its
+    animation is sent after the call returned; the samples are the seed's."""
+    import functools
+    import time
+
+    from conftest import save_tiny_checkpoints
+
+    from pixelrnn import ui
+
+    log: list[tuple[str, float]] = []
+
+    def fake_gpu(fn):
+        @functools.wraps(fn)
+        def held(*args, **kwargs):
+            log.append(("gpu on", time.monotonic()))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                log.append(("gpu off", time.monotonic()))
+        return held
+
+    checkpoints = save_tiny_checkpoints(tmp_path, rgb=False)
+    studio = ui.Studio(ui.Registry(checkpoints, device="cpu"), gpu=fake_gpu)
+    for frame in studio.sampling.generate("tiny-bin", None, 2, 1.0, 5, 4.0):
+        log.append(("frame", time.monotonic()))
+    events = [event for event, _ in log]
+    assert events[:2] == ["gpu on", "gpu off"] and events.count("gpu on") == 1 and events.count("frame") > 5
+    held, animation = log[1][1] - log[0][1], log[-1][1] - log[1][1]
+    assert animation > held  # the 4-s animation plays after the GPU call (which takes ~0.2 s of it)
+    final = frame[0]
+    model = pixelrnn.load(str(checkpoints / "tiny-bin"))
+    expected = ui.pictures.render_images(pixelrnn.sample(model, 2, seed=5).numpy(), 2,
+                                         ui.pictures.grid_scale(28, 28, 2))
+    assert np.array_equal(final, pixelrnn.images.tile(expected, 2))

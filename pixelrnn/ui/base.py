@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import pixelrnn
-from pixelrnn.ui.batching import BatchServer
+from pixelrnn.ui.batching import BatchServer, recorded
 from pixelrnn.ui.cards import Analysis, analyse
 from pixelrnn.ui.errors import release_memory
 from pixelrnn.ui.params import AUTO_CLASS, parse_class
@@ -36,7 +36,7 @@ class Core:
     sampler steps as frames, Generate's batched sampling, a cache of likelihood analyses and the folder of .prnn
     downloads."""
 
-    def __init__(self, registry: Registry, cpu_threads: int = 1):
+    def __init__(self, registry: Registry, cpu_threads: int = 1, gpu: Callable[[Callable], Callable] | None = None):
         self.registry, self.cpu_threads = registry, cpu_threads
         self._analyses: OrderedDict[tuple, Analysis] = OrderedDict()
         self._analyses_lock = threading.Lock()
@@ -46,7 +46,8 @@ class Core:
         self._fields_lock = threading.Lock()
         self._shows_field: OrderedDict[tuple[str, str], bool] = OrderedDict()  # (session, tab) -> overlay on
         self._measuring = threading.Semaphore(1)  # one measurement of receptive fields at a time (GBs for CIFAR)
-        self.batches = BatchServer(GENERATE_WORKERS, MAX_WORK, cpu_threads)  # Generate's batched sampling
+        # Generate's batched sampling; with a `gpu` decorator (ZeroGPU's spaces.GPU) each run is one GPU call
+        self.batches = BatchServer(GENERATE_WORKERS, MAX_WORK, cpu_threads, recorded(gpu) if gpu else None)
         self._streams, self._streams_lock = 0, threading.Lock()  # sampling streams running now (they share frames)
 
     # -- helpers --

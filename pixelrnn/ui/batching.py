@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -34,10 +34,13 @@ class Recording:
     cancelled: bool = False  # the visitor left: the run may stop once every request in it has
     changed: threading.Condition = field(default_factory=threading.Condition)
 
-    def add(self, step: pixelrnn.Step) -> None:
+    def add(self, steps: list[pixelrnn.Step]) -> None:
+        """Record steps (in order); a step may come without its image when a later one of its stage has one."""
         with self.changed:
-            self.latest[step.stage] = step.image
-            self.steps.append(replace(step, image=None))  # one image per stage is kept, not one per step
+            for step in steps:
+                if step.image is not None:
+                    self.latest[step.stage] = step.image
+                self.steps.append(replace(step, image=None))  # one image per stage is kept, not one per step
             self.changed.notify_all()
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -73,11 +76,32 @@ class _Waiting:
     recording: Recording
 
 
-class BatchServer:
-    """Worker threads that run waiting Generate requests in batches, one model per run."""
+Run = Callable[[pixelrnn.Model, list[pixelrnn.SampleRequest]], Iterable[pixelrnn.Step]]
 
-    def __init__(self, workers: int = 2, max_work: int = 10**7, cpu_threads: int = 1):
+
+def recorded(gpu: Callable[[Callable], Callable]) -> Run:
+    """A batched run as one call decorated by `gpu` (ZeroGPU's `spaces.GPU`, which holds the GPU for the whole
+    call): the model on the GPU if there is one, every step recorded (the images only at each stage's end),
+    returned at once on the CPU. The streams replay the recording after the call, at the visitors' pace."""
+
+    @gpu
+    def run(model: pixelrnn.Model, requests: list[pixelrnn.SampleRequest]) -> list[pixelrnn.Step]:
+        model = model.to("cuda" if torch.cuda.is_available() else "cpu")  # ZeroGPU: in the call's own process
+        steps = list(pixelrnn.sample_batch_steps(model, requests))
+        ends = {step.stage: k for k, step in enumerate(steps)}  # each stage's last step keeps its image
+        return [replace(step, image=step.image.cpu() if k in ends.values() else None, probs=step.probs.cpu(),
+                        done=step.done.cpu()) for k, step in enumerate(steps)]
+
+    return run
+
+
+class BatchServer:
+    """Worker threads that run waiting Generate requests in batches, one model per run: `run` streams the steps
+    (default `pixelrnn.sample_batch_steps`) or returns them all (`recorded`)."""
+
+    def __init__(self, workers: int = 2, max_work: int = 10**7, cpu_threads: int = 1, run: Run | None = None):
         self.workers, self.max_work, self.cpu_threads = workers, max_work, cpu_threads
+        self.run = run
         self._waiting: list[_Waiting] = []
         self._changed = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -121,11 +145,7 @@ class BatchServer:
                 start += waiting.request.n
             error = None
             try:
-                for step in pixelrnn.sample_batch_steps(batch[0].model, [w.request for w in batch]):
-                    for waiting in batch:
-                        waiting.recording.add(step)
-                    if all(w.recording.cancelled for w in batch):
-                        break
+                self._serve(batch)
             except Exception as exc:  # every request of the run gets the error
                 log.exception("a batched sampling run failed")
                 error = exc
@@ -134,3 +154,17 @@ class BatchServer:
                     waiting.recording.finish(error)
                 if start > 8:
                     release_memory()
+
+    def _serve(self, batch: list[_Waiting]) -> None:
+        """One run for `batch`, its steps recorded for each request as they come (or at once, `recorded`)."""
+        run = self.run or pixelrnn.sample_batch_steps  # looked up per run (the tests replace it)
+        steps = run(batch[0].model, [w.request for w in batch])
+        if isinstance(steps, list):
+            for waiting in batch:
+                waiting.recording.add(steps)
+            return
+        for step in steps:
+            for waiting in batch:
+                waiting.recording.add([step])
+            if all(w.recording.cancelled for w in batch):  # every visitor of the run left
+                return
