@@ -394,6 +394,11 @@ def test_on_a_phone_generate_and_the_stream_fit_the_first_screen(page, server):
         phone.wait_for_function("document.querySelector('#gen-image img')?.src")
         image = phone.locator("#gen-image img").bounding_box()
         assert image["y"] + image["height"] / 2 < 844 and phone.evaluate("window.scrollY") == 0
+        # the distribution is shown near its own size (its text 12-14 px): a 600-px chart shrank to 55 px high
+        phone.wait_for_function("document.querySelector('#gen-dist img')?.naturalWidth > 0")
+        shown, natural = phone.evaluate("(img => [img.getBoundingClientRect().width, img.naturalWidth])"
+                                        "(document.querySelector('#gen-dist img'))")
+        assert shown >= 0.8 * natural and phone.locator("#gen-dist img").bounding_box()["height"] >= 95
         SCREENSHOTS.mkdir(exist_ok=True)
         phone.screenshot(path=SCREENSHOTS / "phone-generate.png")
     finally:

@@ -135,25 +135,26 @@ def channel_names(channels: int) -> list[str]:
 
 
 def render_distribution(probs: np.ndarray, marked: Iterable[int] | None = None, title: str = "",
-                        width: int = 600, panel_height: int = 86) -> np.ndarray:
+                        width: int = 360, panel_height: int = 100) -> np.ndarray:
     """Bar chart of a pixel's predictive distributions, one panel per channel.
 
     probs: (levels, C) probabilities; marked: one value per channel (the sampled or true value), drawn in
-    orange with its probability. Few levels use a 0..1 axis; many levels are scaled to the largest bar.
+    orange with its probability. Few levels use a 0..1 axis; many levels are scaled to the largest bar. 360 px
+    wide with 11-14 px text: a phone (about 310 px for it) shows it nearly at its size, readable.
     """
     probs = np.nan_to_num(np.asarray(probs, dtype=np.float64), nan=0.0).clip(0, 1)
     levels, channels = probs.shape
     marked = list(marked) if marked is not None else [None] * channels
     names = channel_names(channels)
     colours = CHANNEL_RGB.get(channels, CHANNEL_RGB[1] * channels)
-    title_h = 22 if title else 4
-    left, right, axis_h = 34, 10, 16
+    title_h = 24 if title else 4
+    left, right, axis_h = 40, 18, 16
     canvas = np.full((title_h + channels * panel_height, width, 3), 255, dtype=np.uint8)
     plot_w = width - left - right
     bar_w = plot_w / levels
     panels = []  # (top, bottom, y_max) per channel
     for c in range(channels):
-        top = title_h + c * panel_height + 14
+        top = title_h + c * panel_height + 16
         bottom = title_h + (c + 1) * panel_height - axis_h
         y_max = 1.0 if levels <= 16 else max(float(probs[:, c].max()), 1e-6) * 1.1
         value = marked[c] if c < len(marked) else None
@@ -163,16 +164,17 @@ def render_distribution(probs: np.ndarray, marked: Iterable[int] | None = None, 
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
     if title:
-        draw_text(image, (6, 4), title, (30, 30, 30), 13)
+        size = next((size for size in (14, 13, 12) if text_length(title, size) <= width - 12), 11)
+        draw_text(image, (6, 4), title, (30, 30, 30), size)
     for c, (top, bottom, y_max) in enumerate(panels):
         p = probs[:, c]
         draw.line([(left, bottom), (left + plot_w, bottom)], fill=(120, 120, 120))
-        draw_text(image, (2, top - 6), f"{y_max:.2g}" if y_max < 1 else "1", (110, 110, 110), 10)
-        draw_text(image, (2, bottom - 10), "0", (110, 110, 110), 10)
+        draw_text(image, (2, top - 6), f"{y_max:.2g}" if y_max < 1 else "1", (110, 110, 110), 11)
+        draw_text(image, (2, bottom - 11), "0", (110, 110, 110), 11)
         value = marked[c] if c < len(marked) else None
         if levels <= 16:
             for v in range(levels):
-                draw_text(image, (left + (v + 0.5) * bar_w - 3, bottom + 2), str(v), (90, 90, 90), 10)
+                draw_text(image, (left + (v + 0.5) * bar_w - 3, bottom + 2), str(v), (90, 90, 90), 11)
                 if bar_w >= 40:
                     text = f"{p[v]:.3f}"
                     height = (bottom - top) * min(p[v] / y_max, 1.0)
@@ -181,13 +183,13 @@ def render_distribution(probs: np.ndarray, marked: Iterable[int] | None = None, 
                               (255, 255, 255) if height > 16 else (40, 40, 40), 11)
         else:
             for v in (0, levels // 2, levels - 1):
-                draw_text(image, (left + (v + 0.5) * bar_w - 6, bottom + 2), str(v), (90, 90, 90), 10)
+                draw_text(image, (left + (v + 0.5) * bar_w - 6, bottom + 2), str(v), (90, 90, 90), 11)
         label = f"{names[c]}: most likely {int(p.argmax())} (p={p.max():.3f})"
         if value is not None:
             vx = left + (value + 0.5) * bar_w
             draw.polygon([(vx, bottom + 1), (vx - 5, bottom + 9), (vx + 5, bottom + 9)], fill=MARK_RGB)
             label += f" · marked {value} (p={p[value]:.3f})"
-        draw_text(image, (left, top - 13), label, (40, 40, 40), 11)
+        draw_text(image, (left, top - 15), label, (40, 40, 40), 12)
     return np.asarray(image)
 
 

@@ -59,7 +59,7 @@ class SamplingTabs:
                                   self._field(request, "generate", model_name, model, step, final))
             r, j = step.position
             where = "small image, " if step.stage == "small" else ""
-            title = f"Sample 1, {where}pixel (row {r}, col {j}); sampled value marked"
+            title = f"Sample 1, {where}row {r}, col {j}: sampled value marked"
             dist = render_distribution(step.probs[0].cpu().numpy(), pixels[0, :, r, j].tolist(), title)
             return tile(cells, cols), dist
 
@@ -127,8 +127,7 @@ class SamplingTabs:
                 r, j = step.position
                 known = not stage_mask[r, j]
                 where = "small image, " if step.stage == "small" else ""
-                title = (f"Completion 1, {where}pixel (row {r}, col {j}); "
-                         + ("known pixel, scored" if known else "sampled value marked"))
+                title = f"Completion 1, {where}row {r}, col {j}: " + ("known, scored" if known else "sampled value marked")
                 dist = render_distribution(step.probs[0].cpu().numpy(), pixels[0, :, r, j].tolist(), title)
                 return tile([original, *cells], min(n + 1, 5)), dist
 
@@ -185,7 +184,7 @@ class SamplingTabs:
                 cells = render_images(pixels, spec.levels, scale * stage_f, pending,
                                       None if final else step.position)
                 r, j = step.position
-                title = f"Sample 1, pixel (row {r}, col {j}) given the small image; sampled value marked"
+                title = f"Sample 1 given the small image, row {r}, col {j}: sampled value marked"
                 dist = render_distribution(step.probs[0].cpu().numpy(), pixels[0, :, r, j].tolist(), title)
                 return tile(cells, math.ceil(math.sqrt(n))), dist
 
