@@ -59,8 +59,10 @@ def launch_kwargs() -> dict[str, Any]:
     """launch() arguments the app needs (Gradio 6 takes css/theme at launch)."""
     # show_error: a payload Gradio rejects (too few values, a file field that is not a file) gets Gradio's message
     # instead of "error": null; the endpoints' own errors are gr.Error sentences either way
+    # max_threads: each running stream holds one of Gradio's worker threads while it waits for its next step (the
+    # default 40 would let Generate's 64 stream slots starve every other event)
     return {"css": CSS, "allowed_paths": [str(ui.ASSETS_DIR)], "max_file_size": ui.MAX_UPLOAD_BYTES,
-            "theme": gr.themes.Soft(), "show_error": True}
+            "theme": gr.themes.Soft(), "show_error": True, "max_threads": ui.GENERATE_SLOTS + 32}
 
 
 def _model_dropdown(registry: ui.Registry, elem_id: str, value: str | None) -> gr.Dropdown:
