@@ -31,36 +31,26 @@ def wait_for(page, elem_id: str, text: str) -> None:
 
 
 def receptive_field_shots(page) -> None:
-    """docs/receptive-fields.png: a frame of Generate with the overlay, for each single-scale MNIST architecture."""
-    import io
+    """docs/receptive-fields.png: a Generate frame with the overlay on, past the middle of the image, for each
+    single-scale binarized-MNIST architecture. The frames come from the Generate endpoint itself, in this process
+    (the server measures fields in a background thread at the lowest priority; here it waits for them)."""
+    import time
+    from types import SimpleNamespace
 
     import numpy as np
     from PIL import Image
 
-    tints = [ui.pictures.field_tint(np.array(v)) for v in ((0, 0, 0), (255, 255, 255))]  # over black, white
-    page.get_by_role("tab", name="Generate").click()
-    page.check("#gen-field input")
-    set_slider(page, "gen-n", 1)
-    set_slider(page, "gen-pace", 10)
+    studio, visitor = ui.Studio(ui.Registry.from_env(None, [], "cpu")), SimpleNamespace(session_hash="docs")
+    studio.core.show_field("generate", True, visitor)
     shots = []
-    for model in ("binarized-mnist-row-lstm", "binarized-mnist-diagonal-bilstm", "binarized-mnist-pixelcnn"):
-        choose(page, "gen-model", model)
-        while True:  # the first runs go by while the fields are measured in the background
-            if not page.locator("#gen-status").inner_text().endswith("…"):
-                page.click("#gen-run")
-                page.wait_for_timeout(1000)
-            status = page.locator("#gen-status").inner_text()
-            shot = page.locator("#gen-image img").screenshot()
-            image = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"))
-            done = int(status.split()[1].replace(",", "")) if status.startswith("Pixel ") else 0
-            if done > 400 and any((np.abs(image.astype(int) - tint).max(-1) < 8).sum() > 100 for tint in tints):
+    for name in ("binarized-mnist-row-lstm", "binarized-mnist-diagonal-bilstm", "binarized-mnist-pixelcnn"):
+        while studio.core.receptive_fields(name, studio.registry.load(name)) is None:
+            time.sleep(1)
+        for image, _, status in studio.sampling.generate(name, None, 1, 1.0, 3, 0, visitor):
+            if isinstance(status, str) and status.startswith("Pixel ") and int(status.split()[1]) > 420:
                 shots.append(image)
-                page.click("#gen-stop")
-                page.wait_for_timeout(1500)
                 break
-            page.wait_for_timeout(200)
-    height = min(shot.shape[0] for shot in shots)
-    row = np.concatenate([np.pad(shot[:height], ((0, 0), (0, 12), (0, 0)), constant_values=255) for shot in shots], 1)
+    row = np.concatenate([np.pad(shot, ((0, 0), (0, 12), (0, 0)), constant_values=255) for shot in shots], 1)
     Image.fromarray(row).save(DOCS / "receptive-fields.png")
 
 

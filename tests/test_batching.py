@@ -15,8 +15,8 @@ def tiny(arch: str = "row_lstm", **hparams) -> pixelrnn.Model:
     return pixelrnn.build_model(arch, 1, 2, 6, 6, hidden=4, layers=1, **hparams).double().eval()
 
 
-def waiting(model, n: int = 1, work: int = 36, name: str = "m") -> _Waiting:
-    return _Waiting(name, model, pixelrnn.SampleRequest(n, seed=n), work, Recording(slice(0, n)))
+def waiting(model, n: int = 1, work: int = 36) -> _Waiting:
+    return _Waiting(model, pixelrnn.SampleRequest(n, seed=n), work, Recording(slice(0, n)))
 
 
 def test_a_run_takes_the_oldest_request_and_every_other_one_for_its_model_within_the_work_limit():
@@ -41,11 +41,11 @@ def replayed(recording: Recording) -> list[pixelrnn.Step]:
 def test_each_request_replays_its_own_samples_step_by_step(model):
     """Requests submitted together come back as if each had run alone (float64): every step's image and
     distribution, not only the last."""
-    server = BatchServer(workers=1)
+    server = BatchServer(workers=1, max_work=10**6)
     conditional = model.config.num_classes is not None
     requests = [pixelrnn.SampleRequest(2, 1 if conditional else None, 1.0, 5),
                 pixelrnn.SampleRequest(1, 2 if conditional else None, 0.5, 6)]
-    recordings = [server.submit("m", model, r, 72) for r in requests]
+    recordings = [server.submit(model, r, 72) for r in requests]
     for request, recording in zip(requests, recordings, strict=True):
         steps = replayed(recording)
         alone = list(pixelrnn.sample_steps(model, request.n, request.y, temperature=request.temperature,
@@ -67,8 +67,8 @@ def test_a_run_whose_visitors_all_left_stops_and_errors_reach_every_request(monk
             yield step
 
     monkeypatch.setattr(pixelrnn, "sample_batch_steps", endless)
-    server = BatchServer(workers=1)
-    left, staying = (server.submit("m", None, pixelrnn.SampleRequest(1), 36) for _ in range(2))
+    server = BatchServer(workers=1, max_work=10**6)
+    left, staying = (server.submit(None, pixelrnn.SampleRequest(1), 36) for _ in range(2))
     with left.changed:
         assert left.changed.wait_for(lambda: len(left.steps) > 3, timeout=60)
     left.cancelled = True
@@ -83,7 +83,7 @@ def test_a_run_whose_visitors_all_left_stops_and_errors_reach_every_request(monk
         raise RuntimeError("the weights are not finite")
 
     monkeypatch.setattr(pixelrnn, "sample_batch_steps", failing)
-    recordings = [server.submit("m", None, pixelrnn.SampleRequest(1), 36) for _ in range(2)]
+    recordings = [server.submit(None, pixelrnn.SampleRequest(1), 36) for _ in range(2)]
     for recording in recordings:
         with pytest.raises(RuntimeError, match="not finite"):
             replayed(recording)

@@ -20,6 +20,7 @@ import pixelrnn
 from pixelrnn.ui.errors import release_memory
 
 log = logging.getLogger(__name__)
+BIG_RUN = 8  # images: after a larger run the freed heap is returned to the system
 
 
 @dataclass
@@ -34,13 +35,12 @@ class Recording:
     cancelled: bool = False  # the visitor left: the run may stop once every request in it has
     changed: threading.Condition = field(default_factory=threading.Condition)
 
-    def add(self, steps: list[pixelrnn.Step]) -> None:
-        """Record steps (in order); a step may come without its image when a later one of its stage has one."""
+    def add(self, steps: list[pixelrnn.Step], images: dict[str, torch.Tensor]) -> None:
+        """Record steps (in order, without their images; shared by the run's requests) and each stage's latest
+        image: one image per stage is kept, not one per step."""
         with self.changed:
-            for step in steps:
-                if step.image is not None:
-                    self.latest[step.stage] = step.image
-                self.steps.append(replace(step, image=None))  # one image per stage is kept, not one per step
+            self.steps += steps
+            self.latest |= images
             self.changed.notify_all()
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -69,7 +69,6 @@ class Recording:
 
 @dataclass
 class _Waiting:
-    model_name: str
     model: pixelrnn.Model
     request: pixelrnn.SampleRequest
     work: int  # pixel samples (images x sub-pixels)
@@ -99,19 +98,18 @@ class BatchServer:
     """Worker threads that run waiting Generate requests in batches, one model per run: `run` streams the steps
     (default `pixelrnn.sample_batch_steps`) or returns them all (`recorded`)."""
 
-    def __init__(self, workers: int = 2, max_work: int = 10**7, cpu_threads: int = 1, run: Run | None = None):
+    def __init__(self, workers: int, max_work: int, cpu_threads: int = 1, run: Run | None = None):
         self.workers, self.max_work, self.cpu_threads = workers, max_work, cpu_threads
         self.run = run
         self._waiting: list[_Waiting] = []
         self._changed = threading.Condition()
         self._threads: list[threading.Thread] = []
 
-    def submit(self, model_name: str, model: pixelrnn.Model, request: pixelrnn.SampleRequest,
-               work: int) -> Recording:
+    def submit(self, model: pixelrnn.Model, request: pixelrnn.SampleRequest, work: int) -> Recording:
         """Queue a request; its recording fills in once a worker takes it (with the others waiting for the model)."""
         recording = Recording(slice(0, request.n))
         with self._changed:
-            self._waiting.append(_Waiting(model_name, model, request, work, recording))
+            self._waiting.append(_Waiting(model, request, work, recording))
             if len(self._threads) < self.workers:
                 thread = threading.Thread(target=self._work, name=f"pixelrnn-batch-{len(self._threads)}",
                                           daemon=True)
@@ -152,19 +150,17 @@ class BatchServer:
             finally:
                 for waiting in batch:
                     waiting.recording.finish(error)
-                if start > 8:
+                if start > BIG_RUN:
                     release_memory()
 
     def _serve(self, batch: list[_Waiting]) -> None:
         """One run for `batch`, its steps recorded for each request as they come (or at once, `recorded`)."""
         run = self.run or pixelrnn.sample_batch_steps  # looked up per run (the tests replace it)
         steps = run(batch[0].model, [w.request for w in batch])
-        if isinstance(steps, list):
+        for chunk in [steps] if isinstance(steps, list) else ([step] for step in steps):
+            images = {step.stage: step.image for step in chunk if step.image is not None}
+            stripped = [replace(step, image=None) for step in chunk]
             for waiting in batch:
-                waiting.recording.add(steps)
-            return
-        for step in steps:
-            for waiting in batch:
-                waiting.recording.add([step])
+                waiting.recording.add(stripped, images)
             if all(w.recording.cancelled for w in batch):  # every visitor of the run left
                 return

@@ -70,8 +70,7 @@ class SamplingTabs:
 
         with self.core.capacity(n, spec, "samples"):  # sampled with the other requests for the model (batching)
             work = n * spec.channels * self.core.steps_total(spec)
-            recording = self.core.batches.submit(model_name, model, pixelrnn.SampleRequest(n, y, temperature, seed),
-                                                 work)
+            recording = self.core.batches.submit(model, pixelrnn.SampleRequest(n, y, temperature, seed), work)
             try:
                 yield from self.core.stream(recording.replay(), spec, pace, render, summary)
             finally:
