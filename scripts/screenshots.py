@@ -2,7 +2,7 @@
 
 Starts the app on a free loopback port, drives it in headless Chromium (as tests/test_browser.py does) and writes
 the sections asked for (default: all): `tabs` docs/screenshot-<tab>.png, `fields` docs/receptive-fields.png,
-`computation` docs/screenshot-computation.png and docs/computation-<arch>.webp (the tab's animations), `phone`
+`influence` docs/influence.png, `computation` docs/screenshot-computation.png and docs/computation-<arch>.webp (the tab's animations), `phone`
 docs/screenshot-phone.png.
 """
 
@@ -23,6 +23,7 @@ import app
 from pixelrnn import ui
 
 DOCS = REPO / "docs"
+INFLUENCE_PIXEL = (21, 13)  # (row, col) of mnist_7.png: where the stroke above continues
 
 
 def wait_for(page, elem_id: str, text: str) -> None:
@@ -52,6 +53,19 @@ def receptive_field_shots(page) -> None:
                 break
     row = np.concatenate([np.pad(shot, ((0, 0), (0, 12), (0, 0)), constant_values=255) for shot in shots], 1)
     Image.fromarray(row).save(DOCS / "receptive-fields.png")
+
+
+def influence_shots(page) -> None:
+    """docs/influence.png: Inspect's influence map of one pixel just below the 7's stroke, for each single-scale
+    binarized-MNIST architecture, from the Inspect endpoint itself (in this process)."""
+    import numpy as np
+    from PIL import Image
+
+    studio, seven = ui.Studio(ui.Registry.from_env(None, [], "cpu")), ui.ASSETS_DIR / "mnist_7.png"
+    maps = [studio.inspector.pixel(name, seven, None, INFLUENCE_PIXEL[0], INFLUENCE_PIXEL[1])[1]
+            for name in ("binarized-mnist-row-lstm", "binarized-mnist-diagonal-bilstm", "binarized-mnist-pixelcnn")]
+    row = np.concatenate([np.pad(m, ((0, 0), (0, 12), (0, 0)), constant_values=255) for m in maps], 1)
+    Image.fromarray(row).save(DOCS / "influence.png")
 
 
 def tab_shots(page) -> None:
@@ -119,7 +133,8 @@ def phone_shots(browser, url: str) -> None:
     phone.screenshot(path=DOCS / "screenshot-phone.png")
 
 
-SECTIONS = {"tabs": tab_shots, "fields": receptive_field_shots, "computation": computation_shots}
+SECTIONS = {"tabs": tab_shots, "fields": receptive_field_shots, "influence": influence_shots,
+            "computation": computation_shots}
 
 
 def main(sections: list[str]) -> None:
