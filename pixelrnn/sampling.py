@@ -93,6 +93,8 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
     size falls below particles / 2 (SMC).
     """
     n, channels, height, width = x.shape
+    if particles > 1 and len(generators) > 1:
+        raise ValueError("SMC resamples with one generator: a batched run of several requests has particles 1")
     stepper = (CachedStepper if method == "cached" else ReferenceStepper)(model, x, y, cond)
     uniforms = torch.cat([torch.rand(height, width, channels, rows, generator=generator)
                           for generator, rows in generators], dim=3).to(x.device)  # (H, W, C, N)

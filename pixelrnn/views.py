@@ -49,21 +49,28 @@ def receptive_fields(model: Model, positions: list[tuple[int, int, int]], y: int
         _full_size(model, *position)
     probe = copy.deepcopy(net).cpu().double().eval()
     generator = torch.Generator().manual_seed(seed)
-    shape, count = (trials, net.channels, net.height, net.width), len(positions) * trials
+    count = len(positions) * trials
     # the same `trials` random inputs (and projections) for every position: a position's field does not depend
     # on which others share its pass
-    inputs = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1).repeat(len(positions), 1, 1, 1)
-    inputs.requires_grad_()
+    inputs, cond = _random_inputs(net, trials, generator)
+    inputs = inputs.repeat(len(positions), 1, 1, 1).requires_grad_()
+    cond = None if cond is None else cond.repeat(len(positions), 1, 1, 1)
     labels = None if net.num_classes is None else torch.full((count,), 0 if y is None else y)
-    cond = None if not net.cond_channels else torch.randn(trials, net.cond_channels, net.height, net.width,
-                                                           generator=generator, dtype=torch.float64
-                                                           ).repeat(len(positions), 1, 1, 1)
     rows, cols, channels = torch.tensor(positions).repeat_interleave(trials, 0).T
     logits = probe.forward_scaled(inputs, labels, cond)  # (count, levels, C, H, W)
     picked = logits.permute(0, 2, 3, 4, 1)[torch.arange(count), channels, rows, cols]  # (count, levels)
     projection = torch.randn((trials, net.levels), generator=generator, dtype=torch.float64).repeat(len(positions), 1)
     (gradient,) = torch.autograd.grad((picked * projection).sum(), inputs)
     return (gradient != 0).unflatten(0, (len(positions), trials)).any(1)
+
+
+def _random_inputs(net: PixelRNN, trials: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    """`trials` random relaxed inputs (trials, C, H, W) in [-1, 1], and conditioning maps for a model that takes
+    them (else None), float64."""
+    inputs = torch.rand((trials, net.channels, net.height, net.width), generator=generator, dtype=torch.float64)
+    cond = None if not net.cond_channels else torch.randn(trials, net.cond_channels, net.height, net.width,
+                                                           generator=generator, dtype=torch.float64)
+    return inputs * 2 - 1, cond
 
 
 def pixel_fields(model: Model, channel: int = 0, y: int | None = None, batch: int | None = None) -> Tensor:
@@ -108,6 +115,14 @@ def _teacher_forced(model: Model, image: Tensor, y: int | None, dtype: torch.dty
     return net, scale_pixels(x, net.levels, dtype), labels, cond
 
 
+def layer_states(net: PixelRNN, inputs: Tensor, labels: Tensor | None = None, cond: Tensor | None = None
+                 ) -> list[tuple[Tensor, ...]]:
+    """Each layer's states (B, F, H, W) in one pass: a Row LSTM's h or a PixelCNN block's output, a Diagonal
+    BiLSTM's two directions (`DiagonalBiLSTM.streams`: left to right, and right to left before its shift down)."""
+    return [net.layers[k].streams(*args) if net.arch == "diagonal_bilstm" else (output,)
+            for k, (args, output) in enumerate(layer_calls(net, inputs, labels, cond))]
+
+
 def layer_calls(net: PixelRNN, inputs: Tensor, labels: Tensor | None = None, cond: Tensor | None = None
                 ) -> list[tuple[tuple, Tensor]]:
     """Each layer's (arguments, output) in one pass of `net` on scaled `inputs` (B, C, H, W): a recurrent
@@ -131,6 +146,8 @@ class Panel:
     layer: int  # 0-based
     values: Tensor  # (H', W') float: the norm of the state's features at each position
     step: Tensor  # (H', W') long: the step of the pass that computes each position (-1: none, a skew's padding)
+    state: int = 0  # which of the layer's states (`layer_states`) it shows
+    skewed: bool = False  # shown on the skewed map (H, W + H - 1)
 
 
 def computation(model: Model, image: Tensor, y: int | None = None) -> list[Panel]:
@@ -140,9 +157,7 @@ def computation(model: Model, image: Tensor, y: int | None = None) -> list[Panel
     the PixelCNN's every position of a block at once (Sec. 3.5). Sampling instead always runs in raster order."""
     net, inputs, labels, cond = _teacher_forced(model, image, y, torch.float32)
     with torch.no_grad():
-        calls = layer_calls(net, inputs, labels, cond)
-        states = [net.layers[k].streams(*args) if net.arch == "diagonal_bilstm" else (output,)
-                  for k, (args, output) in enumerate(calls)]
+        states = layer_states(net, inputs, labels, cond)
     height, width = net.height, net.width
     rows, cols = torch.arange(height)[:, None].expand(height, width), torch.arange(width).expand(height, width)
     diagonals = height + width - 1  # the skewed map's columns
@@ -157,28 +172,30 @@ def computation(model: Model, image: Tensor, y: int | None = None) -> list[Panel
             start, inside = k * diagonals, skew(torch.ones(height, width, dtype=torch.bool))
             skewed_step = torch.where(inside, start + torch.arange(diagonals), -1)
             panels += [Panel(f"layer {k + 1}: from left", k, norms[0], start + rows + cols),
-                       Panel(f"layer {k + 1}: from right", k, norms[1], start + rows + (width - 1 - cols)),
-                       Panel(f"layer {k + 1}: from left, skewed", k, skew(norms[0]), skewed_step)]
+                       Panel(f"layer {k + 1}: from right", k, norms[1], start + rows + (width - 1 - cols), state=1),
+                       Panel(f"layer {k + 1}: from left, skewed", k, skew(norms[0]), skewed_step, skewed=True)]
     return panels
 
 
 def layer_fields(model: Model, row: int, col: int, y: int | None = None, trials: int = 3, seed: int = 0
-                 ) -> Tensor:
-    """(L, H, W) bool: the pixels that the state of pixel (row, col) after each layer depends on (a Multi-Scale
-    model: its full-size stage), measured like `receptive_fields` from gradients of random projections of that
-    state, in float64: the receptive field growing layer by layer."""
+                 ) -> list[Tensor]:
+    """Per layer, (S, H, W) bool: the pixels that each of its states (`layer_states`) at pixel (row, col) depends
+    on (a Multi-Scale model: its full-size stage), measured like `receptive_fields` from gradients of random
+    projections of that state, in float64: the receptive field growing layer by layer. A Diagonal BiLSTM's
+    right-to-left state reads the rest of its own row, which is why the layer adds it one row lower."""
     net = _full_size(model, row, col, 0)
     probe = copy.deepcopy(net).cpu().double().eval()
     generator = torch.Generator().manual_seed(seed)
-    inputs = (torch.rand((trials, net.channels, net.height, net.width), generator=generator,
-                         dtype=torch.float64) * 2 - 1).requires_grad_()
+    inputs, cond = _random_inputs(net, trials, generator)
+    inputs.requires_grad_()
     labels = None if net.num_classes is None else torch.full((trials,), 0 if y is None else y)
-    cond = None if not net.cond_channels else torch.randn(trials, net.cond_channels, net.height, net.width,
-                                                           generator=generator, dtype=torch.float64)
     fields = []
-    for _, output in layer_calls(probe, inputs, labels, cond):
-        state = output[:, :, row, col]  # (trials, features)
-        projection = torch.randn(state.shape, generator=generator, dtype=torch.float64)
-        (gradient,) = torch.autograd.grad((state * projection).sum(), inputs, retain_graph=True)
-        fields.append((gradient != 0).any(1).any(0))
-    return torch.stack(fields)
+    for states in layer_states(probe, inputs, labels, cond):
+        per_state = []
+        for state in states:
+            at = state[:, :, row, col]  # (trials, features)
+            projection = torch.randn(at.shape, generator=generator, dtype=torch.float64)
+            (gradient,) = torch.autograd.grad((at * projection).sum(), inputs, retain_graph=True)
+            per_state.append((gradient != 0).any(1).any(0))
+        fields.append(torch.stack(per_state))
+    return fields

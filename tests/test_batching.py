@@ -39,13 +39,14 @@ def replayed(recording: Recording) -> list[pixelrnn.Step]:
 @pytest.mark.parametrize("model", [tiny(), tiny(factor=2, cond_channels=4), tiny(num_classes=3)],
                          ids=["row-lstm", "multiscale", "conditional"])
 def test_each_request_replays_its_own_samples_step_by_step(model):
-    """Requests submitted together come back as if each had run alone (float64): every step's image and
-    distribution, not only the last."""
+    """Requests submitted together come back as if each had run alone (float64): every step's image and the
+    distribution its stream shows (its first image's), not only the last."""
     server = BatchServer(workers=1, max_work=10**6)
     conditional = model.config.num_classes is not None
     requests = [pixelrnn.SampleRequest(2, 1 if conditional else None, 1.0, 5),
                 pixelrnn.SampleRequest(1, 2 if conditional else None, 0.5, 6)]
-    recordings = [server.submit(model, r, 72) for r in requests]
+    with server._changed:  # both wait before the worker looks: they share its first run
+        recordings = [server.submit(model, r, 72) for r in requests]
     for request, recording in zip(requests, recordings, strict=True):
         steps = replayed(recording)
         alone = list(pixelrnn.sample_steps(model, request.n, request.y, temperature=request.temperature,
@@ -53,14 +54,15 @@ def test_each_request_replays_its_own_samples_step_by_step(model):
         assert len(steps) == len(alone)
         for mine, solo in zip(steps, alone, strict=True):
             assert mine.position == solo.position and mine.stage == solo.stage
-            assert torch.equal(mine.done, solo.done) and torch.equal(mine.probs, solo.probs)
+            assert torch.equal(mine.done, solo.done) and torch.equal(mine.probs, solo.probs[:1])  # its first image's
             done = mine.done.expand_as(mine.image)  # the pixels a step has reached are as they were then
             assert torch.equal(mine.image[done], solo.image[done])
         assert torch.equal(steps[-1].image, alone[-1].image)
+    assert [r.rows for r in recordings] == [slice(0, 2), slice(2, 3)]
 
 
 def test_a_run_whose_visitors_all_left_stops_and_errors_reach_every_request(monkeypatch):
-    step = next(iter(pixelrnn.sample_steps(tiny(), 1, seed=0)))
+    step = next(iter(pixelrnn.sample_steps(tiny(), 2, seed=0)))  # a step of a run of two 1-image requests
 
     def endless(model, requests):  # a run that only stops when it is told to
         while True:
@@ -68,7 +70,8 @@ def test_a_run_whose_visitors_all_left_stops_and_errors_reach_every_request(monk
 
     monkeypatch.setattr(pixelrnn, "sample_batch_steps", endless)
     server = BatchServer(workers=1, max_work=10**6)
-    left, staying = (server.submit(None, pixelrnn.SampleRequest(1), 36) for _ in range(2))
+    with server._changed:  # both wait before the worker looks: they share its first run
+        left, staying = (server.submit(None, pixelrnn.SampleRequest(1), 36) for _ in range(2))
     with left.changed:
         assert left.changed.wait_for(lambda: len(left.steps) > 3, timeout=60)
     left.cancelled = True
@@ -83,7 +86,8 @@ def test_a_run_whose_visitors_all_left_stops_and_errors_reach_every_request(monk
         raise RuntimeError("the weights are not finite")
 
     monkeypatch.setattr(pixelrnn, "sample_batch_steps", failing)
-    recordings = [server.submit(None, pixelrnn.SampleRequest(1), 36) for _ in range(2)]
+    with server._changed:
+        recordings = [server.submit(None, pixelrnn.SampleRequest(1), 36) for _ in range(2)]
     for recording in recordings:
         with pytest.raises(RuntimeError, match="not finite"):
             replayed(recording)

@@ -553,7 +553,7 @@ def test_how_it_computes_shows_the_models_own_pass(studio, checkpoints, tmp_path
     _, analysis = studio.core.analysis("tiny-bin", image, None)
     panels = computation(model, torch.from_numpy(analysis.pixels))
     focus = (28 - 7, 14)
-    fields = layer_fields(model, *focus).numpy()
+    fields = [f.numpy() for f in layer_fields(model, *focus)]
     animation = Image.open(path)
     assert animation.n_frames == len(frame_steps(28)) == 28
     for t in (0, 13, 27):

@@ -110,7 +110,7 @@ def test_computation_shows_the_layers_own_states(arch):
     model = make(arch, 3, 16, 5, 6, layers=2).eval()
     image = torch.randint(0, 16, (3, 5, 6))
     panels = computation(model, image)
-    assert [p.layer for p in panels] == [0, 0, 0, 1, 1, 1] if arch == "diagonal_bilstm" else [0, 1]
+    assert [p.layer for p in panels] == ([0, 0, 0, 1, 1, 1] if arch == "diagonal_bilstm" else [0, 1])
     for k, layer in enumerate(model.layers):
         args, output = layer_call(model, image, k)
         shown = [p for p in panels if p.layer == k]
@@ -152,14 +152,22 @@ def test_computation_steps_are_an_order_the_layer_can_run_in(arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_layer_fields_grow_into_the_receptive_field(arch):
     """The pixels a position's state reads after each layer: only earlier pixels (grey), never fewer after a
-    later layer (the residual stream keeps what it read), and after the last layer exactly the prediction's
-    receptive field; a PixelCNN's grows layer by layer."""
+    later layer (the residual stream keeps what it read), and after the last layer the prediction's receptive
+    field (a Diagonal BiLSTM's left-to-right state: part of it); a PixelCNN's grows layer by layer. A Diagonal
+    BiLSTM's right-to-left state reads its own pixel and the rest of its row, which its left-to-right one never
+    does (so the layer adds it one row lower)."""
     model = make(arch, 1, 2, 12, 12, layers=3)
-    fields = layer_fields(model, 9, 6)  # (L, H, W)
+    fields = layer_fields(model, 9, 6)  # per layer (S, H, W)
+    assert [f.shape[0] for f in fields] == [2 if arch == "diagonal_bilstm" else 1] * 3
+    main = torch.stack([f[0] for f in fields])  # (L, H, W): the output, or the left-to-right state
     past = torch.zeros(12 * 12, dtype=torch.bool)
     past[: 9 * 12 + 6] = True
-    assert not (fields & ~past.view(12, 12)).any()
-    assert all((fields[k] <= fields[k + 1]).all() for k in range(2))
-    assert torch.equal(fields[-1], receptive_field(model, 9, 6)[0])
+    assert not (main & ~past.view(12, 12)).any()
+    assert all((main[k] <= main[k + 1]).all() for k in range(2))
+    field = receptive_field(model, 9, 6)[0]
+    assert torch.equal(main[-1], field) if arch != "diagonal_bilstm" else (main[-1] <= field).all()
     if arch == "pixelcnn":
-        assert fields[0].sum() < fields[1].sum() < fields[2].sum()
+        assert main[0].sum() < main[1].sum() < main[2].sum()
+    if arch == "diagonal_bilstm":
+        reverse = fields[0][1]
+        assert reverse[9, 6:11].all() and not main[0][9, 6:].any()

@@ -72,13 +72,17 @@ class Core:
         small = (spec.height // spec.factor) * (spec.width // spec.factor) if spec.factor else 0
         return spec.height * spec.width + small
 
+    def work(self, batch: int, spec: ModelSpec) -> int:
+        """A sampling request's work in pixel samples: images (x particles) x sub-pixels."""
+        return batch * spec.channels * self.steps_total(spec)
+
     @contextlib.contextmanager
     def capacity(self, batch: int, spec: ModelSpec, fewer: str) -> Iterator[None]:
         """Admit a sampling request of `batch` images (particles included): its work is batch x pixels x channels
         pixel samples. Above MAX_WORK it is refused; above LONG_WORK it runs only if no other such job does, so
         that of the SAMPLING_SLOTS concurrent requests at least SAMPLING_SLOTS - 1 are always free for short
         ones. `fewer` names what to reduce."""
-        work = batch * spec.channels * self.steps_total(spec)
+        work = self.work(batch, spec)
         if work > MAX_WORK:
             raise gr.Error(f"This request needs {work:,} pixel samples ({batch} images x {spec.channels} channels x "
                            f"{self.steps_total(spec):,} pixels), more than the {MAX_WORK:,} one request may use: "
@@ -103,10 +107,11 @@ class Core:
         gate, total = FrameGate(streams=lambda: self._streams, full_rate=GENERATE_WORKERS), self.steps_total(spec)
         pacer, start = Pacer(total, pace), time.monotonic()
         last = None
-        with self._streams_lock:
-            self._streams += 1
         try:
             for k, (step, final) in enumerate(with_last(steps), start=1):
+                if k == 1:  # playing from now on (a request still waiting for its run takes no frames)
+                    with self._streams_lock:
+                        self._streams += 1
                 pacer.wait(k)
                 last = step
                 if not gate.due(final):
@@ -119,8 +124,9 @@ class Core:
                 yield gate.fresh("image", image), gate.fresh("dist", dist), gate.fresh("status", status)
                 gate.spent(time.monotonic() - started)
         finally:
-            with self._streams_lock:
-                self._streams -= 1
+            if last is not None:
+                with self._streams_lock:
+                    self._streams -= 1
 
     def receptive_fields(self, name: str, model: pixelrnn.Model) -> np.ndarray | None:
         """(H, W, H, W) bool: for each pixel, the pixels its first channel's distribution depends on in this model

@@ -23,12 +23,17 @@ log = logging.getLogger(__name__)
 BIG_RUN = 8  # images: after a larger run the freed heap is returned to the system
 
 
-@dataclass
+class SamplingFailed(RuntimeError):
+    """A batched run failed: each of its requests gets its own exception, caused by the run's."""
+
+
+@dataclass(eq=False)
 class Recording:
     """One request's part of a batched run: filled in by a worker, replayed by the request's stream."""
 
     rows: slice  # the request's rows of the run's batch
-    steps: list[pixelrnn.Step] = field(default_factory=list)  # the run's steps, whole batch, without images
+    index: int = 0  # the request's place in the run: its first image's distribution is probs[index]
+    steps: list[pixelrnn.Step] = field(default_factory=list)  # the run's steps, without images, `first_rows` probs
     latest: dict[str, torch.Tensor] = field(default_factory=dict)  # stage -> its latest image, whole batch
     finished: bool = False
     error: BaseException | None = None
@@ -49,25 +54,26 @@ class Recording:
             self.changed.notify_all()
 
     def replay(self) -> Iterator[pixelrnn.Step]:
-        """This request's steps, each as soon as it is recorded, with its images and distributions. A step's image
-        is its stage's latest: the pixels the step has not reached are drawn pending, and a drawn pixel never
-        changes (plain sampling), so the latest image shows every step as it was."""
+        """This request's steps, each as soon as it is recorded, with its images and its first image's
+        distribution (what its stream shows: a run keeps no more, `first_rows`). A step's image is its stage's
+        latest: the pixels the step has not reached are drawn pending, and a drawn pixel never changes (plain
+        sampling), so the latest image shows every step as it was."""
         k = 0
         while True:
             with self.changed:
                 while k >= len(self.steps) and not self.finished:
                     self.changed.wait()
                 if self.error is not None:
-                    raise self.error
+                    raise SamplingFailed(str(self.error)) from self.error
                 if k >= len(self.steps):
                     return
                 step = self.steps[k]
                 image = self.latest[step.stage]
-            yield replace(step, image=image[self.rows], probs=step.probs[self.rows])
+            yield replace(step, image=image[self.rows], probs=step.probs[self.index : self.index + 1])
             k += 1
 
 
-@dataclass
+@dataclass(eq=False)
 class _Waiting:
     model: pixelrnn.Model
     request: pixelrnn.SampleRequest
@@ -78,6 +84,17 @@ class _Waiting:
 Run = Callable[[pixelrnn.Model, list[pixelrnn.SampleRequest]], Iterable[pixelrnn.Step]]
 
 
+def first_rows(requests: list[pixelrnn.SampleRequest]) -> list[int]:
+    """Each request's first row in its run's batch."""
+    return [sum(r.n for r in requests[:k]) for k in range(len(requests))]
+
+
+def _kept(steps: Iterable[pixelrnn.Step], rows: list[int]) -> list[pixelrnn.Step]:
+    """What a run keeps of its steps: no images, and only the distributions of each request's first image (the
+    one its stream shows), on the CPU: a 128-image CIFAR-10 run's every distribution would hold 400 MB."""
+    return [replace(step, image=None, probs=step.probs[rows].cpu(), done=step.done.cpu()) for step in steps]
+
+
 def recorded(gpu: Callable[[Callable], Callable]) -> Run:
     """A batched run as one call decorated by `gpu` (ZeroGPU's `spaces.GPU`, which holds the GPU for the whole
     call): the model on the GPU if there is one, every step recorded (the images only at each stage's end),
@@ -85,11 +102,12 @@ def recorded(gpu: Callable[[Callable], Callable]) -> Run:
 
     @gpu
     def run(model: pixelrnn.Model, requests: list[pixelrnn.SampleRequest]) -> list[pixelrnn.Step]:
-        model = model.to("cuda" if torch.cuda.is_available() else "cpu")  # ZeroGPU: in the call's own process
+        # moved in place: ZeroGPU runs the call in a process of its own, so the registry's model stays on the CPU
+        model = model.to("cuda" if torch.cuda.is_available() else "cpu")
         steps = list(pixelrnn.sample_batch_steps(model, requests))
         ends = {step.stage: k for k, step in enumerate(steps)}  # each stage's last step keeps its image
-        return [replace(step, image=step.image.cpu() if k in ends.values() else None, probs=step.probs.cpu(),
-                        done=step.done.cpu()) for k, step in enumerate(steps)]
+        return [replace(kept, image=steps[k].image.cpu() if k in ends.values() else None)
+                for k, kept in enumerate(_kept(steps, first_rows(requests)))]
 
     return run
 
@@ -98,7 +116,7 @@ class BatchServer:
     """Worker threads that run waiting Generate requests in batches, one model per run: `run` streams the steps
     (default `pixelrnn.sample_batch_steps`) or returns them all (`recorded`)."""
 
-    def __init__(self, workers: int, max_work: int, cpu_threads: int = 1, run: Run | None = None):
+    def __init__(self, workers: int, max_work: int, cpu_threads: int = 1, run: Run | None = None) -> None:
         self.workers, self.max_work, self.cpu_threads = workers, max_work, cpu_threads
         self.run = run
         self._waiting: list[_Waiting] = []
@@ -137,10 +155,9 @@ class BatchServer:
             torch.set_num_threads(self.cpu_threads)
         while True:
             batch = self._next_batch()
-            start = 0
-            for waiting in batch:
-                waiting.recording.rows = slice(start, start + waiting.request.n)
-                start += waiting.request.n
+            for index, (waiting, first) in enumerate(zip(batch, first_rows([w.request for w in batch]), strict=True)):
+                waiting.recording.rows, waiting.recording.index = slice(first, first + waiting.request.n), index
+            images = sum(w.request.n for w in batch)
             error = None
             try:
                 self._serve(batch)
@@ -150,17 +167,22 @@ class BatchServer:
             finally:
                 for waiting in batch:
                     waiting.recording.finish(error)
-                if start > BIG_RUN:
+                if images > BIG_RUN:
                     release_memory()
 
     def _serve(self, batch: list[_Waiting]) -> None:
         """One run for `batch`, its steps recorded for each request as they come (or at once, `recorded`)."""
         run = self.run or pixelrnn.sample_batch_steps  # looked up per run (the tests replace it)
-        steps = run(batch[0].model, [w.request for w in batch])
-        for chunk in [steps] if isinstance(steps, list) else ([step] for step in steps):
-            images = {step.stage: step.image for step in chunk if step.image is not None}
-            stripped = [replace(step, image=None) for step in chunk]
+        requests = [w.request for w in batch]
+        steps = run(batch[0].model, requests)
+        if isinstance(steps, list):  # recorded in one call (`recorded`): kept already
             for waiting in batch:
-                waiting.recording.add(stripped, images)
+                waiting.recording.add(steps, {s.stage: s.image for s in steps if s.image is not None})
+            return
+        rows = first_rows(requests)
+        for step in steps:
+            kept = _kept([step], rows)
+            for waiting in batch:
+                waiting.recording.add(kept, {step.stage: step.image})
             if all(w.recording.cancelled for w in batch):  # every visitor of the run left
                 return

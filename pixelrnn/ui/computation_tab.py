@@ -57,13 +57,14 @@ def _panel_picture(panel: Panel, step: int, field: np.ndarray | None, focus: tup
     return rgb
 
 
-def render_frame(panels: list[Panel], step: int, fields: np.ndarray, focus: tuple[int, int], caption: str
+def render_frame(panels: list[Panel], step: int, fields: list[np.ndarray], focus: tuple[int, int], caption: str
                  ) -> np.ndarray:
     """The frame of `step`: a row per layer for the Diagonal BiLSTM (its two directions and the skewed map), else
-    four layers per row; `fields` (L, H, W) of the focus pixel's state after each layer; a caption on top."""
+    four layers per row; `fields[layer][state]` (H, W): what each state at the focus pixel depends on
+    (`layer_fields`); a caption on top."""
     height = panels[0].values.shape[0]
     scale = max(1, PANEL_PX // height)
-    per_row = 3 if len({p.layer for p in panels}) < len(panels) else 4
+    per_row = 3 if any(p.skewed for p in panels) else 4
     rows = [panels[k : k + per_row] for k in range(0, len(panels), per_row)]
     cell_w = [p.values.shape[1] * scale for p in rows[0]]
     width = sum(w + GAP_PX for w in cell_w) + GAP_PX
@@ -73,8 +74,7 @@ def render_frame(panels: list[Panel], step: int, fields: np.ndarray, focus: tupl
     for row in rows:
         x = GAP_PX
         for k, panel in enumerate(row):
-            skewed = panel.values.shape[1] != fields.shape[2]
-            field = None if skewed else fields[panel.layer]
+            field = None if panel.skewed else fields[panel.layer][panel.state]
             picture = upscale(_panel_picture(panel, step, field, focus), scale)
             draw_text(canvas, (x, y), panel.title, (60, 60, 60), 11)
             canvas.paste(Image.fromarray(picture), (x, y + TITLE_PX))
@@ -127,9 +127,10 @@ def context_figure(highlight: str) -> np.ndarray:
 class ComputationTab:
     """How it computes: an animation of one teacher-forced pass of a model on an image."""
 
-    def __init__(self, core: Core):
+    def __init__(self, core: Core) -> None:
         self.core, self.registry = core, core.registry
         self._folder = tempfile.TemporaryDirectory(prefix="pixelrnn-computation-")
+        self._pruning = threading.Lock()
 
     @user_errors
     @returns_memory
@@ -148,7 +149,7 @@ class ComputationTab:
         text = (f"**{ARCH_NAMES[net.arch]}**{' (the full-size stage, given the small image)' if spec.factor else ''}"
                 f". {HOW[net.arch]} Colour: the size (norm) of each position's state in this pass, red: the "
                 f"positions computed at that step, grey: not yet computed; once a layer is done, blue marks the "
-                f"pixels its state at the red dot depends on (measured from the model). {RASTER}")
+                f"pixels each panel's state at the red dot depends on (measured from the model). {RASTER}")
         return str(path), context_figure(net.arch), text
 
     def _animate(self, model: pixelrnn.Model, arch: str, pixels: np.ndarray, label: int | None, duration_s: int,
@@ -156,7 +157,7 @@ class ComputationTab:
         panels = computation(model, torch.from_numpy(pixels), label)
         height, width = panels[0].values.shape
         focus = (height - height // 4, width // 2)
-        fields = layer_fields(model, *focus, y=label).numpy()
+        fields = [f.numpy() for f in layer_fields(model, *focus, y=label)]
         total = int(max(int(p.step.max()) for p in panels)) + 1
         steps = frame_steps(total)
         frames = [Image.fromarray(render_frame(panels, t, fields, focus,
@@ -168,6 +169,7 @@ class ComputationTab:
         frames[0].save(part, format="WEBP", save_all=True, append_images=frames[1:], duration=durations, loop=0,
                        lossless=True)
         part.replace(path)
-        kept = sorted(Path(self._folder.name).glob("*.webp"), key=lambda p: p.stat().st_mtime)
-        for old in kept[:-KEPT_ANIMATIONS]:
-            old.unlink(missing_ok=True)
+        with self._pruning:  # two requests may prune at once
+            kept = sorted(Path(self._folder.name).glob("*.webp"), key=lambda p: p.stat().st_mtime)
+            for old in kept[:-KEPT_ANIMATIONS]:
+                old.unlink(missing_ok=True)

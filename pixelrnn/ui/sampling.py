@@ -69,8 +69,8 @@ class SamplingTabs:
                     f"{time.monotonic() - start:.1f} s (seed {seed}, temperature {temperature:g}).")
 
         with self.core.capacity(n, spec, "samples"):  # sampled with the other requests for the model (batching)
-            work = n * spec.channels * self.core.steps_total(spec)
-            recording = self.core.batches.submit(model, pixelrnn.SampleRequest(n, y, temperature, seed), work)
+            wanted = pixelrnn.SampleRequest(n, y, temperature, seed)  # (`request` is the visitor's HTTP request)
+            recording = self.core.batches.submit(model, wanted, self.core.work(n, spec))
             try:
                 yield from self.core.stream(recording.replay(), spec, pace, render, summary)
             finally:

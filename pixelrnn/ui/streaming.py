@@ -23,8 +23,9 @@ class FrameGate:
     """Which streamed frames to send: the final one, and otherwise at most one per `interval` seconds, or
     fewer when frames are costly: rendering and sending frames (Gradio encodes every image) takes at most
     1 / (1 + headroom) of the time, so that a stream finishes within 1.25x of the sampler alone; and fewer when
-    `streams()` (the streams running now) exceed `full_rate` (the CPU's cores): the streams share the frame rate
-    of `full_rate` streams, so that 24 visitors' frames do not starve the sampler that serves them. Never the
+    `streams()` (the streams playing now) exceed `full_rate` (as many as the server has sampling workers, one per
+    vCPU): the streams share the frame rate of `full_rate` streams, so that 24 visitors' frames do not starve the
+    sampler that serves them. Never the
     same value twice for an output (the browser breaks on a repeated image file): `fresh` gives gr.skip()."""
 
     def __init__(self, interval: float = FRAME_INTERVAL_S, clock: Callable[[], float] = time.monotonic,

@@ -25,7 +25,8 @@ class Studio:
     """The app's endpoints, one object per tab (`sampling`: Generate, Complete, Upscale; `inspector`; `compressor`;
     `computation`: How it computes) over the `Core` they share (`core`: registry, threads, work limits, streaming, cached analyses)."""
 
-    def __init__(self, registry: Registry, cpu_threads: int = 1, gpu: Callable[[Callable], Callable] | None = None):
+    def __init__(self, registry: Registry, cpu_threads: int = 1,
+                 gpu: Callable[[Callable], Callable] | None = None) -> None:
         self.registry = registry
         self.core = Core(registry, cpu_threads, gpu)
         self.sampling, self.inspector, self.compressor = SamplingTabs(self.core), InspectTab(self.core), \
