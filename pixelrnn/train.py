@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.0, help="dropout on each layer's residual branch")
     p.add_argument("--hflip", action="store_true", help="mirror each training image left-right with probability 1/2")
     p.add_argument("--factor", type=int, default=0, help="Multi-Scale PixelRNN: subsampling factor (e.g. 2)")
-    p.add_argument("--small-layers", type=int, default=None, help="Multi-Scale: the small image's layers (default: --layers)")
+    p.add_argument("--small-layers", type=int, default=None,
+                   help="Multi-Scale: the small image's layers (default: --layers)")
     p.add_argument("--batch-size", type=int, default=16, help="global batch (split across processes)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
@@ -116,8 +117,8 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
     info = DATASETS[args.dataset]
     return paper_config("binarized_mnist" if binarized else args.dataset, args.arch, hidden=args.hidden,
                         layers=args.layers, out_hidden=args.out_hidden, factor=args.factor or None,
-                        small_layers=args.small_layers, num_classes=info.num_classes if args.conditional else None, skip=not args.no_skip,
-                        dropout=args.dropout)
+                        small_layers=args.small_layers, num_classes=info.num_classes if args.conditional else None,
+                        skip=not args.no_skip, dropout=args.dropout)
 
 
 STATE_KEYS = ("step", "epoch", "wall_time_s", "history", "best", "bad_evals", "settings", "changes")

@@ -2,7 +2,8 @@
 
 Starts the app on a free loopback port, drives it in headless Chromium (as tests/test_browser.py does) and writes
 the sections asked for (default: all): `tabs` docs/screenshot-<tab>.png, `fields` docs/receptive-fields.png,
-`influence` docs/influence.png, `computation` docs/screenshot-computation.png and docs/computation-<arch>.webp (the tab's animations), `phone`
+`influence` docs/influence.png, `computation` docs/screenshot-computation.png and docs/computation-<arch>.webp
+(the tab's animations), `phone`
 docs/screenshot-phone.png.
 """
 
@@ -114,7 +115,8 @@ def computation_shots(page) -> None:
     for arch in ("row-lstm", "pixelcnn", "diagonal-bilstm"):
         choose(page, "how-model", f"binarized-mnist-{arch}")
         page.click("#how-run")
-        wait_for(page, "how-text", {"row-lstm": "Row LSTM", "pixelcnn": "PixelCNN", "diagonal-bilstm": "Diagonal"}[arch])
+        names = {"row-lstm": "Row LSTM", "pixelcnn": "PixelCNN", "diagonal-bilstm": "Diagonal"}
+        wait_for(page, "how-text", names[arch])
         data = page.evaluate("fetch(document.querySelector('#how-animation img').src).then(r => r.arrayBuffer())"
                              ".then(b => Array.from(new Uint8Array(b)))")
         (DOCS / f"computation-{arch}.webp").write_bytes(bytes(data))

@@ -211,7 +211,8 @@ def test_local_pickle_only_folder_is_refused_without_unpickling(tiny, monkeypatc
     ("{not json", "cannot read JSON"),
     ('{"layers": 1000, "hidden": 4096}', r"too large for pixelrnn: hidden = 4096 \(at most 1024\), layers = 1000"),
     ('{"layers": 64, "hidden": 1024}', r"too large for pixelrnn: 2,551,681,218 parameters \(at most 100,000,000\)"),
-], ids=["arch", "negative", "float", "skip", "unknown-key", "factor", "small-layers", "list", "syntax", "bounds", "parameters"])
+], ids=["arch", "negative", "float", "skip", "unknown-key", "factor", "small-layers", "list", "syntax", "bounds",
+        "parameters"])
 def test_invalid_config(tiny, config, message):
     (tiny[1] / "config.json").write_text(config)
     with pytest.raises(CheckpointError, match=message) as info:
@@ -370,8 +371,9 @@ def test_model_cards_of_conditional_and_multi_scale_models(env):
     assert meta["model-index"][0]["results"][0]["task"]["type"] == "class-conditional-image-generation"
     assert "unconditional-image-generation" not in text
     assert "1.8 h of training, on cpu (x86_64, 1 thread)" in text
-    folder = save(tiny_model(factor=2, small_layers=3), env / "ms", {
-        "dataset": "binarized_mnist", "arch": "row_lstm", "test_nll_nats": 84.9, "unit": "nats", "multiscale_factor": 2})
+    metrics = {"dataset": "binarized_mnist", "arch": "row_lstm", "test_nll_nats": 84.9, "unit": "nats",
+               "multiscale_factor": 2}
+    folder = save(tiny_model(factor=2, small_layers=3), env / "ms", metrics)
     text = write_model_card(folder).read_text()
     assert front_matter(text)["pipeline_tag"] == "unconditional-image-generation"
     assert "multi-scale: a small model (3 residual layers) on the image subsampled by 2" in text

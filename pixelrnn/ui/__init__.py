@@ -10,8 +10,8 @@ Everything here is a plain function or a small class that can be tested without 
 - `pictures`: upscaled images, distributions, heat maps;  `streaming`: frame throttling and pacing;
 - `registry`: local and Hub models, loaded on first use;  `cards`: likelihood analyses, model cards;
 - `batching`: Generate requests for a model sampled together in batched runs, replayed at each visitor's pace;
-- `base`, `sampling`, `inspect_tab`, `compress_tab`, `computation_tab`, `studio`: the endpoints, one object per tab over a shared
-  `Core`, held by `Studio`.
+- `base`, `sampling`, `inspect_tab`, `compress_tab`, `computation_tab`, `studio`: the endpoints, one object per tab
+  over a shared `Core`, held by `Studio`.
 """
 
 # the modules, for tests and tools: ui.pictures.render_distribution, ui.params.parse_int, ...

@@ -126,7 +126,8 @@ class SamplingTabs:
                 r, j = step.position
                 known = not stage_mask[r, j]
                 where = "small image, " if step.stage == "small" else ""
-                title = f"Completion 1, {where}row {r}, col {j}: " + ("known, scored" if known else "sampled value marked")
+                what = "known, scored" if known else "sampled value marked"
+                title = f"Completion 1, {where}row {r}, col {j}: {what}"
                 dist = render_distribution(step.probs[0].cpu().numpy(), pixels[0, :, r, j].tolist(), title)
                 return tile([original, *cells], min(n + 1, 5)), dist
 

@@ -23,7 +23,8 @@ from pixelrnn.ui.streaming import is_progress
 
 class Studio:
     """The app's endpoints, one object per tab (`sampling`: Generate, Complete, Upscale; `inspector`; `compressor`;
-    `computation`: How it computes) over the `Core` they share (`core`: registry, threads, work limits, streaming, cached analyses)."""
+    `computation`: How it computes) over the `Core` they share (`core`: registry, threads, work limits, streaming,
+    cached analyses)."""
 
     def __init__(self, registry: Registry, cpu_threads: int = 1,
                  gpu: Callable[[Callable], Callable] | None = None) -> None:
