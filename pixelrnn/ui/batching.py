@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -21,6 +22,7 @@ from pixelrnn.ui.errors import release_memory
 
 log = logging.getLogger(__name__)
 BIG_RUN = 8  # images: after a larger run the freed heap is returned to the system
+NOTIFY_S = 0.01  # a waiting stream is woken at most this often (and when its run ends)
 
 
 class SamplingFailed(RuntimeError):
@@ -38,15 +40,20 @@ class Recording:
     finished: bool = False
     error: BaseException | None = None
     cancelled: bool = False  # the visitor left: the run may stop once every request in it has
+    notified: float = 0.0  # when the stream was last woken
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def add(self, steps: list[pixelrnn.Step], images: dict[str, torch.Tensor]) -> None:
         """Record steps (in order, without their images; shared by the run's requests) and each stage's latest
-        image: one image per stage is kept, not one per step."""
+        image: one image per stage is kept, not one per step. The stream is woken at most every NOTIFY_S (it sends
+        at most 20 frames a second): waking it at every pixel costs the sampler the interpreter lock."""
         with self.changed:
             self.steps += steps
             self.latest |= images
-            self.changed.notify_all()
+            now = time.monotonic()
+            if now - self.notified >= NOTIFY_S:
+                self.notified = now
+                self.changed.notify_all()
 
     def finish(self, error: BaseException | None = None) -> None:
         with self.changed:
@@ -67,10 +74,10 @@ class Recording:
                     raise SamplingFailed(str(self.error)) from self.error
                 if k >= len(self.steps):
                     return
-                step = self.steps[k]
-                image = self.latest[step.stage]
-            yield replace(step, image=image[self.rows], probs=step.probs[self.index : self.index + 1])
-            k += 1
+                ready, latest = self.steps[k:], dict(self.latest)  # every step recorded so far, at once
+            for step in ready:
+                yield replace(step, image=latest[step.stage][self.rows], probs=step.probs[self.index : self.index + 1])
+            k += len(ready)
 
 
 @dataclass(eq=False)
