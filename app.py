@@ -315,7 +315,9 @@ def _computation_tab(studio: ui.Studio, registry: ui.Registry, default: str | No
 
     _follow_classes(studio, model, cls, True, "classes_computation")
     outputs = [animation, figure, text]
-    run.click(gpu(studio.computation.play), [model, image, cls, seconds], outputs, api_name="computation",
+    # not decorated with `gpu`: the pass runs on a CPU copy of the model (pixelrnn.views), and holding a ZeroGPU
+    # slice for it would only spend the visitor's quota
+    run.click(studio.computation.play, [model, image, cls, seconds], outputs, api_name="computation",
               preprocess=False, show_progress_on=[animation], **analysis)
     for change in (model.change, image.change):  # the animation never outlives its model or image
         change(ui.cleared(len(outputs)), None, outputs, api_visibility="private", queue=False, show_progress="hidden")

@@ -9,6 +9,7 @@ docs/screenshot-phone.png.
 
 from __future__ import annotations
 
+import functools
 import socket
 import sys
 from pathlib import Path
@@ -32,6 +33,12 @@ def wait_for(page, elem_id: str, text: str) -> None:
     page.wait_for_timeout(1500)  # the last image loads after the status
 
 
+@functools.cache
+def in_process_studio() -> ui.Studio:
+    """The demo's endpoints on the shipped checkpoints, in this process (for figures made from their outputs)."""
+    return ui.Studio(ui.Registry.from_env(None, [], "cpu"))
+
+
 def receptive_field_shots(page) -> None:
     """docs/receptive-fields.png: a Generate frame with the overlay on, past the middle of the image, for each
     single-scale binarized-MNIST architecture. The frames come from the Generate endpoint itself, in this process
@@ -42,7 +49,7 @@ def receptive_field_shots(page) -> None:
     import numpy as np
     from PIL import Image
 
-    studio, visitor = ui.Studio(ui.Registry.from_env(None, [], "cpu")), SimpleNamespace(session_hash="docs")
+    studio, visitor = in_process_studio(), SimpleNamespace(session_hash="docs")
     studio.core.show_field("generate", True, visitor)
     shots = []
     for name in ("binarized-mnist-row-lstm", "binarized-mnist-diagonal-bilstm", "binarized-mnist-pixelcnn"):
@@ -62,7 +69,7 @@ def influence_shots(page) -> None:
     import numpy as np
     from PIL import Image
 
-    studio, seven = ui.Studio(ui.Registry.from_env(None, [], "cpu")), ui.ASSETS_DIR / "mnist_7.png"
+    studio, seven = in_process_studio(), ui.ASSETS_DIR / "mnist_7.png"
     maps = [studio.inspector.pixel(name, seven, None, INFLUENCE_PIXEL[0], INFLUENCE_PIXEL[1])[1]
             for name in ("binarized-mnist-row-lstm", "binarized-mnist-diagonal-bilstm", "binarized-mnist-pixelcnn")]
     row = np.concatenate([np.pad(m, ((0, 0), (0, 12), (0, 0)), constant_values=255) for m in maps], 1)

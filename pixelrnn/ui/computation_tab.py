@@ -89,9 +89,9 @@ def describe(arch: str, panels: list[Panel], step: int) -> str:
     panel = next(p for p in panels if (p.step == step).any())
     if arch == "pixelcnn":
         return f"{panel.title}: every position at once"
-    where = (panel.step == step).nonzero()[0].tolist()
-    unit = f"row {where[0]}" if arch == "row_lstm" else f"diagonal {where[0] + where[1]}"
-    return f"{panel.title.split(':')[0]}, {unit}"
+    row, col = (panel.step == step).nonzero()[0].tolist()
+    unit = f"row {row}" if arch == "row_lstm" else f"diagonal {row + col}"
+    return f"layer {panel.layer + 1}, {unit}"
 
 
 def frame_steps(total: int) -> list[int]:

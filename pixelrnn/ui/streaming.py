@@ -25,8 +25,8 @@ class FrameGate:
     1 / (1 + headroom) of the time, so that a stream finishes within 1.25x of the sampler alone; and fewer when
     `streams()` (the streams playing now) exceed `full_rate` (as many as the server has sampling workers, one per
     vCPU): the streams share the frame rate of `full_rate` streams, so that 24 visitors' frames do not starve the
-    sampler that serves them. Never the
-    same value twice for an output (the browser breaks on a repeated image file): `fresh` gives gr.skip()."""
+    sampler that serves them. Never the same value twice for an output (the browser breaks on a repeated image
+    file): `fresh` gives gr.skip()."""
 
     def __init__(self, interval: float = FRAME_INTERVAL_S, clock: Callable[[], float] = time.monotonic,
                  headroom: float = 4.0, streams: Callable[[], int] = lambda: 1, full_rate: int = 2):
