@@ -149,14 +149,15 @@ def _stream_controls(run: gr.events.Dependency, stop: gr.Button, model: gr.Dropd
         ui.settle, api_visibility="private", queue=False, show_progress="hidden").then(
         ui.stopped, status, status, api_visibility="private", queue=False, show_progress="hidden")
     # results never outlive the model or input they came from: a model change clears them and stops a running
-    # stream; a new input clears them only (uploads and brush strokes are reported late, maybe after Run)
+    # stream; a new input clears them (in the browser), unless a stream is running: uploads and brush strokes are
+    # reported late, sometimes after Run
     model.change(None, cancels=[run], api_visibility="private", queue=False).then(  # cancel, then clear
         ui.settle, api_visibility="private", queue=False, show_progress="hidden").then(
         ui.model_changed(len(outputs)), status, outputs, api_visibility="private", queue=False,
         show_progress="hidden")
     if new_input is not None:
-        new_input.change(ui.cleared(len(outputs)), None, outputs, api_visibility="private", queue=False,
-                         show_progress="hidden")
+        new_input.change(None, outputs, outputs, js=ui.clear_js(streaming=True), api_visibility="private",
+                         queue=False, show_progress="hidden")
 
 
 def _generate_tab(studio: ui.Studio, registry: ui.Registry, default: str | None, sampling: dict[str, Any]) -> None:
@@ -320,7 +321,8 @@ def _computation_tab(studio: ui.Studio, registry: ui.Registry, default: str | No
     run.click(studio.computation.play, [model, image, cls, seconds], outputs, api_name="computation",
               preprocess=False, show_progress_on=[animation], **analysis)
     for change in (model.change, image.change):  # the animation never outlives its model or image
-        change(ui.cleared(len(outputs)), None, outputs, api_visibility="private", queue=False, show_progress="hidden")
+        change(None, outputs, outputs, js=ui.clear_js(streaming=False), api_visibility="private", queue=False,
+               show_progress="hidden")
 
 
 def _compress_tab(studio: ui.Studio, registry: ui.Registry, default: str | None, examples: list[str],

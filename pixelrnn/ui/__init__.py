@@ -43,7 +43,7 @@ from pixelrnn.ui.settings import (
     QUEUE_SIZE,
     SAMPLING_SLOTS,
 )
-from pixelrnn.ui.studio import Studio, cleared, example_images, model_changed, settle, stopped
+from pixelrnn.ui.studio import Studio, clear_js, example_images, model_changed, settle, stopped
 
 __all__ = [
     "ANALYSIS_SLOTS",
@@ -59,7 +59,7 @@ __all__ = [
     "SAMPLING_SLOTS",
     "Registry",
     "Studio",
-    "cleared",
+    "clear_js",
     "example_images",
     "model_changed",
     "models_table",

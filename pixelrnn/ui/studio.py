@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ from pixelrnn.ui.inspect_tab import InspectTab
 from pixelrnn.ui.registry import Registry
 from pixelrnn.ui.sampling import SamplingTabs
 from pixelrnn.ui.settings import ASSETS_DIR
-from pixelrnn.ui.streaming import is_progress
+from pixelrnn.ui.streaming import PROGRESS_END, is_progress
 
 
 class Studio:
@@ -40,9 +41,15 @@ class Studio:
         return model_card(self.registry, model_name)
 
 
-def cleared(outputs: int) -> Callable[[], tuple[None, ...]]:
-    """An event handler that empties `outputs` outputs: results go when the model or input they came from does."""
-    return lambda: (None,) * outputs
+def clear_js(streaming: bool) -> str:
+    """A browser-side handler (an event's `js=`, with the outputs as its inputs) that empties the outputs: results
+    go when the input they came from does. In the browser the clear happens when the change is reported, never
+    after frames that came in later (a server round trip could land after them). With `streaming` (the last output
+    a status line), a change reported while a stream runs leaves it alone: the editor and uploads report late,
+    sometimes after Run, and a mid-stream clear would take away outputs that the stream's last frames do not
+    re-send (unchanged values are skipped)."""
+    running = f"String(values.at(-1) ?? '').trimEnd().endsWith({json.dumps(PROGRESS_END)})" if streaming else "false"
+    return f"(...values) => {running} ? values : values.map(() => null)"
 
 
 STOP_SETTLE_S = 0.3  # a running stream sends a frame every 50 ms; those already on the way land within this
