@@ -238,8 +238,8 @@ def api_call(server: str, api: str, data: list, timeout: float = 30.0,
     request is refused at once: HTTP 400 (the events with a validator check the request there) or 503 (the queue is
     full). `client`: an open connection pool, as a browser keeps one (a new httpx client costs ~40 ms here)."""
     if client is None:
-        with httpx.Client() as client:
-            return api_call(server, api, data, timeout, client)
+        with httpx.Client() as new_client:
+            return api_call(server, api, data, timeout, new_client)
     start = time.monotonic()
     response = client.post(f"{server}/gradio_api/call/{api}", json={"data": data}, timeout=timeout)
     if response.status_code in (400, 503):

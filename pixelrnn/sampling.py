@@ -81,7 +81,8 @@ def _levels(model: Model) -> int:
 def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: Tensor | None,
               temperature: float | Tensor, generators: list[tuple[torch.Generator, int]], method: str, every: int,
               particles: int, stage: str, scored: Tensor | None = None) -> Iterator[Step]:
-    """Fill the True pixels of `mask` in x (N, C, H, W) in raster order, in place; yield progress.
+    """Fill the True pixels of `mask` in x (N, C, H, W) in raster order, in place; yield progress (each Step's
+    image is x itself, which the loop goes on writing: a caller that keeps one copies it).
 
     generators: (generator, rows) blocks of x's rows in order: each block's uniforms come from its own
     generator, as they would alone (`sample_batch_steps`); temperature: one, or one per row (N,).
@@ -118,14 +119,14 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
             done[r, j] = True
             if every and (r * width + j + 1) % every == 0:
                 _check_levels(x, model.levels, r, j + 1)
-                yield Step(x.clone(), (r, j), _probs(probs), done.clone(), stage, list(ess_trace))
+                yield Step(x, (r, j), _probs(probs), done.clone(), stage, list(ess_trace))
         _check_levels(x, model.levels, r, width)
         stepper.end_row(x, r)
         if particles > 1:
             ess_trace.append(_resample(stepper, x, log_weights, particles, generators[0][0],
                                        force=r == height - 1))
     if not every or (height * width) % every:  # the final record
-        yield Step(x.clone(), (height - 1, width - 1), _probs(probs), done.clone(), stage, list(ess_trace))
+        yield Step(x, (height - 1, width - 1), _probs(probs), done.clone(), stage, list(ess_trace))
 
 
 def _tempered(logits: Tensor, temperature: float | Tensor) -> Tensor:
@@ -224,7 +225,7 @@ def _sample_steps(model: Model, n: int = 1, y=None, image=None, mask=None, tempe
     if particles > 1:
         x, labels = x.repeat_interleave(particles, 0), None if labels is None else labels.repeat_interleave(particles)
     for step in _run(model, x, fill, labels, temperature, [(generator, n * particles)], method, every, particles):
-        yield _first_particles(step, n, particles)
+        yield _snapshot(step, n, particles)
 
 
 def _run(model: Model, x: Tensor, fill: Tensor, labels: Tensor | None, temperature: float | Tensor,
@@ -289,7 +290,9 @@ class SampleRequest:
 def sample_batch_steps(model: Model, requests: Sequence[SampleRequest], method: str = "cached",
                        every: int = 1) -> Iterator[Step]:
     """Generate for several requests in one batched run (how a server serves many callers at once), yielding
-    `Step`s of all their images, in request order (request k's are rows sum(n before k) onwards).
+    `Step`s of all their images, in request order (request k's are rows sum(n before k) onwards). Every Step's
+    image is the run's image tensor itself, written on as the run goes on (a server keeps only the latest):
+    clone it to keep a snapshot.
 
     Each request's images are what `sample_steps(model, r.n, r.y, temperature=r.temperature, seed=r.seed)`
     gives alone: its uniforms come from its own seed, its temperature is its own; only the batched network's
@@ -316,12 +319,11 @@ def _batch_steps(model: Model, requests: list[SampleRequest], method: str, every
                     method, every, 1)
 
 
-def _first_particles(step: Step, n: int, particles: int) -> Step:
-    """SMC: show each image's first particle (after the last row, a weighted draw)."""
-    if particles == 1:
-        return step
-    return replace(step, image=step.image.view(n, particles, *step.image.shape[1:])[:, 0],
-                   probs=step.probs.view(n, particles, *step.probs.shape[1:])[:, 0])
+def _snapshot(step: Step, n: int, particles: int) -> Step:
+    """What `sample_steps` hands out: a copy of the images that the loop goes on writing; with SMC, each image's
+    first particle (after the last row, a weighted draw)."""
+    image = step.image.view(n, particles, *step.image.shape[1:])[:, 0]
+    return replace(step, image=image.clone(), probs=step.probs.view(n, particles, *step.probs.shape[1:])[:, 0])
 
 
 def sample(model: Model, n: int = 1, y=None, image=None, mask=None, temperature: float = 1.0,
@@ -330,7 +332,7 @@ def sample(model: Model, n: int = 1, y=None, image=None, mask=None, temperature:
     last = None
     for last in sample_steps(model, n, y, image, mask, temperature, seed, method, every=0, particles=particles):
         pass
-    return last.image.clone()
+    return last.image  # a snapshot
 
 
 @torch.no_grad()

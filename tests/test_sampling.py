@@ -244,3 +244,18 @@ def test_a_batched_run_gives_each_request_what_it_gets_alone(arch, channels, lev
             assert torch.equal(images_of_request, alone), request
     with pytest.raises(ValueError, match="temperature must be a positive number"):
         list(pixelrnn.sample_batch_steps(model, [requests[0], pixelrnn.SampleRequest(temperature=0)]))
+
+
+@pytest.mark.parametrize("particles", [1, 3])
+def test_each_step_of_sample_steps_is_a_snapshot_while_a_batched_run_hands_out_its_live_images(particles):
+    """The sampler's loop writes one image tensor in place: `sample_steps` copies it into every Step (a consumer
+    that keeps steps sees each as it was), `sample_batch_steps` hands the tensor itself (a server keeps only the
+    latest; a copy per pixel cost the demo time)."""
+    model = make("row_lstm", 3, 256)
+    steps = list(pixelrnn.sample_steps(model, 2, seed=0, particles=particles))
+    for step in steps[:-1]:
+        assert (step.image[:, :, ~step.done] == 0).all()  # not reached yet: still the zeros it started from
+    assert (steps[-1].image != 0).any()
+    batched = list(pixelrnn.sample_batch_steps(model, [pixelrnn.SampleRequest(2, seed=0)]))
+    assert all(step.image is batched[-1].image for step in batched)
+    assert torch.equal(batched[-1].image, pixelrnn.sample(model, 2, seed=0))

@@ -22,7 +22,7 @@ from pixelrnn.ui.errors import release_memory
 
 log = logging.getLogger(__name__)
 BIG_RUN = 8  # images: after a larger run the freed heap is returned to the system
-NOTIFY_S = 0.01  # a waiting stream is woken at most this often (and when its run ends)
+RECORD_S = 0.01  # a run hands its steps to the recordings (and wakes their streams) at most this often
 
 
 class SamplingFailed(RuntimeError):
@@ -40,20 +40,15 @@ class Recording:
     finished: bool = False
     error: BaseException | None = None
     cancelled: bool = False  # the visitor left: the run may stop once every request in it has
-    notified: float = 0.0  # when the stream was last woken
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def add(self, steps: list[pixelrnn.Step], images: dict[str, torch.Tensor]) -> None:
         """Record steps (in order, without their images; shared by the run's requests) and each stage's latest
-        image: one image per stage is kept, not one per step. The stream is woken at most every NOTIFY_S (it sends
-        at most 20 frames a second): waking it at every pixel costs the sampler the interpreter lock."""
+        image (the run's own tensor, which it goes on writing): one image per stage, not one per step."""
         with self.changed:
             self.steps += steps
             self.latest |= images
-            now = time.monotonic()
-            if now - self.notified >= NOTIFY_S:
-                self.notified = now
-                self.changed.notify_all()
+            self.changed.notify_all()
 
     def finish(self, error: BaseException | None = None) -> None:
         with self.changed:
@@ -96,10 +91,12 @@ def first_rows(requests: list[pixelrnn.SampleRequest]) -> list[int]:
     return [sum(r.n for r in requests[:k]) for k in range(len(requests))]
 
 
-def _kept(steps: Iterable[pixelrnn.Step], rows: list[int]) -> list[pixelrnn.Step]:
+def _kept(steps: list[pixelrnn.Step], rows: list[int]) -> list[pixelrnn.Step]:
     """What a run keeps of its steps: no images, and only the distributions of each request's first image (the
     one its stream shows), on the CPU: a 128-image CIFAR-10 run's every distribution would hold 400 MB."""
-    return [replace(step, image=None, probs=step.probs[rows].cpu(), done=step.done.cpu()) for step in steps]
+    index = torch.tensor(rows, device=steps[0].probs.device) if steps else None
+    return [replace(step, image=None, probs=step.probs.index_select(0, index).cpu(), done=step.done.cpu())
+            for step in steps]
 
 
 def recorded(gpu: Callable[[Callable], Callable]) -> Run:
@@ -186,10 +183,18 @@ class BatchServer:
             for waiting in batch:
                 waiting.recording.add(steps, {s.stage: s.image for s in steps if s.image is not None})
             return
-        rows = first_rows(requests)
+        rows, chunk, handed = first_rows(requests), [], time.monotonic()
         for step in steps:
-            kept = _kept([step], rows)
-            for waiting in batch:
-                waiting.recording.add(kept, {step.stage: step.image})
-            if all(w.recording.cancelled for w in batch):  # every visitor of the run left
-                return
+            chunk.append(step)
+            if time.monotonic() - handed >= RECORD_S:  # per step, this would cost the sampler the interpreter lock
+                self._record(batch, chunk, rows)
+                chunk, handed = [], time.monotonic()
+                if all(w.recording.cancelled for w in batch):  # every visitor of the run left
+                    return
+        self._record(batch, chunk, rows)
+
+    @staticmethod
+    def _record(batch: list[_Waiting], steps: list[pixelrnn.Step], rows: list[int]) -> None:
+        kept = _kept(steps, rows)
+        for waiting in batch:
+            waiting.recording.add(kept, {step.stage: step.image for step in steps})
