@@ -198,13 +198,18 @@ def test_stop_cancels_a_stream(page):
     assert page.locator("#gen-status").inner_text() == summary
 
 
-def test_upload_paint_and_complete(page):
+def complete_with_one_stroke(page, image: str, pace: float) -> None:
+    """On the Complete tab: upload `image`, paint a stroke across its middle, complete it and wait until done."""
     page.get_by_role("tab", name="Complete").click()
-    upload_to_editor(page, "cmp-editor", ui.ASSETS_DIR / "mnist_7.png")
+    upload_to_editor(page, "cmp-editor", ui.ASSETS_DIR / image)
     brush_stroke(page, "cmp-editor", 0.5)
-    set_slider(page, "cmp-pace", 0.5)
+    set_slider(page, "cmp-pace", pace)
     page.click("#cmp-run")
     page.wait_for_function("document.querySelector('#cmp-status')?.innerText.includes('plain completion')")
+
+
+def test_upload_paint_and_complete(page):
+    complete_with_one_stroke(page, "mnist_7.png", 0.5)
     status = page.locator("#cmp-status").inner_text()
     assert "3 plain completions" in status and " 0 pixels" not in status
     assert page.locator("#cmp-image img").get_attribute("src")
@@ -217,12 +222,7 @@ def test_a_new_input_clears_finished_results_and_leaves_a_running_stream_alone(p
     mid-stream and took the completions away, and the stream's last frames (which skip unchanged outputs) did not
     bring them back: the summary stood next to no image. Now a change reported while a stream runs leaves it alone,
     and one reported after the run clears its results."""
-    page.get_by_role("tab", name="Complete").click()
-    upload_to_editor(page, "cmp-editor", ui.ASSETS_DIR / "mnist_2.png")
-    brush_stroke(page, "cmp-editor", 0.5)
-    set_slider(page, "cmp-pace", 0)
-    page.click("#cmp-run")
-    page.wait_for_function("document.querySelector('#cmp-status')?.innerText.includes('plain completion')")
+    complete_with_one_stroke(page, "mnist_2.png", 0)
     upload_to_editor(page, "cmp-editor", ui.ASSETS_DIR / "mnist_7.png")  # after the run: its results go
     page.wait_for_function("document.querySelectorAll('#cmp-image img').length === 0")
     assert page.locator("#cmp-status").inner_text().strip() == ""
