@@ -189,13 +189,11 @@ def layer_fields(model: Model, row: int, col: int, y: int | None = None, trials:
     inputs, cond = _random_inputs(net, trials, generator)
     inputs.requires_grad_()
     labels = None if net.num_classes is None else torch.full((trials,), 0 if y is None else y)
-    fields = []
-    for states in layer_states(probe, inputs, labels, cond):
-        per_state = []
-        for state in states:
-            at = state[:, :, row, col]  # (trials, features)
-            projection = torch.randn(at.shape, generator=generator, dtype=torch.float64)
-            (gradient,) = torch.autograd.grad((at * projection).sum(), inputs, retain_graph=True)
-            per_state.append((gradient != 0).any(1).any(0))
-        fields.append(torch.stack(per_state))
-    return fields
+
+    def depends_on(state: Tensor) -> Tensor:  # (H, W) bool: the pixels that state (trials, features) depends on
+        projection = torch.randn(state.shape, generator=generator, dtype=torch.float64)
+        (gradient,) = torch.autograd.grad((state * projection).sum(), inputs, retain_graph=True)
+        return (gradient != 0).any(1).any(0)
+
+    return [torch.stack([depends_on(state[:, :, row, col]) for state in states])
+            for states in layer_states(probe, inputs, labels, cond)]

@@ -77,24 +77,24 @@ class Core:
         return batch * spec.channels * self.steps_total(spec)
 
     @contextlib.contextmanager
-    def capacity(self, batch: int, spec: ModelSpec, fewer: str) -> Iterator[None]:
-        """Admit a sampling request of `batch` images (particles included): its work is batch x pixels x channels
-        pixel samples. Above MAX_WORK it is refused; above LONG_WORK it runs only if no other such job does, so
-        that of the SAMPLING_SLOTS concurrent requests at least SAMPLING_SLOTS - 1 are always free for short
-        ones. `fewer` names what to reduce."""
+    def capacity(self, batch: int, spec: ModelSpec, fewer: str) -> Iterator[int]:
+        """Admit a sampling request of `batch` images (particles included), yielding its work (`work`). Above
+        MAX_WORK it is refused; above LONG_WORK it runs only if no other such job does, so that of the
+        SAMPLING_SLOTS concurrent requests at least SAMPLING_SLOTS - 1 are always free for short ones. `fewer`
+        names what to reduce."""
         work = self.work(batch, spec)
         if work > MAX_WORK:
             raise gr.Error(f"This request needs {work:,} pixel samples ({batch} images x {spec.channels} channels x "
                            f"{self.steps_total(spec):,} pixels), more than the {MAX_WORK:,} one request may use: "
                            f"ask for fewer {fewer}.")
         if work <= LONG_WORK:
-            yield
+            yield work
             return
         if not self._long_job.acquire(blocking=False):
             raise gr.Error(f"Another large request is running (those above {LONG_WORK:,} pixel samples run one at a "
                            f"time; this one needs {work:,}): try again in a minute, or ask for fewer {fewer}.")
         try:
-            yield
+            yield work
         finally:
             self._long_job.release()
             release_memory()

@@ -180,21 +180,20 @@ class BatchServer:
         requests = [w.request for w in batch]
         steps = run(batch[0].model, requests)
         if isinstance(steps, list):  # recorded in one call (`recorded`): kept already
-            for waiting in batch:
-                waiting.recording.add(steps, {s.stage: s.image for s in steps if s.image is not None})
+            self._hand(batch, steps, {s.stage: s.image for s in steps if s.image is not None})
             return
         rows, chunk, handed = first_rows(requests), [], time.monotonic()
         for step in steps:
             chunk.append(step)
             if time.monotonic() - handed >= RECORD_S:  # per step, this would cost the sampler the interpreter lock
-                self._record(batch, chunk, rows)
+                self._hand(batch, _kept(chunk, rows), {step.stage: step.image for step in chunk})
                 chunk, handed = [], time.monotonic()
                 if all(w.recording.cancelled for w in batch):  # every visitor of the run left
                     return
-        self._record(batch, chunk, rows)
+        self._hand(batch, _kept(chunk, rows), {step.stage: step.image for step in chunk})
 
     @staticmethod
-    def _record(batch: list[_Waiting], steps: list[pixelrnn.Step], rows: list[int]) -> None:
-        kept = _kept(steps, rows)
+    def _hand(batch: list[_Waiting], kept: list[pixelrnn.Step], images: dict[str, torch.Tensor]) -> None:
+        """Give every request of the run its kept steps and each stage's latest image."""
         for waiting in batch:
-            waiting.recording.add(kept, {step.stage: step.image for step in steps})
+            waiting.recording.add(kept, images)

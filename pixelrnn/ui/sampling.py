@@ -68,9 +68,9 @@ class SamplingTabs:
             return (f"Generated {n} sample{'s' if n > 1 else ''}{what} with `{model_name}` in "
                     f"{time.monotonic() - start:.1f} s (seed {seed}, temperature {temperature:g}).")
 
-        with self.core.capacity(n, spec, "samples"):  # sampled with the other requests for the model (batching)
+        with self.core.capacity(n, spec, "samples") as work:  # sampled with the other requests for the model
             wanted = pixelrnn.SampleRequest(n, y, temperature, seed)  # (`request` is the visitor's HTTP request)
-            recording = self.core.batches.submit(model, wanted, self.core.work(n, spec))
+            recording = self.core.batches.submit(model, wanted, work)
             try:
                 yield from self.core.stream(recording.replay(), spec, pace, render, summary)
             finally:
