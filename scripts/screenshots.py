@@ -3,8 +3,7 @@
 Starts the app on a free loopback port, drives it in headless Chromium (as tests/test_browser.py does) and writes
 the sections asked for (default: all): `tabs` docs/screenshot-<tab>.png, `fields` docs/receptive-fields.png,
 `influence` docs/influence.png, `computation` docs/screenshot-computation.png and docs/computation-<arch>.webp
-(the tab's animations), `phone`
-docs/screenshot-phone.png.
+(the tab's animations), `phone` docs/screenshot-phone.png.
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ import socket
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from playwright.sync_api import sync_playwright
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,11 +27,17 @@ from pixelrnn import ui
 
 DOCS = REPO / "docs"
 INFLUENCE_PIXEL = (21, 13)  # (row, col) of mnist_7.png: where the stroke above continues
+MNIST_MODELS = ("binarized-mnist-row-lstm", "binarized-mnist-diagonal-bilstm", "binarized-mnist-pixelcnn")
 
 
 def wait_for(page, elem_id: str, text: str) -> None:
     page.wait_for_function(f"document.querySelector('#{elem_id}')?.innerText.includes({text!r})")
     page.wait_for_timeout(1500)  # the last image loads after the status
+
+
+def side_by_side(pictures: list[np.ndarray]) -> np.ndarray:
+    """(H, W, 3) uint8 pictures of one height in a row, 12 white pixels after each -> one picture."""
+    return np.concatenate([np.pad(p, ((0, 0), (0, 12), (0, 0)), constant_values=255) for p in pictures], 1)
 
 
 @functools.cache
@@ -46,34 +53,25 @@ def receptive_field_shots(page) -> None:
     import time
     from types import SimpleNamespace
 
-    import numpy as np
-    from PIL import Image
-
     studio, visitor = in_process_studio(), SimpleNamespace(session_hash="docs")
     studio.core.show_field("generate", True, visitor)
     shots = []
-    for name in ("binarized-mnist-row-lstm", "binarized-mnist-diagonal-bilstm", "binarized-mnist-pixelcnn"):
+    for name in MNIST_MODELS:
         while studio.core.receptive_fields(name, studio.registry.load(name)) is None:
             time.sleep(1)
         for image, _, status in studio.sampling.generate(name, None, 1, 1.0, 3, 0, visitor):
             if isinstance(status, str) and status.startswith("Pixel ") and int(status.split()[1]) > 420:
                 shots.append(image)
                 break
-    row = np.concatenate([np.pad(shot, ((0, 0), (0, 12), (0, 0)), constant_values=255) for shot in shots], 1)
-    Image.fromarray(row).save(DOCS / "receptive-fields.png")
+    Image.fromarray(side_by_side(shots)).save(DOCS / "receptive-fields.png")
 
 
 def influence_shots(page) -> None:
     """docs/influence.png: Inspect's influence map of one pixel just below the 7's stroke, for each single-scale
     binarized-MNIST architecture, from the Inspect endpoint itself (in this process)."""
-    import numpy as np
-    from PIL import Image
-
     studio, seven = in_process_studio(), ui.ASSETS_DIR / "mnist_7.png"
-    maps = [studio.inspector.pixel(name, seven, None, INFLUENCE_PIXEL[0], INFLUENCE_PIXEL[1])[1]
-            for name in ("binarized-mnist-row-lstm", "binarized-mnist-diagonal-bilstm", "binarized-mnist-pixelcnn")]
-    row = np.concatenate([np.pad(m, ((0, 0), (0, 12), (0, 0)), constant_values=255) for m in maps], 1)
-    Image.fromarray(row).save(DOCS / "influence.png")
+    maps = [studio.inspector.pixel(name, seven, None, *INFLUENCE_PIXEL)[1] for name in MNIST_MODELS]
+    Image.fromarray(side_by_side(maps)).save(DOCS / "influence.png")
 
 
 def tab_shots(page) -> None:
