@@ -259,3 +259,14 @@ def test_each_step_of_sample_steps_is_a_snapshot_while_a_batched_run_hands_out_i
     batched = list(pixelrnn.sample_batch_steps(model, [pixelrnn.SampleRequest(2, seed=0)]))
     assert all(step.image is batched[-1].image for step in batched)
     assert torch.equal(batched[-1].image, pixelrnn.sample(model, 2, seed=0))
+
+
+def test_what_sample_and_sample_steps_return_is_an_ordinary_tensor_a_caller_can_write():
+    """The sampler runs in inference mode, whose tensors refuse in-place writes outside it: what it hands to a
+    caller must be a normal copy."""
+    model = make("row_lstm", 1, 2)
+    image = pixelrnn.sample(model, 2, seed=0)
+    image[0, 0, 0, 0] = 1 - image[0, 0, 0, 0]
+    step = next(pixelrnn.sample_steps(model, 2, seed=0, particles=2))
+    step.image.zero_(), step.probs.zero_(), step.done.fill_(True)
+    assert not any(t.is_inference() for t in (image, step.image, step.probs, step.done))
