@@ -99,7 +99,8 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
     stepper = (CachedStepper if method == "cached" else ReferenceStepper)(model, x, y, cond)
     uniforms = torch.cat([torch.rand(height, width, channels, rows, generator=generator)
                           for generator, rows in generators], dim=3).to(x.device)  # (H, W, C, N)
-    done = ~mask  # pixels that are final: the known ones from the start
+    uniforms = uniforms.view(-1, n, 1).unbind(0)  # per sub-pixel in generation order, (N, 1) each
+    order = torch.arange(height * width, device=x.device).view(height, width)  # each pixel's raster index
     log_weights = torch.zeros(n, dtype=torch.float64, device=x.device)
     ess_trace: list[Tensor] = []
     fill, score = mask.tolist(), (~mask if scored is None else scored).tolist()
@@ -110,23 +111,23 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
                 for c in range(channels):  # R, then G given R, then B given R and G
                     channel_probs = tempered_probs(stepper.logits(x, r, j)[:, :, c], temperature)
                     cdf = channel_probs.cumsum(1)
-                    x[:, c, r, j] = torch.searchsorted(cdf, uniforms[r, j, c, :, None] * cdf[:, -1:])[:, 0]
+                    u = uniforms[(r * width + j) * channels + c]
+                    x[:, c, r, j] = torch.searchsorted(cdf, u * cdf[:, -1:])[:, 0]
                     probs.append(channel_probs)
             else:  # a known pixel: one pass scores all its channels (channel c sees only channels < c)
                 probs = tempered_log_probs(stepper.logits(x, r, j), temperature)  # (N, levels, C)
                 if particles > 1 and score[r][j]:
                     log_weights += probs.gather(1, x[:, None, :, r, j]).sum((1, 2)).double()
-            done[r, j] = True
             if every and (r * width + j + 1) % every == 0:
                 _check_levels(x, model.levels, r, j + 1)
-                yield Step(x, (r, j), _probs(probs), done.clone(), stage, list(ess_trace))
+                yield Step(x, (r, j), _probs(probs), ~mask | (order <= r * width + j), stage, list(ess_trace))
         _check_levels(x, model.levels, r, width)
         stepper.end_row(x, r)
         if particles > 1:
             ess_trace.append(_resample(stepper, x, log_weights, particles, generators[0][0],
                                        force=r == height - 1))
     if not every or (height * width) % every:  # the final record
-        yield Step(x, (height - 1, width - 1), _probs(probs), done.clone(), stage, list(ess_trace))
+        yield Step(x, (height - 1, width - 1), _probs(probs), torch.ones_like(mask), stage, list(ess_trace))
 
 
 def _tempered(logits: Tensor, temperature: float | Tensor) -> Tensor:

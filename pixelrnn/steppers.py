@@ -3,8 +3,8 @@
   ReferenceStepper  one full forward pass per step (the ground truth);
   CachedStepper     the same logits from per-layer caches, touching one pixel per layer
                     per step (Row LSTM: last row's states; Diagonal BiLSTM: forward stream
-                    cell by cell, reverse stream once per finished row; PixelCNN: cached
-                    activations inside each 3x3 window).
+                    cell by cell, reverse stream once per finished row; PixelCNN: the 3x3
+                    conv's row above once per row, its own row's two taps per pixel).
 Mask A/B make a pixel's activations independent of its own last channel, so the pass that
 gives the last channel's logits also leaves that pixel's final activations in the caches.
 `pixelrnn.sampling` draws from them.
@@ -13,6 +13,7 @@ gives the last channel's logits also leaves that pixel's final activations in th
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pixelrnn.model import PixelRNN, scale_pixels
@@ -58,9 +59,14 @@ class ReferenceStepper:
 
 
 class _LayerCache:
-    """Per-layer state of the cached stepper; `step` maps the layer input at (r, j) to its output."""
+    """Per-layer state of the cached stepper; `step` maps the layer input at (r, j) to its output.
 
-    tensors: tuple[str, ...] = ()  # batch-first state, reindexed by `reorder`
+    A recurrent layer keeps its per-column states in Python lists of (N, F) tensors: looking one up or storing
+    one costs no tensor operation (a step is a few dozen tiny operations, each ~2 us of overhead); a finished
+    row's are stacked once. A step may run several times at one pixel (once per channel): it overwrites.
+    """
+
+    tensors: tuple[str, ...] = ()  # batch-first state (tensors or lists of them), reindexed by `reorder`
 
     def __init__(self, bias: Tensor, bias_map: Tensor | None):
         self.bias, self.bias_map = bias, bias_map
@@ -80,27 +86,39 @@ class _LayerCache:
     def reorder(self, index: Tensor) -> None:
         for name in (*self.tensors, "bias", "bias_map"):
             value = getattr(self, name)
-            if value is not None and value.shape[0] > 1:
+            if isinstance(value, list):
+                setattr(self, name, [None if t is None else t[index] for t in value])
+            elif value is not None and value.shape[0] > 1:
                 setattr(self, name, value[index])
 
 
 class _PixelCNNCache(_LayerCache):
-    """A PixelCNN block at one pixel: caches relu(reduce(relu(f))) for its 3x3 mask-B window."""
+    """A PixelCNN block at one pixel: relu(reduce(relu(f))) per column of this row; the 3x3 mask-B conv's row
+    above, for every column at once when a row starts; its own row's taps (left, centre) per pixel."""
 
-    tensors = ("reduced",)
+    tensors = ("reduced", "above")
 
     def __init__(self, block: PixelCNNBlock, n: int, height: int, width: int, conditional: Tensor | None):
         super().__init__(*_bias(block.conv.bias, conditional))
         self.reduce, self.reduce_bias = _matrix(block.reduce), block.reduce.bias
         self.expand, self.expand_bias = _matrix(block.expand), block.expand.bias
-        self.conv = block.conv.masked_weight()[:, :, :2].flatten(1).t().contiguous()  # kernel rows r-1 and r
-        self.reduced = self.conv.new_zeros(n, self.reduce.shape[1], height + 1, width + 2)  # 1 row / 1 col pad
+        w = block.conv.masked_weight()  # (h, h, 3, 3): mask B keeps row r-1 and (r, j-1), (r, j)
+        self.conv_above = w[:, :, 0]  # (h, h, 3): conv1d over the row above
+        self.conv_row = torch.cat([w[:, :, 1, 0], w[:, :, 1, 1]], dim=1).t().contiguous()  # [left | centre]
+        self.zero = w.new_zeros(n, w.shape[1])
+        self.reduced = [self.zero] * (width + 1)  # element j+1 holds column j of this row; element 0 the zero edge
+        self.above = [self.bias.expand(n, -1)] * width  # zeros above row 0: the constant bias alone
 
     def step(self, f: Tensor, r: int, j: int) -> Tensor:
-        self.reduced[:, :, r + 1, j + 1] = torch.addmm(self.reduce_bias, f.relu(), self.reduce).relu_()
-        window = self.reduced[:, :, r : r + 2, j : j + 3].flatten(1)
-        t = torch.addmm(self.bias_at(r, j), window, self.conv).relu_()
+        self.reduced[j + 1] = t = torch.addmm(self.reduce_bias, f.relu(), self.reduce).relu_()
+        bias = self.above[j] if self.bias_map is None else self.above[j] + self.bias_map[:, :, r, j]
+        t = torch.addmm(bias, torch.cat([self.reduced[j], t], 1), self.conv_row).relu_()
         return torch.addmm(f + self.expand_bias, t, self.expand)
+
+    def end_row(self) -> None:
+        row = torch.stack(self.reduced[1:], 2)  # (N, h, W)
+        self.above = list((F.conv1d(row, self.conv_above, padding=1) + self.bias[:, :, None]).unbind(2))
+        self.reduced = [self.zero] + [None] * (len(self.reduced) - 1)
 
 
 class _RowLSTMCache(_LayerCache):
@@ -113,26 +131,25 @@ class _RowLSTMCache(_LayerCache):
         w = layer.input_to_state.masked_weight()  # (4h, 2h, 1, 3): taps left, centre, right (masked)
         self.input_to_state = torch.cat([w[:, :, 0, 0], w[:, :, 0, 1]], dim=1).t().contiguous()  # [left | centre]
         self.state_to_state = layer.state_to_state
-        self.inputs = w.new_zeros(n, width + 1, w.shape[1])  # this row's layer inputs, one zero column on the left
-        self.h_row = w.new_zeros(n, width, layer.hidden)
-        self.c_row, self.c_above = torch.zeros_like(self.h_row), torch.zeros_like(self.h_row)
-        self.end_row_gates()
-
-    def end_row_gates(self) -> None:
-        """State-to-state gates from the finished row (zeros above row 0) plus the constant bias: (N, W, 4h)."""
-        self.row_gates = self.state_to_state(self.h_row.transpose(1, 2)).transpose(1, 2) + self.bias[:, None]
+        self.zero_input, zero_state = w.new_zeros(n, w.shape[1]), w.new_zeros(n, layer.hidden)
+        self.c_row = [zero_state] * width  # read as the row above's once the row ends
+        self.h_row = self.c_row.copy()
+        self.end_row()
 
     def step(self, f: Tensor, r: int, j: int) -> Tensor:
-        self.inputs[:, j + 1] = f
-        bias = self.row_gates[:, j] if self.bias_map is None else self.row_gates[:, j] + self.bias_map[:, :, r, j]
-        gates = torch.addmm(bias, self.inputs[:, j : j + 2].flatten(1), self.input_to_state)
-        h, self.c_row[:, j] = lstm_cell(gates, self.c_above[:, j])
-        self.h_row[:, j] = h
-        return h
+        self.inputs[j + 1] = f
+        bias = self.row_gates[j] if self.bias_map is None else self.row_gates[j] + self.bias_map[:, :, r, j]
+        gates = torch.addmm(bias, torch.cat(self.inputs[j : j + 2], 1), self.input_to_state)
+        self.h_row[j], self.c_row[j] = lstm_cell(gates, self.c_above[j])
+        return self.h_row[j]
 
     def end_row(self) -> None:
-        self.end_row_gates()
-        self.c_above, self.c_row = self.c_row, torch.zeros_like(self.c_row)
+        """The finished row's state-to-state gates plus the constant bias, per column (N, 4h); a fresh row."""
+        h_row = torch.stack(self.h_row, 2)  # (N, h, W)
+        self.row_gates = list((self.state_to_state(h_row) + self.bias[:, :, None]).unbind(2))
+        self.c_above, width = self.c_row, len(self.c_row)
+        self.inputs = [self.zero_input] + [None] * width  # this row's layer inputs after a zero left edge
+        self.h_row, self.c_row = [None] * width, [None] * width
 
 
 class _DiagonalCache(_LayerCache):
@@ -159,27 +176,31 @@ class _DiagonalCache(_LayerCache):
         self.reverse_weight = torch.cat([w_above[1], w_left[1]], dim=1).t().contiguous()  # [above | right] -> 4h
         self.reverse_bias = state_bias[1]
         self.hidden = h
-        zeros = w_in.new_zeros(n, width + 1, h)  # column j+1 holds pixel j; column 0 is the zero left edge
-        self.h_row, self.c_row, self.h_above = zeros, zeros.clone(), zeros.clone()
-        self.reverse = w_in.new_zeros(n, width, h)  # reverse stream of row r-1 = its shifted input to row r
-        self.reverse_in = w_in.new_zeros(n, width, 4 * h)
+        self.zero = w_in.new_zeros(n, h)
+        self.h_row = [self.zero] * (width + 1)  # element j+1 holds column j; element 0 is the zero left edge
+        self.reverse = [self.zero] * width  # reverse stream of row r-1 = its shifted input to row r
+        self.new_row()
+
+    def new_row(self) -> None:
+        width = len(self.reverse)
+        self.h_above = self.h_row
+        self.h_row, self.c_row = [self.zero] + [None] * width, [self.zero] + [None] * width
+        self.reverse_in = [None] * width
 
     def step(self, f: Tensor, r: int, j: int) -> Tensor:
-        gates = torch.addmm(self.bias_at(r, j), torch.cat([f, self.h_above[:, j + 1], self.h_row[:, j]], 1),
-                            self.weight)
-        self.reverse_in[:, j] = gates[:, 4 * self.hidden :]
-        h, self.c_row[:, j + 1] = lstm_cell(gates[:, : 4 * self.hidden], self.c_row[:, j])
-        self.h_row[:, j + 1] = h
-        return h + self.reverse[:, j]
+        gates = torch.addmm(self.bias_at(r, j), torch.cat([f, self.h_above[j + 1], self.h_row[j]], 1), self.weight)
+        self.reverse_in[j] = gates[:, 4 * self.hidden :]
+        self.h_row[j + 1], self.c_row[j + 1] = lstm_cell(gates[:, : 4 * self.hidden], self.c_row[j])
+        return self.h_row[j + 1] + self.reverse[j]
 
     @staticmethod
     def end_rows(caches: list[_DiagonalCache]) -> None:
         """Run every layer's reverse stream right to left over the finished row, all layers at once:
         they depend only on inputs cached during the row and on the row above."""
         weight = torch.stack([c.reverse_weight for c in caches])  # (L, 2h, 4h)
-        reverse_in = torch.stack([c.reverse_in for c in caches]) + torch.stack([c.reverse_bias for c in caches])[
-            :, None, None]  # (L, N, W, 4h)
-        reverse = torch.stack([c.reverse for c in caches])  # (L, N, W, h): row r-1's states, overwritten by row r's
+        reverse_in = torch.stack([torch.stack(c.reverse_in, 1) for c in caches]) + torch.stack(
+            [c.reverse_bias for c in caches])[:, None, None]  # (L, N, W, 4h)
+        reverse = torch.stack([torch.stack(c.reverse, 1) for c in caches])  # (L, N, W, h): row r-1's, then row r's
         layers, n, width, h = reverse.shape
         h_right = c_right = reverse.new_zeros(layers * n, h)
         for j in reversed(range(width)):
@@ -188,8 +209,8 @@ class _DiagonalCache(_LayerCache):
             h_right, c_right = lstm_cell(gates.view(layers * n, 4 * h), c_right)
             reverse[:, :, j] = h_right.view(layers, n, h)
         for k, c in enumerate(caches):
-            c.reverse = reverse[k]
-            c.h_above, c.h_row, c.c_row = c.h_row, torch.zeros_like(c.h_row), torch.zeros_like(c.c_row)
+            c.reverse = list(reverse[k].unbind(1))
+            c.new_row()
 
 
 class CachedStepper:

@@ -55,8 +55,9 @@ def test_cached_and_reference_samples_are_identical(arch, channels, levels, num_
     assert not torch.equal(cached, pixelrnn.sample(model, 3, y=y, seed=8)), "the seed must matter"
 
 
-def test_multiscale_sampling_cached_equals_reference_and_respects_the_small_image():
-    model = make("row_lstm", 3, 256, 6, 6, factor=2)
+@pytest.mark.parametrize("arch", pixelrnn.ARCHS)
+def test_multiscale_sampling_cached_equals_reference_and_respects_the_small_image(arch):
+    model = make(arch, 3, 256, 6, 6, factor=2)
     reference = pixelrnn.sample(model, 2, seed=3, method="reference")
     cached = pixelrnn.sample(model, 2, seed=3)
     assert torch.equal(reference, cached)
@@ -270,3 +271,18 @@ def test_what_sample_and_sample_steps_return_is_an_ordinary_tensor_a_caller_can_
     step = next(pixelrnn.sample_steps(model, 2, seed=0, particles=2))
     step.image.zero_(), step.probs.zero_(), step.done.fill_(True)
     assert not any(t.is_inference() for t in (image, step.image, step.probs, step.done))
+
+
+@pytest.mark.parametrize("arch", pixelrnn.ARCHS)
+def test_smc_completion_cached_equals_reference(arch):
+    """SMC resamples the particles after the known rows: every cached state (tensors and per-column lists) must
+    follow its particle."""
+    model = make(arch, 3, 256, 6, 6, num_classes=3)
+    image = torch.randint(0, 256, (3, 6, 6))
+    mask = torch.zeros(6, 6, dtype=torch.bool)
+    mask[1:3] = mask[4] = True  # known rows between the holes weigh and resample the particles
+    kwargs = {"y": 1, "image": image, "mask": mask, "seed": 5, "particles": 4, "every": 0}
+    cached, reference = (list(pixelrnn.sample_steps(model, 2, method=method, **kwargs))[-1]
+                         for method in ("cached", "reference"))
+    assert (torch.stack(cached.ess)[:-1] < 2).any(), "some row must have been resampled before the last"
+    assert torch.equal(cached.image, reference.image)
