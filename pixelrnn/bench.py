@@ -2,6 +2,8 @@
 
 python -m pixelrnn.bench train    training images/s per architecture at MNIST and CIFAR shapes
 python -m pixelrnn.bench sample   reference vs cached sampling time per architecture, batch 1 and 64
+python -m pixelrnn.bench shipped  pixelrnn.sample on the shipped checkpoints (1 MNIST sample, 4 CIFAR-10), against
+                                  an older checkout (--baseline) in the same run
 python -m pixelrnn.bench compress realised code length, PNG / WebP / JPEG XL, and coding time per shipped checkpoint
 python -m pixelrnn.bench serve    the demo (app.py, over HTTP) against the library, 4 samples per shipped model, and
                                   24 and 40 simultaneous 1-sample visitors
@@ -40,6 +42,7 @@ from pixelrnn.sampling import sample_steps
 from pixelrnn.training import LogProb, TrainStep, device_name
 
 SHAPES = {"mnist": "binarized_mnist", "cifar": "cifar10"}  # shape name -> the paper's preset (model.PRESETS)
+REPO = Path(__file__).resolve().parent.parent
 
 
 def build(arch: str, shape: str, args: argparse.Namespace, device: torch.device) -> pixelrnn.PixelRNN:
@@ -149,6 +152,50 @@ def bench_sample(args: argparse.Namespace, device: torch.device) -> None:
                       f"ratio {reference / cached:7.1f}x{note}")
 
 
+SHIPPED_CASES = {"binarized-mnist-row-lstm": 1, "binarized-mnist-diagonal-bilstm": 1, "binarized-mnist-pixelcnn": 1,
+                 "cifar10-pixelcnn-conditional": 4}  # checkpoint -> samples per call
+
+# Run with PYTHONPATH set to the checkout being measured; needs only pixelrnn.sample and checkpoints.load_folder,
+# which every checkout since the codebase issue has. argv: folder, n, iters -> prints the median seconds.
+TIME_SAMPLE = """
+import statistics, sys, time
+import pixelrnn
+from pixelrnn.checkpoints import load_folder
+model = load_folder(sys.argv[1])
+n, iters = int(sys.argv[2]), int(sys.argv[3])
+y = None if getattr(getattr(model, "small", model), "num_classes", None) is None else 0
+pixelrnn.sample(model, n, y=y, seed=0)  # warm-up
+seconds = []
+for seed in range(iters):
+    start = time.perf_counter()
+    pixelrnn.sample(model, n, y=y, seed=seed)
+    seconds.append(time.perf_counter() - start)
+print(statistics.median(seconds))
+"""
+
+
+def sample_seconds(checkout: Path, folder: Path, n: int, iters: int) -> float:
+    """Median seconds of `pixelrnn.sample(n)` on a checkpoint with the code of `checkout`, in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
+    out = subprocess.run([sys.executable, "-c", TIME_SAMPLE, str(folder), str(n), str(iters)], env=env,
+                         cwd=checkout, capture_output=True, text=True, timeout=3600, check=True).stdout
+    return float(out.split()[-1])
+
+
+def bench_shipped(args: argparse.Namespace, device: torch.device) -> None:
+    names = args.checkpoints or list(SHIPPED_CASES)
+    print(f"pixelrnn.sample on the shipped checkpoints, {device_name(torch.device('cpu'))}, "
+          f"{torch.get_num_threads()} threads; medians of {args.iters}; baseline: {args.baseline or 'none'}")
+    for name in names:
+        n, folder = SHIPPED_CASES.get(name, 1), REPO / "checkpoints" / name
+        now = sample_seconds(REPO, folder, n, args.iters)
+        line = f"{name:34s} n={n}: {now:6.3f} s"
+        if args.baseline:
+            before = sample_seconds(args.baseline, folder, n, args.iters)
+            line += f"  baseline {before:6.3f} s  {before / now:5.2f}x faster"
+        print(line, flush=True)
+
+
 def bench_compress(args: argparse.Namespace, device: torch.device) -> None:
     """Code the first --images test images (a fixed random pick) with every shipped checkpoint."""
     from pixelrnn.checkpoints import load_folder, read_json
@@ -199,9 +246,6 @@ def bench_compress(args: argparse.Namespace, device: torch.device) -> None:
         print(f"{folder.name:38s} {m['nll']:7.4f} {m['payload']:8.4f} {m['total']:8.4f} "
               f"{100 * (m['payload'] / m['nll'] - 1):5.0f}% {m['PNG']:7.4f} {m['WEBP']:7.4f} {m['JXL']:7.4f} "
               f"{m['enc']:6.2f} {m['dec']:6.2f}", flush=True)
-
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @contextlib.contextmanager
@@ -316,16 +360,17 @@ def simultaneous_visitors(url: str, visitors: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("train", "sample", "compress", "serve"))
+    p.add_argument("what", choices=("train", "sample", "shipped", "compress", "serve"))
     p.add_argument("--images", type=int, default=10, help="compress: test images per checkpoint")
-    p.add_argument("--checkpoints", nargs="+", default=None, help="compress: these shipped checkpoints (default: all)")
+    p.add_argument("--checkpoints", nargs="+", default=None,
+                   help="compress, shipped: these shipped checkpoints (default: all)")
     p.add_argument("--archs", nargs="+", default=list(pixelrnn.ARCHS), choices=pixelrnn.ARCHS)
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--hidden", type=int, default=0, help="override the paper's h")
     p.add_argument("--layers", type=int, default=0, help="override the paper's depth")
     p.add_argument("--out-hidden", type=int, default=64)
     p.add_argument("--batch", type=int, nargs="+", default=[16], help="train: batch sizes")
-    p.add_argument("--baseline", type=Path, help="train: an older checkout to measure side by side (its own bench)")
+    p.add_argument("--baseline", type=Path, help="train, shipped: an older checkout to measure side by side")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="sample: batch sizes")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
@@ -333,8 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    {"train": bench_train, "sample": bench_sample, "compress": bench_compress, "serve": bench_serve}[args.what](
-        args, device)
+    {"train": bench_train, "sample": bench_sample, "shipped": bench_shipped, "compress": bench_compress,
+     "serve": bench_serve}[args.what](args, device)
 
 
 if __name__ == "__main__":

@@ -32,3 +32,10 @@ def test_sample_cli_writes_a_grid_per_class(tmp_path):
     out = sample_main([str(tmp_path), "--n", "2", "--out", str(tmp_path / "grid.png")])
     grid = Image.open(out)
     assert grid.mode == "RGB" and grid.size == (2 * (2 + 2 * 6), 2 * (2 + 3 * 7))  # 2 columns x 3 classes, 2x scale
+
+
+def test_bench_shipped_times_a_checkpoint_against_a_baseline_checkout(capsys):
+    root = str(Path(__file__).resolve().parents[1])  # this checkout as its own baseline
+    bench.main(["shipped", "--checkpoints", "binarized-mnist-row-lstm", "--iters", "1", "--baseline", root])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("binarized-mnist-row-lstm"))
+    assert re.search(r"n=1: +[\d.]+ s +baseline +[\d.]+ s +[\d.]+x faster", row), row
