@@ -27,9 +27,17 @@ class Step:
     image: Tensor  # (n, C, H, W) current images (pixels not yet final hold the input or zeros)
     position: tuple[int, int]  # (row, col) of the pixel just finished
     probs: Tensor  # (n, levels, C) the predictive distribution sampled from (or scored) at `position`
-    done: Tensor  # (H, W) bool: pixels that are final
+    known: Tensor  # (H, W) bool: pixels final from the start (a completion's known ones), shared by a run's steps
     stage: str = "full"  # "small" then "full" for the Multi-Scale PixelRNN
     ess: list[Tensor] = field(default_factory=list)  # SMC: effective sample size after each row, (n,) each
+
+    @property
+    def done(self) -> Tensor:
+        """(H, W) bool: the pixels that are final, the known ones and every one up to `position` in raster order
+        (computed when asked: a run makes a Step per pixel, a consumer looks at few)."""
+        height, width = self.known.shape
+        order = torch.arange(height * width, device=self.known.device).view(height, width)
+        return self.known | (order <= self.position[0] * width + self.position[1])
 
 
 def _prepare(model: Model, n: int, y, image, mask, temperature: float, method: str, channels: int,
@@ -100,7 +108,7 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
     uniforms = torch.cat([torch.rand(height, width, channels, rows, generator=generator)
                           for generator, rows in generators], dim=3).to(x.device)  # (H, W, C, N)
     uniforms = uniforms.view(-1, n, 1).unbind(0)  # per sub-pixel in generation order, (N, 1) each
-    order = torch.arange(height * width, device=x.device).view(height, width)  # each pixel's raster index
+    known = ~mask
     log_weights = torch.zeros(n, dtype=torch.float64, device=x.device)
     ess_trace: list[Tensor] = []
     fill, score = mask.tolist(), (~mask if scored is None else scored).tolist()
@@ -120,14 +128,14 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
                     log_weights += probs.gather(1, x[:, None, :, r, j]).sum((1, 2)).double()
             if every and (r * width + j + 1) % every == 0:
                 _check_levels(x, model.levels, r, j + 1)
-                yield Step(x, (r, j), _probs(probs), ~mask | (order <= r * width + j), stage, list(ess_trace))
+                yield Step(x, (r, j), _probs(probs), known, stage, list(ess_trace))
         _check_levels(x, model.levels, r, width)
         stepper.end_row(x, r)
         if particles > 1:
             ess_trace.append(_resample(stepper, x, log_weights, particles, generators[0][0],
                                        force=r == height - 1))
     if not every or (height * width) % every:  # the final record
-        yield Step(x, (height - 1, width - 1), _probs(probs), torch.ones_like(mask), stage, list(ess_trace))
+        yield Step(x, (height - 1, width - 1), _probs(probs), known, stage, list(ess_trace))
 
 
 def _tempered(logits: Tensor, temperature: float | Tensor) -> Tensor:
@@ -329,7 +337,7 @@ def _snapshot(step: Step, n: int, particles: int) -> Step:
     draw)."""
     image = step.image.view(n, particles, *step.image.shape[1:])[:, 0]
     probs = step.probs.view(n, particles, *step.probs.shape[1:])[:, 0]
-    return replace(step, image=image.clone(), probs=probs.clone(), done=step.done.clone(),
+    return replace(step, image=image.clone(), probs=probs.clone(), known=step.known.clone(),
                    ess=[ess.clone() for ess in step.ess])
 
 

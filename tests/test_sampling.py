@@ -269,8 +269,8 @@ def test_what_sample_and_sample_steps_return_is_an_ordinary_tensor_a_caller_can_
     image = pixelrnn.sample(model, 2, seed=0)
     image[0, 0, 0, 0] = 1 - image[0, 0, 0, 0]
     step = next(pixelrnn.sample_steps(model, 2, seed=0, particles=2))
-    step.image.zero_(), step.probs.zero_(), step.done.fill_(True)
-    assert not any(t.is_inference() for t in (image, step.image, step.probs, step.done))
+    step.image.zero_(), step.probs.zero_(), step.known.fill_(True)
+    assert not any(t.is_inference() for t in (image, step.image, step.probs, step.known, step.done))
 
 
 @pytest.mark.parametrize("arch", pixelrnn.ARCHS)

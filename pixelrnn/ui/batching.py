@@ -94,9 +94,13 @@ def first_rows(requests: list[pixelrnn.SampleRequest]) -> list[int]:
 def _kept(steps: list[pixelrnn.Step], rows: list[int]) -> list[pixelrnn.Step]:
     """What a run keeps of its steps: no images, and only the distributions of each request's first image (the
     one its stream shows), on the CPU: a 128-image CIFAR-10 run's every distribution would hold 400 MB."""
-    index = torch.tensor(rows, device=steps[0].probs.device) if steps else None
-    return [replace(step, image=None, probs=step.probs.index_select(0, index).cpu(), done=step.done.cpu())
-            for step in steps]
+    if not steps:
+        return []
+    probs = torch.stack([step.probs for step in steps])  # (steps, N, levels, C): one copy per chunk, not per step
+    probs = probs.index_select(1, torch.tensor(rows, device=probs.device)).cpu().unbind(0)
+    known = steps[0].known.cpu()  # a run's steps share one per stage
+    return [pixelrnn.Step(None, step.position, step_probs, known if step.known is steps[0].known else step.known.cpu(),
+                          step.stage, step.ess) for step, step_probs in zip(steps, probs, strict=True)]
 
 
 def recorded(gpu: Callable[[Callable], Callable]) -> Run:
