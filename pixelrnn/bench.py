@@ -156,13 +156,16 @@ SHIPPED_CASES = {"binarized-mnist-row-lstm": 1, "binarized-mnist-diagonal-bilstm
                  "cifar10-pixelcnn-conditional": 4}  # checkpoint -> samples per call
 
 # Run with PYTHONPATH set to the checkout being measured; needs only pixelrnn.sample and checkpoints.load_folder,
-# which every checkout since the codebase issue has. argv: folder, n, iters -> prints the median seconds.
+# which every checkout since the codebase issue has. argv: folder, n, iters, threads -> prints the best seconds
+# (the least disturbed run: a shared 2-core machine varies by +-15% from run to run).
 TIME_SAMPLE = """
-import statistics, sys, time
+import sys, time
+import torch
 import pixelrnn
 from pixelrnn.checkpoints import load_folder
 model = load_folder(sys.argv[1])
 n, iters = int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(int(sys.argv[4]))
 y = None if getattr(getattr(model, "small", model), "num_classes", None) is None else 0
 pixelrnn.sample(model, n, y=y, seed=0)  # warm-up
 seconds = []
@@ -170,28 +173,28 @@ for seed in range(iters):
     start = time.perf_counter()
     pixelrnn.sample(model, n, y=y, seed=seed)
     seconds.append(time.perf_counter() - start)
-print(statistics.median(seconds))
+print(min(seconds))
 """
 
 
-def sample_seconds(checkout: Path, folder: Path, n: int, iters: int) -> float:
-    """Median seconds of `pixelrnn.sample(n)` on a checkpoint with the code of `checkout`, in a fresh process."""
+def sample_seconds(checkout: Path, folder: Path, n: int, iters: int, threads: int) -> float:
+    """Best seconds of `pixelrnn.sample(n)` on a checkpoint with the code of `checkout`, in a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
-    out = subprocess.run([sys.executable, "-c", TIME_SAMPLE, str(folder), str(n), str(iters)], env=env,
+    out = subprocess.run([sys.executable, "-c", TIME_SAMPLE, str(folder), str(n), str(iters), str(threads)], env=env,
                          cwd=checkout, capture_output=True, text=True, timeout=3600, check=True).stdout
     return float(out.split()[-1])
 
 
 def bench_shipped(args: argparse.Namespace, device: torch.device) -> None:
-    names = args.checkpoints or list(SHIPPED_CASES)
-    print(f"pixelrnn.sample on the shipped checkpoints, {device_name(torch.device('cpu'))}, "
-          f"{torch.get_num_threads()} threads; medians of {args.iters}; baseline: {args.baseline or 'none'}")
+    names, threads = args.checkpoints or list(SHIPPED_CASES), args.threads or torch.get_num_threads()
+    print(f"pixelrnn.sample on the shipped checkpoints, {device_name(torch.device('cpu'))}, {threads} threads; "
+          f"best of {args.iters}; baseline: {args.baseline or 'none'}")
     for name in names:
         n, folder = SHIPPED_CASES.get(name, 1), REPO / "checkpoints" / name
-        now = sample_seconds(REPO, folder, n, args.iters)
+        now = sample_seconds(REPO, folder, n, args.iters, threads)
         line = f"{name:34s} n={n}: {now:6.3f} s"
         if args.baseline:
-            before = sample_seconds(args.baseline, folder, n, args.iters)
+            before = sample_seconds(args.baseline, folder, n, args.iters, threads)
             line += f"  baseline {before:6.3f} s  {before / now:5.2f}x faster"
         print(line, flush=True)
 
@@ -372,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, nargs="+", default=[16], help="train: batch sizes")
     p.add_argument("--baseline", type=Path, help="train, shipped: an older checkout to measure side by side")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="sample: batch sizes")
+    p.add_argument("--threads", type=int, default=0, help="shipped: torch threads (default: torch's, one per core)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--reference-steps", type=int, default=28, help="CPU: reference steps timed (0: all)")
