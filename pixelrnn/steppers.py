@@ -61,9 +61,9 @@ class ReferenceStepper:
 class _LayerCache:
     """Per-layer state of the cached stepper; `step` maps the layer input at (r, j) to its output.
 
-    A recurrent layer keeps its per-column states in Python lists of (N, F) tensors: looking one up or storing
-    one costs no tensor operation (a step is a few dozen tiny operations, each ~2 us of overhead); a finished
-    row's are stacked once. A step may run several times at one pixel (once per channel): it overwrites.
+    A layer keeps its per-column states in Python lists of (N, F) tensors: looking one up or storing one costs
+    no tensor operation (a step is a few dozen tiny operations, each ~2 us of overhead); a finished row's are
+    stacked once. A step may run several times at one pixel (once per channel): it overwrites.
     """
 
     tensors: tuple[str, ...] = ()  # batch-first state (tensors or lists of them), reindexed by `reorder`
@@ -116,6 +116,7 @@ class _PixelCNNCache(_LayerCache):
         return torch.addmm(f + self.expand_bias, t, self.expand)
 
     def end_row(self) -> None:
+        """The next row's bias per column (N, h): the conv's row-above taps over the finished row; a fresh row."""
         row = torch.stack(self.reduced[1:], 2)  # (N, h, W)
         self.above = list((F.conv1d(row, self.conv_above, padding=1) + self.bias[:, :, None]).unbind(2))
         self.reduced = [self.zero] + [None] * (len(self.reduced) - 1)
