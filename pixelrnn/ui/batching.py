@@ -96,11 +96,12 @@ def _kept(steps: list[pixelrnn.Step], rows: list[int]) -> list[pixelrnn.Step]:
     one its stream shows), on the CPU: a 128-image CIFAR-10 run's every distribution would hold 400 MB."""
     if not steps:
         return []
-    probs = torch.stack([step.probs for step in steps])  # (steps, N, levels, C): one copy per chunk, not per step
-    probs = probs.index_select(1, torch.tensor(rows, device=probs.device)).cpu().unbind(0)
-    known = steps[0].known.cpu()  # a run's steps share one per stage
-    return [pixelrnn.Step(None, step.position, step_probs, known if step.known is steps[0].known else step.known.cpu(),
-                          step.stage, step.ess) for step, step_probs in zip(steps, probs, strict=True)]
+    index = torch.tensor(rows, device=steps[0].probs.device)
+    probs = torch.stack([step.probs.index_select(0, index) for step in steps]).cpu().unbind(0)  # one copy a chunk
+    known = {id(step.known): step.known for step in steps}  # a stage's steps share one
+    known = {key: mask.cpu() for key, mask in known.items()}
+    return [pixelrnn.Step(None, step.position, step_probs, known[id(step.known)], step.stage, step.ess)
+            for step, step_probs in zip(steps, probs, strict=True)]
 
 
 def recorded(gpu: Callable[[Callable], Callable]) -> Run:
