@@ -333,12 +333,12 @@ def _batch_steps(model: Model, requests: list[SampleRequest], method: str, every
 
 def _snapshot(step: Step, n: int, particles: int) -> Step:
     """What `sample_steps` hands out: copies (normal tensors, made outside inference mode) of the images that the
-    loop goes on writing and of the rest; with SMC, each image's first particle (after the last row, a weighted
+    loop goes on writing, the distribution and the known mask (the ESS trace, one tensor per row that no step
+    changes, stays shared and read-only); with SMC, each image's first particle (after the last row, a weighted
     draw)."""
     image = step.image.view(n, particles, *step.image.shape[1:])[:, 0]
     probs = step.probs.view(n, particles, *step.probs.shape[1:])[:, 0]
-    return replace(step, image=image.clone(), probs=probs.clone(), known=step.known.clone(),
-                   ess=[ess.clone() for ess in step.ess])
+    return replace(step, image=image.clone(), probs=probs.clone(), known=step.known.clone())
 
 
 def sample(model: Model, n: int = 1, y=None, image=None, mask=None, temperature: float = 1.0,
