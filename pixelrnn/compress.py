@@ -76,9 +76,9 @@ def _shape(model: Model) -> tuple[int, int, int, int]:
 
 @contextlib.contextmanager
 def _deterministic() -> Iterator[None]:
-    """One CPU thread (the float32 sums then run in one fixed order on both sides), no autograd (inference mode). Both settings
-    belong to the calling thread, and a generator may be resumed by another one (Gradio does): enter this
-    afresh after every yield."""
+    """One CPU thread (the float32 sums then run in one fixed order on both sides), no autograd (inference mode).
+    Both settings belong to the calling thread, and a generator may be resumed by another one (Gradio does): enter
+    this afresh after every yield."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
