@@ -1,11 +1,12 @@
-"""Probe for issue 20's sampler target, not part of the test suite: `python scripts/compile_probe.py [--decompose]`.
+"""Probe for issue 20's sampler target, not part of the test suite:
+`python scripts/compile_probe.py [--model NAME] [--decompose]`.
 
-The shipped binarized-MNIST Row LSTM's per-pixel step written with its states stacked over the layers (five state
-tensors, a dozen weight tensors: a compiled graph's call costs ~40 us plus ~2 us per input tensor, and the cached
-stepper's per-layer states would be ~75 inputs), compiled once with `torch.compile` (CPU inductor, C++ wrapper)
-for every pixel (the pixel's row and column are tensors). Draws 1 sample with the library's uniforms and draw,
-checks it equals `pixelrnn.sample(model, 1, seed=0)`, and prints its time against the library's, best of 3, one
-thread. --decompose: small matmuls become fused loops instead of library calls.
+A shipped model's per-pixel step written with its states stacked over the layers (a few state tensors and a dozen
+weights: a compiled graph's call costs ~40 us plus ~2 us per input tensor, and the cached stepper's per-layer states
+would be ~75 inputs), compiled once with `torch.compile` (CPU inductor, C++ wrapper) for every pixel (the pixel's
+row and column are tensors). Draws samples with the library's uniforms and draw (1 for MNIST, 4 of class 0 for
+CIFAR-10), checks they equal `pixelrnn.sample`'s, and prints the time against the library's, best of 3, one thread.
+Row LSTM and PixelCNN; --decompose: small matmuls become fused loops instead of library calls.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch._inductor.config as inductor
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -28,28 +31,46 @@ from pixelrnn.nn import lstm_cell
 from pixelrnn.sampling import tempered_probs
 from pixelrnn.steppers import CachedStepper
 
+MODELS = {"binarized-mnist-row-lstm": (1, None), "binarized-mnist-pixelcnn": (1, None),
+          "cifar10-pixelcnn-conditional": (4, 0)}  # name -> (samples, class)
 
-def weights(model: pixelrnn.PixelRNN) -> dict[str, torch.Tensor]:
+
+def weights(model: pixelrnn.PixelRNN, cache: CachedStepper) -> dict[str, torch.Tensor]:
     """The cached stepper's matrices, stacked over the layers where a layer has one each."""
-    cache = CachedStepper(model, torch.zeros(1, 1, model.height, model.width, dtype=torch.long), None, None)
     (head0, head0_bias), (head1, head1_bias) = cache.head
-    return {"input": cache.input_weight, "input_bias": cache.input.bias[0],
-            "gates": torch.stack([c.input_to_state for c in cache.layers]),  # (L, 4h, 4h): [left | centre] inputs
-            "gates_bias": torch.stack([c.bias[0] for c in cache.layers]),  # (L, 4h)
-            "residual": torch.stack([w for w, _ in cache.residuals]), "residual_bias": torch.stack([b for _, b in cache.residuals]),
-            "skip": cache.skip_weight, "skip_bias": cache.skip_bias,
-            "head0": head0, "head0_bias": head0_bias, "head1": head1, "head1_bias": head1_bias}
+    w = {"input": cache.input_weight, "input_bias": cache.input.bias, "skip": cache.skip_weight,
+         "skip_bias": cache.skip_bias, "head0": head0, "head0_bias": head0_bias, "head1": head1, "head1_bias": head1_bias,
+         "bias": torch.stack([c.bias.expand(cache.pixels.shape[0], -1) for c in cache.layers])}  # (L, N, F)
+    if model.arch == "row_lstm":
+        w |= {"gates": torch.stack([c.input_to_state for c in cache.layers]),  # (L, 4h, 4h): [left | centre] inputs
+              "residual": torch.stack([m for m, _ in cache.residuals]),
+              "residual_bias": torch.stack([b for _, b in cache.residuals])}
+    else:
+        w |= {name: torch.stack([getattr(c, name) for c in cache.layers])
+              for name in ("reduce", "reduce_bias", "expand", "expand_bias", "conv_row", "conv_above")}
+    return w
 
 
-def pixel_logits(x, pixels, inputs, c_above, c_row, h_row, row_gates, r, j, w: dict[str, torch.Tensor]):
-    """Logits (N, levels) of pixel (r, j) (tensors of shape (1,)) of a 1-channel, 2-level image; writes the
-    pixel's states. pixels (N, 1, H + 3, W + 6) scaled, padded input; inputs (L, W + 1, N, 2h) layer inputs after
-    a zero column; c_above, c_row, h_row (L, W, N, h); row_gates (L, W, N, 4h) from the row above."""
-    written = (j + torch.arange(2) - 1).clamp(min=0)  # the left neighbour's final value and this pixel
-    pixels[:, :, r + 3, written + 3] = scale_pixels(x[:, :, r, written], 2)
+def input_features(x, pixels, r, j, w, levels: int):
+    """The input conv's features (N, 2h) at pixel (r, j) (tensors of shape (1,)); writes the pixel and its left
+    neighbour's final value into the scaled, padded input pixels (N, C, H + 3, W + 6)."""
+    written = (j + torch.arange(2) - 1).clamp(min=0)
+    pixels[:, :, r + 3, written + 3] = scale_pixels(x[:, :, r, written], levels)
     window = pixels[:, :, (r + torch.arange(4))[:, None], (j + torch.arange(7))[None, :]].flatten(1)
-    f = torch.addmm(w["input_bias"], window, w["input"])
-    outputs = []
+    return torch.addmm(w["input_bias"], window, w["input"])
+
+
+def head(outputs: list, channels: int, levels: int, w):
+    out = torch.addmm(w["skip_bias"], torch.cat(outputs, 1), w["skip"])
+    logits = torch.addmm(w["head1_bias"], torch.addmm(w["head0_bias"], out.relu(), w["head0"]).relu_(), w["head1"])
+    return logits.view(-1, channels, levels).transpose(1, 2)  # (N, levels, C)
+
+
+def row_lstm_logits(x, pixels, states, r, j, w, levels: int):
+    """states: inputs (L, W + 1, N, 2h) after a zero column; c_above, c_row, h_row (L, W, N, h); row_gates
+    (L, W, N, 4h) from the row above."""
+    inputs, c_above, c_row, h_row, row_gates = states
+    f, outputs = input_features(x, pixels, r, j, w, levels), []
     for k in range(inputs.shape[0]):
         inputs[k, j + 1] = f[None]
         left, centre = inputs[k, torch.cat([j, j + 1])]
@@ -58,39 +79,73 @@ def pixel_logits(x, pixels, inputs, c_above, c_row, h_row, row_gates, r, j, w: d
         c_row[k, j], h_row[k, j] = c[None], h[None]
         f = torch.addmm(f + w["residual_bias"][k], h, w["residual"][k])
         outputs.append(f)
-    out = torch.addmm(w["skip_bias"], torch.cat(outputs, 1), w["skip"])
-    return torch.addmm(w["head1_bias"], torch.addmm(w["head0_bias"], out.relu(), w["head0"]).relu_(), w["head1"])
+    return head(outputs, x.shape[1], levels, w)
 
 
-def row_gates_of(model: pixelrnn.PixelRNN, h_row: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
-    """State-to-state gates of a finished row h_row (L, W, N, h) plus the constant bias -> (L, W, N, 4h)."""
+def pixelcnn_logits(x, pixels, states, r, j, w, levels: int):
+    """states: reduced (L, W + 1, N, h) this row's relu(reduce(relu(f))) after a zero column; above (L, W, N, h)
+    the 3x3 conv's row-above taps plus its bias."""
+    reduced, above = states
+    f, outputs = input_features(x, pixels, r, j, w, levels), []
+    for k in range(reduced.shape[0]):
+        t = torch.addmm(w["reduce_bias"][k], f.relu(), w["reduce"][k]).relu_()
+        reduced[k, j + 1] = t[None]
+        u = torch.addmm(above[k, j][0], torch.cat([reduced[k, j][0], t], 1), w["conv_row"][k]).relu_()
+        f = torch.addmm(f + w["expand_bias"][k], u, w["expand"][k])
+        outputs.append(f)
+    return head(outputs, x.shape[1], levels, w)
+
+
+def fresh_states(model: pixelrnn.PixelRNN, n: int, w) -> list[torch.Tensor]:
+    layers, width = len(model.layers), model.width
+    if model.arch == "row_lstm":
+        hidden = model.layers[0].hidden
+        c_row = torch.zeros(layers, width, n, hidden)
+        return [torch.zeros(layers, width + 1, n, 2 * hidden), c_row.clone(), c_row, c_row.clone(),
+                row_gates_of(model, c_row, w)]
+    features = w["reduce"].shape[2]
+    return [torch.zeros(layers, width + 1, n, features), w["bias"][:, None].expand(-1, width, -1, -1).clone()]
+
+
+def row_gates_of(model: pixelrnn.PixelRNN, h_row: torch.Tensor, w) -> torch.Tensor:
+    """Row LSTM: state-to-state gates of a finished row h_row (L, W, N, h) plus the constant bias (L, W, N, 4h)."""
     above = h_row.permute(0, 2, 3, 1)  # (L, N, h, W)
-    return torch.stack([(layer.state_to_state(above[k]) + w["gates_bias"][k][None, :, None]).permute(2, 0, 1)
+    return torch.stack([(layer.state_to_state(above[k]) + w["bias"][k][:, :, None]).permute(2, 0, 1)
                         for k, layer in enumerate(model.layers)])
 
 
-def sample(model: pixelrnn.PixelRNN, step, w: dict[str, torch.Tensor], seed: int) -> torch.Tensor:
-    """One sample, drawn as `pixelrnn.sample` draws it (its uniforms, tempered_probs, searchsorted)."""
-    height, width, layers, hidden = model.height, model.width, len(model.layers), model.layers[0].hidden
-    uniforms = torch.rand(height, width, 1, 1, generator=torch.Generator().manual_seed(seed))
-    x = torch.zeros(1, 1, height, width, dtype=torch.long)
-    pixels = torch.zeros(1, 1, height + 3, width + 6)
-    inputs = torch.zeros(layers, width + 1, 1, 2 * hidden)
-    c_above, c_row, h_row = (torch.zeros(layers, width, 1, hidden) for _ in range(3))
-    row_gates = row_gates_of(model, h_row, w)  # above row 0: zeros
+def end_row(model: pixelrnn.PixelRNN, states: list[torch.Tensor], w) -> list[torch.Tensor]:
+    if model.arch == "row_lstm":
+        inputs, _, c_row, h_row, _ = states
+        return [inputs, c_row, torch.zeros_like(c_row), torch.zeros_like(h_row), row_gates_of(model, h_row, w)]
+    reduced, _ = states
+    row = reduced[:, 1:].permute(0, 2, 3, 1)  # (L, N, h, W)
+    above = torch.stack([F.conv1d(row[k], w["conv_above"][k], padding=1) + w["bias"][k][:, :, None]
+                         for k in range(len(row))]).permute(0, 3, 1, 2)
+    return [torch.zeros_like(reduced), above]
+
+
+def sample(model: pixelrnn.PixelRNN, step: Callable, n: int, y: int | None, seed: int) -> torch.Tensor:
+    """n samples, drawn as `pixelrnn.sample` draws them (its uniforms, tempered_probs, searchsorted)."""
+    channels, height, width, levels = model.channels, model.height, model.width, model.levels
+    uniforms = torch.rand(height, width, channels, n, generator=torch.Generator().manual_seed(seed))
+    x = torch.zeros(n, channels, height, width, dtype=torch.long)
+    cache = CachedStepper(model, x, None if y is None else torch.full((n,), y), None)
+    w = weights(model, cache)
+    pixels, states = torch.zeros(n, channels, height + 3, width + 6), fresh_states(model, n, w)
     rows, cols = [torch.tensor([r]) for r in range(height)], [torch.tensor([j]) for j in range(width)]
     for r in range(height):
         for j in range(width):
-            probs = tempered_probs(step(x, pixels, inputs, c_above, c_row, h_row, row_gates, rows[r], cols[j], w), 1.0)
-            cdf = probs.cumsum(1)
-            x[:, 0, r, j] = torch.searchsorted(cdf, uniforms[r, j, 0, :, None] * cdf[:, -1:])[:, 0]
-        pixels[:, :, r + 3, width + 2] = scale_pixels(x[:, :, r, width - 1], 2)  # the row's last pixel, final
-        row_gates = row_gates_of(model, h_row, w)
-        c_above, c_row, h_row = c_row, torch.zeros_like(c_row), torch.zeros_like(h_row)
+            for c in range(channels):
+                probs = tempered_probs(step(x, pixels, states, rows[r], cols[j], w, levels)[:, :, c], 1.0)
+                cdf = probs.cumsum(1)
+                x[:, c, r, j] = torch.searchsorted(cdf, uniforms[r, j, c, :, None] * cdf[:, -1:])[:, 0]
+        pixels[:, :, r + 3, width + 2] = scale_pixels(x[:, :, r, width - 1], levels)  # the row's last pixel, final
+        states = end_row(model, states, w)
     return x
 
 
-def best_of(runs: int, fn) -> tuple[float, object]:
+def best_of(runs: int, fn: Callable) -> tuple[float, object]:
     times, result = [], None
     for _ in range(runs):
         start = time.perf_counter()
@@ -101,6 +156,7 @@ def best_of(runs: int, fn) -> tuple[float, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=list(MODELS), default="binarized-mnist-row-lstm")
     parser.add_argument("--decompose", action="store_true", help="small matmuls as fused loops")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -108,16 +164,16 @@ def main() -> None:
     if args.decompose:
         inductor.post_grad_fusion_options = {"decompose_mm_pass": {"cpu_max_first_dimension_decomposition": 16,
                                                                    "cpu_max_other_dimension_decomposition": 4096}}
-    model = load_folder(REPO / "checkpoints" / "binarized-mnist-row-lstm").eval()
-    compiled = torch.compile(pixel_logits)
+    model = load_folder(REPO / "checkpoints" / args.model).eval()
+    n, y = MODELS[args.model]
+    compiled = torch.compile(row_lstm_logits if model.arch == "row_lstm" else pixelcnn_logits)
     with torch.inference_mode():
-        w = weights(model)
-        compile_s, _ = best_of(1, lambda: sample(model, compiled, w, 0))
-        fast_s, fast = best_of(3, lambda: sample(model, compiled, w, 0))
-        library_s, library = best_of(3, lambda: pixelrnn.sample(model, 1, seed=0))
-    print(f"binarized-mnist-row-lstm, 1 sample, 1 thread: compiled stacked step {fast_s:.3f} s (first run with "
+        compile_s, _ = best_of(1, lambda: sample(model, compiled, n, y, 0))
+        fast_s, fast = best_of(3, lambda: sample(model, compiled, n, y, 0))
+        library_s, library = best_of(3, lambda: pixelrnn.sample(model, n, y=y, seed=0))
+    print(f"{args.model}, {n} sample(s), 1 thread: compiled stacked step {fast_s:.3f} s (first run with "
           f"compilation {compile_s:.1f} s), pixelrnn.sample {library_s:.3f} s, {library_s / fast_s:.2f}x; "
-          f"same sample: {torch.equal(fast, library)}")
+          f"same samples: {torch.equal(fast, library)}")
 
 
 if __name__ == "__main__":
