@@ -6,7 +6,7 @@ weights: a compiled graph's call costs ~40 us plus ~2 us per input tensor, and t
 would be ~75 inputs), compiled once with `torch.compile` (CPU inductor, C++ wrapper) for every pixel (the pixel's
 row and column are tensors). Draws samples with the library's uniforms and draw (1 for MNIST, 4 of class 0 for
 CIFAR-10), checks they equal `pixelrnn.sample`'s, and prints the time against the library's, best of 3, one thread.
-Row LSTM and PixelCNN; --decompose: small matmuls become fused loops instead of library calls.
+Every architecture (1-channel or RGB, class-conditional); --decompose: small matmuls become fused loops instead of library calls.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from pixelrnn.nn import lstm_cell
 from pixelrnn.sampling import tempered_probs
 from pixelrnn.steppers import CachedStepper
 
-MODELS = {"binarized-mnist-row-lstm": (1, None), "binarized-mnist-pixelcnn": (1, None),
+MODELS = {"binarized-mnist-row-lstm": (1, None), "binarized-mnist-diagonal-bilstm": (1, None),
+          "binarized-mnist-pixelcnn": (1, None),
           "cifar10-pixelcnn-conditional": (4, 0)}  # name -> (samples, class)
 
 
@@ -41,10 +42,14 @@ def weights(model: pixelrnn.PixelRNN, cache: CachedStepper) -> dict[str, torch.T
     w = {"input": cache.input_weight, "input_bias": cache.input.bias, "skip": cache.skip_weight,
          "skip_bias": cache.skip_bias, "head0": head0, "head0_bias": head0_bias, "head1": head1, "head1_bias": head1_bias,
          "bias": torch.stack([c.bias.expand(cache.pixels.shape[0], -1) for c in cache.layers])}  # (L, N, F)
-    if model.arch == "row_lstm":
-        w |= {"gates": torch.stack([c.input_to_state for c in cache.layers]),  # (L, 4h, 4h): [left | centre] inputs
-              "residual": torch.stack([m for m, _ in cache.residuals]),
+    if model.arch != "pixelcnn":
+        w |= {"residual": torch.stack([m for m, _ in cache.residuals]),
               "residual_bias": torch.stack([b for _, b in cache.residuals])}
+    if model.arch == "row_lstm":
+        w["gates"] = torch.stack([c.input_to_state for c in cache.layers])  # (L, 4h, 4h): [left | centre] inputs
+    elif model.arch == "diagonal_bilstm":
+        w |= {name: torch.stack([getattr(c, name) for c in cache.layers])
+              for name in ("weight", "reverse_weight", "reverse_bias")}
     else:
         w |= {name: torch.stack([getattr(c, name) for c in cache.layers])
               for name in ("reduce", "reduce_bias", "expand", "expand_bias", "conv_row", "conv_above")}
@@ -82,6 +87,22 @@ def row_lstm_logits(x, pixels, states, r, j, w, levels: int):
     return head(outputs, x.shape[1], levels, w)
 
 
+def diagonal_bilstm_logits(x, pixels, states, r, j, w, levels: int):
+    """states: h_above, h_row, c_row (L, W + 1, N, h) after a zero column; reverse (L, W, N, h) the row above's
+    reverse stream; reverse_in (L, W, N, 4h) this row's input to it."""
+    h_above, h_row, c_row, reverse, reverse_in = states
+    f, outputs, hidden = input_features(x, pixels, r, j, w, levels), [], h_row.shape[3]
+    for k in range(h_row.shape[0]):
+        above_left = torch.cat([f, h_above[k, j + 1][0], h_row[k, j][0]], 1)
+        gates = torch.addmm(w["bias"][k], above_left, w["weight"][k])
+        reverse_in[k, j] = gates[None, :, 4 * hidden :]
+        h, c = lstm_cell(gates[:, : 4 * hidden], c_row[k, j][0])
+        c_row[k, j + 1], h_row[k, j + 1] = c[None], h[None]
+        f = torch.addmm(f + w["residual_bias"][k], h + reverse[k, j][0], w["residual"][k])
+        outputs.append(f)
+    return head(outputs, x.shape[1], levels, w)
+
+
 def pixelcnn_logits(x, pixels, states, r, j, w, levels: int):
     """states: reduced (L, W + 1, N, h) this row's relu(reduce(relu(f))) after a zero column; above (L, W, N, h)
     the 3x3 conv's row-above taps plus its bias."""
@@ -103,6 +124,11 @@ def fresh_states(model: pixelrnn.PixelRNN, n: int, w) -> list[torch.Tensor]:
         c_row = torch.zeros(layers, width, n, hidden)
         return [torch.zeros(layers, width + 1, n, 2 * hidden), c_row.clone(), c_row, c_row.clone(),
                 row_gates_of(model, c_row, w)]
+    if model.arch == "diagonal_bilstm":
+        hidden = model.layers[0].hidden
+        h_row = torch.zeros(layers, width + 1, n, hidden)
+        return [h_row.clone(), h_row, h_row.clone(), torch.zeros(layers, width, n, hidden),
+                torch.zeros(layers, width, n, 4 * hidden)]
     features = w["reduce"].shape[2]
     return [torch.zeros(layers, width + 1, n, features), w["bias"][:, None].expand(-1, width, -1, -1).clone()]
 
@@ -118,11 +144,28 @@ def end_row(model: pixelrnn.PixelRNN, states: list[torch.Tensor], w) -> list[tor
     if model.arch == "row_lstm":
         inputs, _, c_row, h_row, _ = states
         return [inputs, c_row, torch.zeros_like(c_row), torch.zeros_like(h_row), row_gates_of(model, h_row, w)]
+    if model.arch == "diagonal_bilstm":
+        return diagonal_end_row(states, w)
     reduced, _ = states
     row = reduced[:, 1:].permute(0, 2, 3, 1)  # (L, N, h, W)
     above = torch.stack([F.conv1d(row[k], w["conv_above"][k], padding=1) + w["bias"][k][:, :, None]
                          for k in range(len(row))]).permute(0, 3, 1, 2)
     return [torch.zeros_like(reduced), above]
+
+
+def diagonal_end_row(states: list[torch.Tensor], w) -> list[torch.Tensor]:
+    """Diagonal BiLSTM: every layer's reverse stream right to left over the finished row (as the cached stepper)."""
+    _, h_row, c_row, reverse, reverse_in = states
+    layers, width, n, hidden = reverse.shape
+    reverse_in = reverse_in + w["reverse_bias"][:, None, None]
+    reverse = reverse.clone()  # row r-1's states, overwritten by row r's
+    h_right = c_right = torch.zeros(layers * n, hidden)
+    for j in reversed(range(width)):
+        above_right = torch.cat([reverse[:, j], h_right.view(layers, n, hidden)], dim=2)
+        gates = torch.baddbmm(reverse_in[:, j], above_right, w["reverse_weight"])
+        h_right, c_right = lstm_cell(gates.view(layers * n, 4 * hidden), c_right)
+        reverse[:, j] = h_right.view(layers, n, hidden)
+    return [h_row, torch.zeros_like(h_row), torch.zeros_like(c_row), reverse, torch.zeros_like(reverse_in)]
 
 
 def sample(model: pixelrnn.PixelRNN, step: Callable, n: int, y: int | None, seed: int) -> torch.Tensor:
@@ -166,7 +209,8 @@ def main() -> None:
                                                                    "cpu_max_other_dimension_decomposition": 4096}}
     model = load_folder(REPO / "checkpoints" / args.model).eval()
     n, y = MODELS[args.model]
-    compiled = torch.compile(row_lstm_logits if model.arch == "row_lstm" else pixelcnn_logits)
+    compiled = torch.compile({"row_lstm": row_lstm_logits, "diagonal_bilstm": diagonal_bilstm_logits,
+                              "pixelcnn": pixelcnn_logits}[model.arch])
     with torch.inference_mode():
         compile_s, _ = best_of(1, lambda: sample(model, compiled, n, y, 0))
         fast_s, fast = best_of(3, lambda: sample(model, compiled, n, y, 0))
