@@ -118,6 +118,7 @@ def pixelcnn_logits(x, pixels, states, r, j, w, levels: int):
 
 
 def fresh_states(model: pixelrnn.PixelRNN, n: int, w) -> list[torch.Tensor]:
+    """The states before row 0, in the order the architecture's step takes them."""
     layers, width = len(model.layers), model.width
     if model.arch == "row_lstm":
         hidden = model.layers[0].hidden
@@ -141,6 +142,7 @@ def row_gates_of(model: pixelrnn.PixelRNN, h_row: torch.Tensor, w) -> torch.Tens
 
 
 def end_row(model: pixelrnn.PixelRNN, states: list[torch.Tensor], w) -> list[torch.Tensor]:
+    """The states for the next row, once this one is finished (eager: once a row)."""
     if model.arch == "row_lstm":
         inputs, _, c_row, h_row, _ = states
         return [inputs, c_row, torch.zeros_like(c_row), torch.zeros_like(h_row), row_gates_of(model, h_row, w)]
