@@ -4,8 +4,8 @@
 A shipped model's per-pixel step written with its states stacked over the layers (a few state tensors and a dozen
 weights: a compiled graph's call costs ~40 us plus ~2 us per input tensor, and the cached stepper's per-layer states
 would be ~75 inputs), compiled once with `torch.compile` (CPU inductor, C++ wrapper) for every pixel (the pixel's
-row and column are tensors). Draws samples with the library's uniforms and draw (1 for MNIST, 4 of class 0 for
-CIFAR-10), checks they equal `pixelrnn.sample`'s, and prints the time against the library's, best of 3, one thread.
+row and column are tensors), with the library's draw in the same graph. Draws samples with the library's uniforms
+(1 for MNIST, 4 of class 0 for CIFAR-10), checks they equal `pixelrnn.sample`'s, and prints the time against the library's, best of 3, one thread.
 Every architecture (1-channel or RGB, class-conditional); --decompose: small matmuls become fused loops instead of library calls.
 """
 
@@ -170,6 +170,17 @@ def diagonal_end_row(states: list[torch.Tensor], w) -> list[torch.Tensor]:
     return [h_row, torch.zeros_like(h_row), torch.zeros_like(c_row), reverse, torch.zeros_like(reverse_in)]
 
 
+def drawing(logits_fn: Callable) -> Callable:
+    """The step with the library's draw of sub-pixel c (tempered_probs at temperature 1, cumsum, searchsorted given
+    the uniform u (N, 1)) written into x, in the same graph (one per channel)."""
+    def step(x, pixels, states, r, j, c: int, u, w, levels: int) -> None:
+        probs = tempered_probs(logits_fn(x, pixels, states, r, j, w, levels)[:, :, c], 1.0)
+        cdf = probs.cumsum(1)
+        x[:, c, r, j] = torch.searchsorted(cdf, u * cdf[:, -1:])
+
+    return step
+
+
 def sample(model: pixelrnn.PixelRNN, step: Callable, n: int, y: int | None, seed: int) -> torch.Tensor:
     """n samples, drawn as `pixelrnn.sample` draws them (its uniforms, tempered_probs, searchsorted)."""
     channels, height, width, levels = model.channels, model.height, model.width, model.levels
@@ -182,9 +193,7 @@ def sample(model: pixelrnn.PixelRNN, step: Callable, n: int, y: int | None, seed
     for r in range(height):
         for j in range(width):
             for c in range(channels):
-                probs = tempered_probs(step(x, pixels, states, rows[r], cols[j], w, levels)[:, :, c], 1.0)
-                cdf = probs.cumsum(1)
-                x[:, c, r, j] = torch.searchsorted(cdf, uniforms[r, j, c, :, None] * cdf[:, -1:])[:, 0]
+                step(x, pixels, states, rows[r], cols[j], c, uniforms[r, j, c, :, None], w, levels)
         pixels[:, :, r + 3, width + 2] = scale_pixels(x[:, :, r, width - 1], levels)  # the row's last pixel, final
         states = end_row(model, states, w)
     return x
@@ -211,8 +220,8 @@ def main() -> None:
                                                                    "cpu_max_other_dimension_decomposition": 4096}}
     model = load_folder(REPO / "checkpoints" / args.model).eval()
     n, y = MODELS[args.model]
-    compiled = torch.compile({"row_lstm": row_lstm_logits, "diagonal_bilstm": diagonal_bilstm_logits,
-                              "pixelcnn": pixelcnn_logits}[model.arch])
+    compiled = torch.compile(drawing({"row_lstm": row_lstm_logits, "diagonal_bilstm": diagonal_bilstm_logits,
+                                      "pixelcnn": pixelcnn_logits}[model.arch]))
     with torch.inference_mode():
         compile_s, _ = best_of(1, lambda: sample(model, compiled, n, y, 0))
         fast_s, fast = best_of(3, lambda: sample(model, compiled, n, y, 0))
