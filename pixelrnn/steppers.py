@@ -72,7 +72,11 @@ class _LayerCache:
         self.bias, self.bias_map = bias, bias_map
 
     def bias_at(self, r: int, j: int) -> Tensor:
-        return self.bias if self.bias_map is None else self.bias + self.bias_map[:, :, r, j]
+        return self.plus_map(self.bias, r, j)
+
+    def plus_map(self, bias: Tensor, r: int, j: int) -> Tensor:
+        """A bias at pixel (r, j), plus the conditioning map's there if there is one."""
+        return bias if self.bias_map is None else bias + self.bias_map[:, :, r, j]
 
     @staticmethod
     def end_rows(caches: list[_LayerCache]) -> None:
@@ -111,8 +115,7 @@ class _PixelCNNCache(_LayerCache):
 
     def step(self, f: Tensor, r: int, j: int) -> Tensor:
         self.reduced[j + 1] = t = torch.addmm(self.reduce_bias, f.relu(), self.reduce).relu_()
-        bias = self.above[j] if self.bias_map is None else self.above[j] + self.bias_map[:, :, r, j]
-        t = torch.addmm(bias, torch.cat([self.reduced[j], t], 1), self.conv_row).relu_()
+        t = torch.addmm(self.plus_map(self.above[j], r, j), torch.cat([self.reduced[j], t], 1), self.conv_row).relu_()
         return torch.addmm(f + self.expand_bias, t, self.expand)
 
     def end_row(self) -> None:
@@ -139,8 +142,8 @@ class _RowLSTMCache(_LayerCache):
 
     def step(self, f: Tensor, r: int, j: int) -> Tensor:
         self.inputs[j + 1] = f
-        bias = self.row_gates[j] if self.bias_map is None else self.row_gates[j] + self.bias_map[:, :, r, j]
-        gates = torch.addmm(bias, torch.cat(self.inputs[j : j + 2], 1), self.input_to_state)
+        gates = torch.addmm(self.plus_map(self.row_gates[j], r, j), torch.cat(self.inputs[j : j + 2], 1),
+                            self.input_to_state)
         self.h_row[j], self.c_row[j] = lstm_cell(gates, self.c_above[j])
         return self.h_row[j]
 

@@ -188,14 +188,18 @@ class BatchServer:
             self._hand(batch, steps, {s.stage: s.image for s in steps if s.image is not None})
             return
         rows, chunk, handed = first_rows(requests), [], time.monotonic()
+
+        def hand_chunk() -> None:
+            self._hand(batch, _kept(chunk, rows), {step.stage: step.image for step in chunk})
+
         for step in steps:
             chunk.append(step)
             if time.monotonic() - handed >= RECORD_S:  # per step, this would cost the sampler the interpreter lock
-                self._hand(batch, _kept(chunk, rows), {step.stage: step.image for step in chunk})
+                hand_chunk()
                 chunk, handed = [], time.monotonic()
                 if all(w.recording.cancelled for w in batch):  # every visitor of the run left
                     return
-        self._hand(batch, _kept(chunk, rows), {step.stage: step.image for step in chunk})
+        hand_chunk()
 
     @staticmethod
     def _hand(batch: list[_Waiting], kept: list[pixelrnn.Step], images: dict[str, torch.Tensor]) -> None:
