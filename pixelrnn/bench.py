@@ -155,34 +155,37 @@ def bench_sample(args: argparse.Namespace, device: torch.device) -> None:
 SHIPPED_CASES = {"binarized-mnist-row-lstm": 1, "binarized-mnist-diagonal-bilstm": 1, "binarized-mnist-pixelcnn": 1,
                  "cifar10-pixelcnn-conditional": 4}  # checkpoint -> samples per call
 
-# Run with PYTHONPATH set to the checkout being measured; needs only pixelrnn.sample and checkpoints.load_folder,
-# which every checkout since the codebase issue has. argv: folder, n, iters, threads -> prints the best seconds
-# (the least disturbed run: a shared 2-core machine varies by +-15% from run to run).
+# Run with PYTHONPATH set to the checkout being measured; needs only pixelrnn.sample(method=...) and
+# checkpoints.load_folder, which every checkout since the codebase issue has. argv: folder, n, iters, threads, method
+# -> prints the first call's seconds (compilation included) and the best of the next `iters` (the least disturbed
+# run: a shared 2-core machine varies by +-15% from run to run).
 TIME_SAMPLE = """
 import sys, time
 import torch
 import pixelrnn
 from pixelrnn.checkpoints import load_folder
 model = load_folder(sys.argv[1])
-n, iters = int(sys.argv[2]), int(sys.argv[3])
+n, iters, method = int(sys.argv[2]), int(sys.argv[3]), sys.argv[5]
 torch.set_num_threads(int(sys.argv[4]))
 y = None if getattr(getattr(model, "small", model), "num_classes", None) is None else 0
-pixelrnn.sample(model, n, y=y, seed=0)  # warm-up
 seconds = []
-for seed in range(iters):
+for seed in range(iters + 1):
     start = time.perf_counter()
-    pixelrnn.sample(model, n, y=y, seed=seed)
+    pixelrnn.sample(model, n, y=y, seed=seed, method=method)
     seconds.append(time.perf_counter() - start)
-print(min(seconds))
+print(seconds[0], min(seconds[1:]))
 """
 
 
-def sample_seconds(checkout: Path, folder: Path, n: int, iters: int, threads: int) -> float:
-    """Best seconds of `pixelrnn.sample(n)` on a checkpoint with the code of `checkout`, in a fresh process."""
+def sample_seconds(checkout: Path, folder: Path, n: int, iters: int, threads: int,
+                   method: str = "cached") -> tuple[float, float]:
+    """`pixelrnn.sample(n)` on a checkpoint with the code of `checkout`, in a fresh process -> (first call's
+    seconds, best of the next `iters`)."""
     env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
-    out = subprocess.run([sys.executable, "-c", TIME_SAMPLE, str(folder), str(n), str(iters), str(threads)], env=env,
-                         cwd=checkout, capture_output=True, text=True, timeout=3600, check=True).stdout
-    return float(out.split()[-1])
+    out = subprocess.run([sys.executable, "-c", TIME_SAMPLE, str(folder), str(n), str(iters), str(threads), method],
+                         env=env, cwd=checkout, capture_output=True, text=True, timeout=3600, check=True).stdout
+    first, best = out.split()[-2:]
+    return float(first), float(best)
 
 
 def bench_shipped(args: argparse.Namespace, device: torch.device) -> None:
@@ -191,12 +194,13 @@ def bench_shipped(args: argparse.Namespace, device: torch.device) -> None:
           f"best of {args.iters}; baseline: {args.baseline or 'none'}")
     for name in names:
         n, folder = SHIPPED_CASES.get(name, 1), REPO / "checkpoints" / name
-        now = sample_seconds(REPO, folder, n, args.iters, threads)
-        line = f"{name:34s} n={n}: {now:6.3f} s"
-        if args.baseline:
-            before = sample_seconds(args.baseline, folder, n, args.iters, threads)
-            line += f"  baseline {before:6.3f} s  {before / now:5.2f}x faster"
-        print(line, flush=True)
+        before = sample_seconds(args.baseline, folder, n, args.iters, threads)[1] if args.baseline else None
+        for method in args.methods:
+            first, now = sample_seconds(REPO, folder, n, args.iters, threads, method)
+            line = f"{name:34s} n={n} {method:8s}: {now:6.3f} s (first call {first:5.1f} s)"
+            if before:
+                line += f"  baseline {before:6.3f} s  {before / now:5.2f}x faster"
+            print(line, flush=True)
 
 
 def bench_compress(args: argparse.Namespace, device: torch.device) -> None:
@@ -377,6 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--baseline", type=Path, help="train, shipped: an older checkout to measure side by side")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="sample: batch sizes")
     p.add_argument("--threads", type=int, default=0, help="shipped: torch threads (default: torch's, one per core)")
+    p.add_argument("--methods", nargs="+", default=["cached"], choices=["cached", "compiled"],
+                   help="shipped: samplers to time (compiled: the first call compiles)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--reference-steps", type=int, default=28, help="CPU: reference steps timed (0: all)")

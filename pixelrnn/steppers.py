@@ -4,10 +4,12 @@
   CachedStepper     the same logits from per-layer caches, touching one pixel per layer
                     per step (Row LSTM: last row's states; Diagonal BiLSTM: forward stream
                     cell by cell, reverse stream once per finished row; PixelCNN: the 3x3
-                    conv's row above once per row, its own row's two taps per pixel).
+                    conv's row above once per row, its own row's two taps per pixel);
+  StackedStepper    (`pixelrnn.stacked`) the cached stepper's arithmetic as one compiled graph per step.
 Mask A/B make a pixel's activations independent of its own last channel, so the pass that
 gives the last channel's logits also leaves that pixel's final activations in the caches.
-`pixelrnn.sampling` draws from them.
+A stepper's `draw` samples one sub-pixel from its logits (`draw`, the tempered distribution); `pixelrnn.sampling`
+runs the loop.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from torch import Tensor
 
 from pixelrnn.model import PixelRNN, scale_pixels
 from pixelrnn.nn import DiagonalBiLSTM, PixelCNNBlock, RowLSTM, lstm_cell
-
-METHODS = ("cached", "reference")
 
 
 def _matrix(conv: torch.nn.Conv2d) -> Tensor:
@@ -40,18 +40,69 @@ def _bias(constant: Tensor, conditional: Tensor | None) -> tuple[Tensor, Tensor 
     return constant[None], conditional
 
 
-class ReferenceStepper:
+def _tempered(logits: Tensor, temperature: float | Tensor) -> Tensor:
+    """(logits - their max) / temperature over dim 1, in float64: no overflow for any positive temperature.
+
+    Dividing float32 logits by a tiny temperature overflows (at t = 1e-40, logits / t is inf and softmax NaN).
+    Here the largest logit is subtracted first, in float64, where no positive temperature rounds to 0:
+    (l - max) / t is 0 for the largest logit and at worst -inf, whose exp is 0, for the others. A tiny
+    temperature is greedy decoding (ties share the mass), a huge one the uniform distribution.
+    """
+    shifted = logits.double()
+    if isinstance(temperature, Tensor):  # one per row (N,)
+        temperature = temperature.to(shifted).view(-1, *[1] * (shifted.dim() - 1))
+    return (shifted - shifted.amax(1, keepdim=True)) / temperature
+
+
+def tempered_probs(logits: Tensor, temperature: float | Tensor) -> Tensor:
+    """softmax(logits / temperature) over dim 1, in float32: what a drawn sub-pixel is sampled from."""
+    return torch.softmax(_tempered(logits, temperature), dim=1).float()
+
+
+def tempered_log_probs(logits: Tensor, temperature: float | Tensor) -> Tensor:
+    """log_softmax(logits / temperature) over dim 1, in float32 (finite, or -inf): what a known sub-pixel is scored
+    with. Drawn and scored sub-pixels use the same conditionals: the sampler's target is the *tempered model*,
+    p_T(x) = prod_i softmax(logits_i / T)[x_i], a normalised autoregressive model (at T = 1 the model itself),
+    and SMC completion conditions p_T on the known pixels."""
+    return torch.log_softmax(_tempered(logits, temperature), dim=1).float()
+
+
+def draw(logits: Tensor, u: Tensor, temperature: float | Tensor) -> tuple[Tensor, Tensor]:
+    """One sub-pixel's logits (N, levels) and uniforms u (N, 1) -> (its levels (N, 1), by inverse CDF of the
+    tempered distribution; that distribution (N, levels))."""
+    probs = tempered_probs(logits, temperature)
+    cdf = probs.cumsum(1)
+    return torch.searchsorted(cdf, u * cdf[:, -1:]), probs
+
+
+class Stepper:
+    """What the sampler asks of a stepper (`logits`, `draw`, `end_row`, `reorder`)."""
+
+    def logits(self, x: Tensor, r: int, j: int) -> Tensor:
+        """-> (N, levels, C) logits of pixel (r, j); sub-pixels before it in x must be final."""
+        raise NotImplementedError
+
+    def draw(self, x: Tensor, r: int, j: int, c: int, u: Tensor, temperature: float | Tensor) -> Tensor:
+        """Draw sub-pixel c of pixel (r, j) into x with uniforms u (N, 1) -> its distribution (N, levels)."""
+        level, probs = draw(self.logits(x, r, j)[:, :, c], u, temperature)
+        x[:, c, r, j] = level[:, 0]
+        return probs
+
+    def end_row(self, x: Tensor, r: int) -> None:
+        """Row r of x is final."""
+
+    def reorder(self, index: Tensor) -> None:
+        """SMC resampling: image k of the batch becomes image index[k]."""
+
+
+class ReferenceStepper(Stepper):
     """One full forward pass per step."""
 
     def __init__(self, model: PixelRNN, x: Tensor, y: Tensor | None, cond: Tensor | None):
         self.model, self.y, self.cond = model, y, cond
 
     def logits(self, x: Tensor, r: int, j: int) -> Tensor:
-        """-> (N, levels, C) logits of pixel (r, j); sub-pixels before it in x must be final."""
         return self.model(x, self.y, self.cond)[:, :, :, r, j]
-
-    def end_row(self, x: Tensor, r: int) -> None:
-        pass
 
     def reorder(self, index: Tensor) -> None:
         self.y = None if self.y is None else self.y[index]
@@ -201,23 +252,31 @@ class _DiagonalCache(_LayerCache):
     def end_rows(caches: list[_DiagonalCache]) -> None:
         """Run every layer's reverse stream right to left over the finished row, all layers at once:
         they depend only on inputs cached during the row and on the row above."""
-        weight = torch.stack([c.reverse_weight for c in caches])  # (L, 2h, 4h)
-        reverse_in = torch.stack([torch.stack(c.reverse_in, 1) for c in caches]) + torch.stack(
-            [c.reverse_bias for c in caches])[:, None, None]  # (L, N, W, 4h)
-        reverse = torch.stack([torch.stack(c.reverse, 1) for c in caches])  # (L, N, W, h): row r-1's, then row r's
-        layers, n, width, h = reverse.shape
-        h_right = c_right = reverse.new_zeros(layers * n, h)
-        for j in reversed(range(width)):
-            above_right = torch.cat([reverse[:, :, j], h_right.view(layers, n, h)], dim=2)
-            gates = torch.baddbmm(reverse_in[:, :, j], above_right, weight)
-            h_right, c_right = lstm_cell(gates.view(layers * n, 4 * h), c_right)
-            reverse[:, :, j] = h_right.view(layers, n, h)
+        reverse = reverse_stream(torch.stack([torch.stack(c.reverse) for c in caches]),
+                                 torch.stack([torch.stack(c.reverse_in) for c in caches]),
+                                 torch.stack([c.reverse_bias for c in caches]),
+                                 torch.stack([c.reverse_weight for c in caches]))
         for k, c in enumerate(caches):
-            c.reverse = list(reverse[k].unbind(1))
+            c.reverse = list(reverse[k].unbind(0))
             c.new_row()
 
 
-class CachedStepper:
+def reverse_stream(above: Tensor, inputs: Tensor, bias: Tensor, weight: Tensor) -> Tensor:
+    """The Diagonal BiLSTM's reverse stream over a finished row, right to left, all layers at once (Sec. 3.2):
+    above (L, W, N, h) the row above's, inputs (L, W, N, 4h) its input-to-state gates, bias (L, 4h), weight
+    (L, 2h, 4h) from [above | right] -> the row's (L, W, N, h)."""
+    layers, width, n, hidden = above.shape
+    inputs, row = inputs + bias[:, None, None], torch.empty_like(above)
+    h_right = c_right = above.new_zeros(layers * n, hidden)
+    for j in reversed(range(width)):
+        above_right = torch.cat([above[:, j], h_right.view(layers, n, hidden)], dim=2)
+        gates = torch.baddbmm(inputs[:, j], above_right, weight)
+        h_right, c_right = lstm_cell(gates.view(layers * n, 4 * hidden), c_right)
+        row[:, j] = h_right.view(layers, n, hidden)
+    return row
+
+
+class CachedStepper(Stepper):
     """Exact incremental forward pass: every step touches one pixel in every layer."""
 
     def __init__(self, model: PixelRNN, x: Tensor, y: Tensor | None, cond: Tensor | None):

@@ -1,11 +1,15 @@
 """The cached sampler equals the reference sampler; completion, SMC and likelihood maps."""
 
+import functools
 import math
+import shutil
 
 import pytest
 import torch
 
 import pixelrnn
+import pixelrnn.stacked
+from pixelrnn.stacked import StackedStepper
 from pixelrnn.steppers import CachedStepper
 
 LOGIT_TOLERANCE = 1e-9  # float64: cached and full-pass logits agree to rounding
@@ -22,16 +26,26 @@ def make(arch, channels, levels, height=5, width=6, num_classes=None, **hparams)
 
 CASES = [(arch, channels, levels, num_classes) for arch in pixelrnn.ARCHS
          for channels, levels in ((1, 2), (3, 256)) for num_classes in (None, 3)]
+FAST = ("cached", "compiled")  # the samplers that must equal the reference
 
 
+@pytest.fixture
+def eager_compiled(monkeypatch):
+    """method="compiled" with the stacked step run eagerly: the functions torch.compile would compile, tested for
+    exactness without a compilation per model (`test_torch_compile_...` compiles them)."""
+    monkeypatch.setattr(pixelrnn.stacked, "compiled_step", lambda arch: pixelrnn.stacked.drawing(arch))
+
+
+@pytest.mark.parametrize("stepper", [CachedStepper, functools.partial(StackedStepper, compile=False)],
+                         ids=["cached", "stacked"])
 @pytest.mark.parametrize("arch,channels,levels,num_classes", CASES)
-def test_cached_step_logits_equal_teacher_forced_logits(arch, channels, levels, num_classes):
+def test_cached_step_logits_equal_teacher_forced_logits(arch, channels, levels, num_classes, stepper):
     model = make(arch, channels, levels, num_classes=num_classes)
     x = torch.randint(0, levels, (2, channels, 5, 6))
     y = None if num_classes is None else torch.tensor([0, 2])
     with torch.no_grad():
         full = model(x, y)  # (2, levels, C, H, W)
-        stepper = CachedStepper(model, x, y, None)
+        stepper = stepper(model, x, y, None)
         for r in range(5):
             for j in range(6):
                 for c in range(channels):
@@ -44,24 +58,39 @@ def test_cached_step_logits_equal_teacher_forced_logits(arch, channels, levels, 
             stepper.end_row(x, r)
 
 
+@pytest.mark.parametrize("method", FAST)
 @pytest.mark.parametrize("arch,channels,levels,num_classes", CASES)
-def test_cached_and_reference_samples_are_identical(arch, channels, levels, num_classes):
+def test_cached_and_reference_samples_are_identical(arch, channels, levels, num_classes, method, eager_compiled):
     model = make(arch, channels, levels, num_classes=num_classes)
     y = None if num_classes is None else 1
     reference = pixelrnn.sample(model, 3, y=y, seed=7, method="reference")
-    cached = pixelrnn.sample(model, 3, y=y, seed=7)
+    cached = pixelrnn.sample(model, 3, y=y, seed=7, method=method)
     assert torch.equal(reference, cached)
     assert reference.shape == (3, channels, 5, 6) and 0 <= reference.min() and reference.max() < levels
-    assert not torch.equal(cached, pixelrnn.sample(model, 3, y=y, seed=8)), "the seed must matter"
+    assert not torch.equal(cached, pixelrnn.sample(model, 3, y=y, seed=8, method=method)), "the seed must matter"
 
 
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+@pytest.mark.parametrize("arch,channels,levels,num_classes", [("row_lstm", 1, 2, None),
+                                                              ("diagonal_bilstm", 1, 2, 3),
+                                                              ("pixelcnn", 3, 256, 3)])
+def test_torch_compile_of_the_stacked_step_draws_the_reference_samples(arch, channels, levels, num_classes):
+    """The real compiled graph (fullgraph: a graph break fails), in float64: the reference's samples."""
+    model = make(arch, channels, levels, 4, 5, num_classes=num_classes)
+    y = None if num_classes is None else 2
+    reference = pixelrnn.sample(model, 2, y=y, seed=4, method="reference")
+    assert torch.equal(pixelrnn.sample(model, 2, y=y, seed=4, method="compiled"), reference)
+
+
+@pytest.mark.parametrize("method", FAST)
 @pytest.mark.parametrize("arch", pixelrnn.ARCHS)
-def test_multiscale_sampling_cached_equals_reference_and_respects_the_small_image(arch):
+def test_multiscale_sampling_cached_equals_reference_and_respects_the_small_image(arch, method, eager_compiled):
     model = make(arch, 3, 256, 6, 6, factor=2)
     reference = pixelrnn.sample(model, 2, seed=3, method="reference")
-    cached = pixelrnn.sample(model, 2, seed=3)
+    cached = pixelrnn.sample(model, 2, seed=3, method=method)
     assert torch.equal(reference, cached)
-    steps = list(pixelrnn.sample_steps(model, 2, seed=3, every=1))
+    steps = list(pixelrnn.sample_steps(model, 2, seed=3, every=1, method=method))
     assert [s.stage for s in steps].count("small") == 9 and steps[-1].stage == "full"
     assert torch.equal(steps[-1].image, cached)
 
@@ -226,8 +255,10 @@ def test_known_pixels_are_final_from_the_first_step():
     assert first.done[:2].all() and first.done.sum() == 12  # rows 0-1 known; the first step visits (0, 0), known
 
 
+@pytest.mark.parametrize("method", FAST)
 @pytest.mark.parametrize("arch,channels,levels,num_classes", [*CASES[::2], ("multiscale", 3, 256, 3)])
-def test_a_batched_run_gives_each_request_what_it_gets_alone(arch, channels, levels, num_classes):
+def test_a_batched_run_gives_each_request_what_it_gets_alone(arch, channels, levels, num_classes, method,
+                                                             eager_compiled):
     """Requests sharing one run (a server's batching) keep their own seed, class and temperature: in float64 each
     one's images equal its solo samples, whatever shares its run and in what order."""
     model = (make("row_lstm", channels, levels, 6, 6, num_classes, factor=2) if arch == "multiscale"
@@ -237,7 +268,7 @@ def test_a_batched_run_gives_each_request_what_it_gets_alone(arch, channels, lev
                 pixelrnn.SampleRequest(n=1, y=y(1), temperature=0.6, seed=12),
                 pixelrnn.SampleRequest(n=3, y=y(2), temperature=1.7, seed=13)]
     for order in (requests, requests[::-1]):
-        steps = list(pixelrnn.sample_batch_steps(model, order))
+        steps = list(pixelrnn.sample_batch_steps(model, order, method))
         assert len(steps) == (45 if arch == "multiscale" else 30)  # every pixel of each stage
         images = steps[-1].image.split([r.n for r in order])
         for request, images_of_request in zip(order, images, strict=True):
@@ -273,8 +304,9 @@ def test_what_sample_and_sample_steps_return_is_an_ordinary_tensor_a_caller_can_
     assert not any(t.is_inference() for t in (image, step.image, step.probs, step.known, step.done))
 
 
+@pytest.mark.parametrize("method", FAST)
 @pytest.mark.parametrize("arch", pixelrnn.ARCHS)
-def test_smc_completion_cached_equals_reference(arch):
+def test_smc_completion_cached_equals_reference(arch, method, eager_compiled):
     """SMC resamples the particles after the known rows: every cached state (tensors and per-column lists) must
     follow its particle."""
     model = make(arch, 3, 256, 6, 6, num_classes=3)
@@ -282,7 +314,6 @@ def test_smc_completion_cached_equals_reference(arch):
     mask = torch.zeros(6, 6, dtype=torch.bool)
     mask[1:3] = mask[4] = True  # known rows between the holes weigh and resample the particles
     kwargs = {"y": 1, "image": image, "mask": mask, "seed": 5, "particles": 4, "every": 0}
-    cached, reference = (list(pixelrnn.sample_steps(model, 2, method=method, **kwargs))[-1]
-                         for method in ("cached", "reference"))
+    cached, reference = (list(pixelrnn.sample_steps(model, 2, method=m, **kwargs))[-1] for m in (method, "reference"))
     assert (torch.stack(cached.ess)[:-1] < 2).any(), "some row must have been resampled before the last"
     assert torch.equal(cached.image, reference.image)
