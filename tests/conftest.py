@@ -1,4 +1,5 @@
 import contextlib
+import os
 import re
 import socket
 from collections.abc import Iterable, Iterator
@@ -9,6 +10,10 @@ import torch
 
 import pixelrnn
 from pixelrnn.ui.inspect_tab import TRUE_ORANGE
+
+# the app compiles a model's sampler in the background on its first run: its tests sample with the cached sampler
+# (tests/test_batching.py turns the compiler on)
+os.environ.setdefault("PIXELRNN_COMPILE", "0")
 
 
 @pytest.fixture(autouse=True)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
 import pixelrnn
+import pixelrnn.stacked
 from pixelrnn.ui.batching import BatchServer, Recording, _Waiting
+from pixelrnn.ui.compiling import Compiler
 
 
 def tiny(arch: str = "row_lstm", **hparams) -> pixelrnn.Model:
@@ -64,7 +68,7 @@ def test_each_request_replays_its_own_samples_step_by_step(model):
 def test_a_run_whose_visitors_all_left_stops_and_errors_reach_every_request(monkeypatch):
     step = next(iter(pixelrnn.sample_steps(tiny(), 2, seed=0)))  # a step of a run of two 1-image requests
 
-    def endless(model, requests):  # a run that only stops when it is told to
+    def endless(model, requests, method):  # a run that only stops when it is told to
         while True:
             yield step
 
@@ -81,7 +85,7 @@ def test_a_run_whose_visitors_all_left_stops_and_errors_reach_every_request(monk
         assert left.changed.wait_for(lambda: left.finished, timeout=60)
     assert left.error is None and staying.finished
 
-    def failing(model, requests):
+    def failing(model, requests, method):
         yield step
         raise RuntimeError("the weights are not finite")
 
@@ -98,7 +102,6 @@ def test_on_zerogpu_a_run_is_one_short_gpu_call_and_the_animation_plays_after_it
     fake that logs when the "GPU" is held), a Generate request samples in one call and every frame of its
     animation is sent after the call returned; the samples are the seed's."""
     import functools
-    import time
 
     from conftest import save_tiny_checkpoints
 
@@ -129,3 +132,39 @@ def test_on_zerogpu_a_run_is_one_short_gpu_call_and_the_animation_plays_after_it
     expected = ui.pictures.render_images(pixelrnn.sample(model, 2, seed=5).numpy(), 2,
                                          ui.pictures.grid_scale(28, 28, 2))
     assert np.array_equal(final, pixelrnn.images.tile(expected, 2))
+
+
+def test_the_demo_samples_with_the_compiled_step_once_it_is_compiled_and_never_before():
+    """The first run of a model asks for its compilation in the background and samples with the cached sampler;
+    once its batch size is compiled, runs of that size use the compiled step, with the same images (float64)."""
+    model, used = tiny(), []
+    compiler = Compiler(True, sizes=(3,))
+
+    def method(m: pixelrnn.Model, batch: int) -> str:
+        used.append(compiler.method(m, batch))
+        return used[-1]
+
+    assert method(model, 3) == "cached"
+    while compiler.method(model, 3) != "compiled":  # compiling; a failure would turn it off for good
+        assert compiler.enabled, "the compilation failed"
+        time.sleep(0.05)
+    assert compiler.method(model, 2) == "cached", "a batch size not compiled"
+    server = BatchServer(workers=1, max_work=10**6, method=method)
+    requests = [pixelrnn.SampleRequest(2, seed=5), pixelrnn.SampleRequest(1, temperature=0.5, seed=6)]
+    with server._changed:  # both in one run of 3 images
+        recordings = [server.submit(model, r, 72) for r in requests]
+    for request, recording in zip(requests, recordings, strict=True):
+        alone = pixelrnn.sample(model, request.n, temperature=request.temperature, seed=request.seed)
+        assert torch.equal(replayed(recording)[-1].image, alone)
+    assert used[-1] == "compiled"
+
+
+def test_a_failed_compilation_leaves_the_demo_on_the_cached_sampler(monkeypatch):
+    def broken(arch: str):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(pixelrnn.stacked, "compiled_step", broken)
+    compiler, model = Compiler(True, sizes=(1,)), tiny()
+    assert compiler.method(model, 1) == "cached"
+    compiler._thread.join()
+    assert not compiler.enabled and compiler.method(model, 1) == "cached"

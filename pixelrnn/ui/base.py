@@ -20,6 +20,7 @@ import torch
 import pixelrnn
 from pixelrnn.ui.batching import BatchServer, recorded
 from pixelrnn.ui.cards import Analysis, analyse
+from pixelrnn.ui.compiling import Compiler, compile_by_default
 from pixelrnn.ui.errors import release_memory
 from pixelrnn.ui.params import AUTO_CLASS, parse_class
 from pixelrnn.ui.registry import Registry
@@ -36,8 +37,11 @@ class Core:
     sampler steps as frames, Generate's batched sampling, a cache of likelihood analyses and the folder of .prnn
     downloads."""
 
-    def __init__(self, registry: Registry, cpu_threads: int = 1, gpu: Callable[[Callable], Callable] | None = None):
+    def __init__(self, registry: Registry, cpu_threads: int = 1, gpu: Callable[[Callable], Callable] | None = None,
+                 compile: bool | None = None):
         self.registry, self.cpu_threads = registry, cpu_threads
+        # the compiled sampler where it is compiled already (not on ZeroGPU: its runs are on the GPU)
+        self.compiler = Compiler((compile_by_default() if compile is None else compile) and gpu is None)
         self._analyses: OrderedDict[tuple, Analysis] = OrderedDict()
         self._analyses_lock = threading.Lock()
         self._long_job = threading.Lock()  # held by the one sampling request above LONG_WORK
@@ -47,7 +51,8 @@ class Core:
         self._shows_field: OrderedDict[tuple[str, str], bool] = OrderedDict()  # (session, tab) -> overlay on
         self._measuring = threading.Semaphore(1)  # one measurement of receptive fields at a time (GBs for CIFAR)
         # Generate's batched sampling; with a `gpu` decorator (ZeroGPU's spaces.GPU) each run is one GPU call
-        self.batches = BatchServer(GENERATE_WORKERS, MAX_WORK, cpu_threads, recorded(gpu) if gpu else None)
+        self.batches = BatchServer(GENERATE_WORKERS, MAX_WORK, cpu_threads, recorded(gpu) if gpu else None,
+                                   self.compiler.method)
         self._streams, self._streams_lock = 0, threading.Lock()  # sampling streams running now (they share frames)
 
     # -- helpers --

@@ -125,9 +125,11 @@ class BatchServer:
     """Worker threads that run waiting Generate requests in batches, one model per run: `run` streams the steps
     (default `pixelrnn.sample_batch_steps`) or returns them all (`recorded`)."""
 
-    def __init__(self, workers: int, max_work: int, cpu_threads: int = 1, run: Run | None = None) -> None:
+    def __init__(self, workers: int, max_work: int, cpu_threads: int = 1, run: Run | None = None,
+                 method: Callable[[pixelrnn.Model, int], str] | None = None) -> None:
         self.workers, self.max_work, self.cpu_threads = workers, max_work, cpu_threads
         self.run = run
+        self.method = method or (lambda model, batch: "cached")  # the sampler of a streamed run of `batch` images
         self._waiting: list[_Waiting] = []
         self._changed = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -181,9 +183,11 @@ class BatchServer:
 
     def _serve(self, batch: list[_Waiting]) -> None:
         """One run for `batch`, its steps recorded for each request as they come (or at once, `recorded`)."""
-        run = self.run or pixelrnn.sample_batch_steps  # looked up per run (the tests replace it)
-        requests = [w.request for w in batch]
-        steps = run(batch[0].model, requests)
+        model, requests = batch[0].model, [w.request for w in batch]
+        if self.run:  # looked up per run (the tests replace it)
+            steps = self.run(model, requests)
+        else:
+            steps = pixelrnn.sample_batch_steps(model, requests, self.method(model, sum(r.n for r in requests)))
         if isinstance(steps, list):  # recorded in one call (`recorded`): kept already
             self._hand(batch, steps, {s.stage: s.image for s in steps if s.image is not None})
             return

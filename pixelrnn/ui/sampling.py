@@ -112,7 +112,8 @@ class SamplingTabs:
                 y, auto = auto_classes(model, prepared.tensor().to(device), mask, spec.class_names, n, seed)
             start = time.monotonic()
             steps = pixelrnn.sample_steps(model, n, y=y, image=prepared.tensor(), mask=torch.from_numpy(mask),
-                                          temperature=temperature, seed=seed, every=1, particles=k)
+                                          temperature=temperature, seed=seed, every=1, particles=k,
+                                          method=self.core.compiler.method(model, n * k))
             scale = display_scale(spec.height, spec.width)
             original = masked_original(prepared.pixels, spec.levels, mask, scale)
 

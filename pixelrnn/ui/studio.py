@@ -27,10 +27,10 @@ class Studio:
     `computation`: How it computes) over the `Core` they share (`core`: registry, threads, work limits, streaming,
     cached analyses)."""
 
-    def __init__(self, registry: Registry, cpu_threads: int = 1,
-                 gpu: Callable[[Callable], Callable] | None = None) -> None:
+    def __init__(self, registry: Registry, cpu_threads: int = 1, gpu: Callable[[Callable], Callable] | None = None,
+                 compile: bool | None = None) -> None:
         self.registry = registry
-        self.core = Core(registry, cpu_threads, gpu)
+        self.core = Core(registry, cpu_threads, gpu, compile)
         self.sampling, self.inspector, self.compressor = SamplingTabs(self.core), InspectTab(self.core), \
             CompressTab(self.core)
         self.computation = ComputationTab(self.core)
