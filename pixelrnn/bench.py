@@ -39,6 +39,7 @@ import torch
 import pixelrnn
 from pixelrnn.model import paper_config
 from pixelrnn.sampling import sample_steps
+from pixelrnn.stacked import compilable
 from pixelrnn.training import LogProb, TrainStep, device_name
 
 SHAPES = {"mnist": "binarized_mnist", "cifar": "cifar10"}  # shape name -> the paper's preset (model.PRESETS)
@@ -321,30 +322,42 @@ def bench_serve(args: argparse.Namespace, device: torch.device) -> None:
           f"best of {args.iters}, in turns")
     with serving(cpus={0}) as (url, _):
         for name, label, n in SERVE_CASES:
-            library, demo = serve_times(url, name, label, n, args.iters)
-            print(f"{name:34s} n={n}: library {library:.2f} s, demo {demo:.2f} s, demo / library "
-                  f"{demo / library:.2f}x")
+            times = serve_times(url, name, label, n, args.iters)
+            demo, sampler = times.pop("demo")
+            print(f"{name:34s} n={n}: demo {demo:.2f} s ({sampler} sampler); library " + ", ".join(
+                f"{method} {seconds:.2f} s (demo / library {demo / seconds:.2f}x)" for method, seconds in times.items()))
         for visitors in (24, 40):
             print(simultaneous_visitors(url, visitors))
 
 
-def serve_times(url: str, name: str, label: str | None, n: int, iters: int) -> tuple[float, float]:
-    """(library, demo) seconds for n samples of a shipped model: the best of `iters` each, taken in turns (this
-    shared 2-core machine varies by +-15% from run to run; the least disturbed runs compare the work)."""
+def serve_times(url: str, name: str, label: str | None, n: int, iters: int) -> dict[str, Any]:
+    """Seconds for n samples of a shipped model: {"demo": (seconds, its sampler), "cached": library, "compiled":
+    library (a model the demo compiles)}, the best of `iters` each, taken in turns (this shared 2-core machine
+    varies by +-15% from run to run; the least disturbed runs compare the work). The demo compiles its sampler in
+    the background after a model's first run: it is asked until its status names it (at most ~2 minutes)."""
     cores = os.sched_getaffinity(0)
     model = pixelrnn.load(str(REPO / "checkpoints" / name))
     y = None if label is None else torch.full((n,), 3)
+    methods = ("cached", "compiled") if compilable(model) else ("cached",)
     with httpx.Client() as client:  # one connection pool, as a browser keeps
-        api_call(url, "generate", [name, label, n, 1.0, "0", 0], 300, client)  # loads the model
-        library, demo = [], []
+        for _ in range(240 if "compiled" in methods else 1):  # the first call loads the model
+            status = api_call(url, "generate", [name, label, n, 1.0, "0", 0], 300, client)[1][-1]
+            if "compiled sampler" in status:
+                break
+            time.sleep(0.5)
+        for method in methods:
+            pixelrnn.sample(model, n, y=y, method=method)  # compiles
+        seconds: dict[str, list[float]] = {key: [] for key in ("demo", *methods)}
         for k in range(iters):
             os.sched_setaffinity(0, {0})
-            start = time.perf_counter()
-            pixelrnn.sample(model, n, y=y, seed=k)
-            library.append(time.perf_counter() - start)
+            for method in methods:
+                start = time.perf_counter()
+                pixelrnn.sample(model, n, y=y, seed=k, method=method)
+                seconds[method].append(time.perf_counter() - start)
             os.sched_setaffinity(0, (cores - {0}) or cores)
-            demo.append(api_call(url, "generate", [name, label, n, 1.0, str(k), 0], 300, client)[2])
-    return min(library), min(demo)
+            seconds["demo"].append(api_call(url, "generate", [name, label, n, 1.0, str(k), 0], 300, client)[2])
+    sampler = "compiled" if "compiled sampler" in status else "cached"
+    return {key: min(values) for key, values in seconds.items()} | {"demo": (min(seconds["demo"]), sampler)}
 
 
 def simultaneous_visitors(url: str, visitors: int) -> str:

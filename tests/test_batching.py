@@ -137,26 +137,19 @@ def test_on_zerogpu_a_run_is_one_short_gpu_call_and_the_animation_plays_after_it
 def test_the_demo_samples_with_the_compiled_step_once_it_is_compiled_and_never_before():
     """The first run of a model asks for its compilation in the background and samples with the cached sampler;
     once its batch size is compiled, runs of that size use the compiled step, with the same images (float64)."""
-    model, used = tiny(), []
-    compiler = Compiler(True, sizes=(3,))
-
-    def method(m: pixelrnn.Model, batch: int) -> str:
-        used.append(compiler.method(m, batch))
-        return used[-1]
-
-    assert method(model, 3) == "cached"
-    while compiler.method(model, 3) != "compiled":  # compiling; a failure would turn it off for good
-        assert compiler.enabled, "the compilation failed"
-        time.sleep(0.05)
-    assert compiler.method(model, 2) == "cached", "a batch size not compiled"
-    server = BatchServer(workers=1, max_work=10**6, method=method)
+    model, compiler = tiny(), Compiler(True, sizes=(3,))
+    server = BatchServer(workers=1, max_work=10**6, method=compiler.method)
     requests = [pixelrnn.SampleRequest(2, seed=5), pixelrnn.SampleRequest(1, temperature=0.5, seed=6)]
-    with server._changed:  # both in one run of 3 images
-        recordings = [server.submit(model, r, 72) for r in requests]
-    for request, recording in zip(requests, recordings, strict=True):
-        alone = pixelrnn.sample(model, request.n, temperature=request.temperature, seed=request.seed)
-        assert torch.equal(replayed(recording)[-1].image, alone)
-    assert used[-1] == "compiled"
+    for expected in ("cached", "compiled"):
+        with server._changed:  # both in one run of 3 images
+            recordings = [server.submit(model, r, 72) for r in requests]
+        for request, recording in zip(requests, recordings, strict=True):
+            alone = pixelrnn.sample(model, request.n, temperature=request.temperature, seed=request.seed)
+            assert torch.equal(replayed(recording)[-1].image, alone) and recording.method == expected
+        while compiler.method(model, 3) != "compiled":  # compiling; a failure turns it off for good
+            assert compiler.enabled, "the compilation failed"
+            time.sleep(0.05)
+    assert compiler.method(model, 2) == "cached", "a batch size not compiled"
 
 
 def test_a_failed_compilation_leaves_the_demo_on_the_cached_sampler(monkeypatch):

@@ -35,6 +35,7 @@ class Recording:
 
     rows: slice  # the request's rows of the run's batch
     index: int = 0  # the request's place in the run: its first image's distribution is probs[index]
+    method: str = "cached"  # the run's sampler (`pixelrnn.sample`'s method)
     steps: list[pixelrnn.Step] = field(default_factory=list)  # the run's steps, without images, `first_rows` probs
     latest: dict[str, torch.Tensor] = field(default_factory=dict)  # stage -> its latest image, whole batch
     finished: bool = False
@@ -184,10 +185,11 @@ class BatchServer:
     def _serve(self, batch: list[_Waiting]) -> None:
         """One run for `batch`, its steps recorded for each request as they come (or at once, `recorded`)."""
         model, requests = batch[0].model, [w.request for w in batch]
-        if self.run:  # looked up per run (the tests replace it)
-            steps = self.run(model, requests)
-        else:
-            steps = pixelrnn.sample_batch_steps(model, requests, self.method(model, sum(r.n for r in requests)))
+        method = "cached" if self.run else self.method(model, sum(r.n for r in requests))
+        for waiting in batch:
+            waiting.recording.method = method
+        # `run` looked up per run (the tests replace it)
+        steps = self.run(model, requests) if self.run else pixelrnn.sample_batch_steps(model, requests, method)
         if isinstance(steps, list):  # recorded in one call (`recorded`): kept already
             self._hand(batch, steps, {s.stage: s.image for s in steps if s.image is not None})
             return

@@ -18,7 +18,8 @@ import weakref
 import torch
 
 import pixelrnn
-from pixelrnn.model import Model, PixelRNN
+from pixelrnn.model import Model
+from pixelrnn.stacked import compilable
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,6 @@ def compile_by_default() -> bool:
     if setting is not None:
         return setting.strip() not in ("", "0")
     return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
-
-
-def compilable(model: Model) -> bool:
-    """Where the compiled step pays: a one-channel PixelRNN on the CPU (for CIFAR-10's 3 channels it gained ~1.1x in
-    the probe, for 3 graphs' compilation; the Multi-Scale stages are not compiled)."""
-    return isinstance(model, PixelRNN) and model.channels == 1 and next(model.parameters()).device.type == "cpu"
 
 
 class Compiler:
