@@ -23,6 +23,12 @@ def channel_groups(features: int, channels: int) -> Tensor:
     return torch.arange(features) * channels // features
 
 
+def group_end(features: int, channels: int, group: int) -> int:
+    """One past the last feature of colour group `group` in `channel_groups` (its features and every earlier
+    group's are the first this many)."""
+    return -(-(group + 1) * features // channels)
+
+
 def causal_mask(out_groups: Tensor, in_groups: Tensor, kernel: tuple[int, int], mask_type: str) -> Tensor:
     """Mask A / mask B of Sec. 3.4 for a (kh, kw) kernel with odd sizes -> (O, I, kh, kw).
 

@@ -114,7 +114,7 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
     temperature = torch.as_tensor(temperature, dtype=torch.float64, device=x.device).expand(n)  # one per image
     uniforms = torch.cat([torch.rand(height, width, channels, rows, generator=generator)
                           for generator, rows in generators], dim=3).to(x.device)  # (H, W, C, N)
-    uniforms = uniforms.view(-1, n, 1).unbind(0)  # per sub-pixel in generation order, (N, 1) each
+    uniforms = uniforms.view(-1, channels, n, 1).unbind(0)  # per pixel in raster order, (C, N, 1) each
     known = ~mask
     log_weights = torch.zeros(n, dtype=torch.float64, device=x.device)
     ess_trace: list[Tensor] = []
@@ -122,9 +122,8 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
     for r in range(height):
         for j in range(width):
             if fill[r][j]:
-                # R, then G given R, then B given R and G; per channel (N, levels), stacked only when reported
-                probs = [stepper.draw(x, r, j, c, uniforms[(r * width + j) * channels + c], temperature)
-                         for c in range(channels)]
+                # per channel (N, levels), stacked only when reported
+                probs = stepper.draw(x, r, j, uniforms[r * width + j], temperature)
             else:  # a known pixel: one pass scores all its channels (channel c sees only channels < c)
                 probs = tempered_log_probs(stepper.logits(x, r, j), temperature)  # (N, levels, C)
                 if particles > 1 and score[r][j]:

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pixelrnn.model import Model, PixelRNN, scale_pixels
-from pixelrnn.nn import lstm_cell
-from pixelrnn.steppers import CachedStepper, Stepper, draw, reverse_stream
+from pixelrnn.nn import group_end, lstm_cell
+from pixelrnn.steppers import CachedStepper, Stepper, draw, output_layers, reverse_stream, run_output_layers
 
 State = list[Tensor]
 Weights = dict[str, Tensor]
@@ -36,8 +36,8 @@ def _weights(model: PixelRNN, cache: CachedStepper, n: int) -> Weights:
     w = {"input": cache.input_weight, "input_bias": cache.input.bias,
          "bias": torch.stack([c.bias.expand(n, -1) for c in layers])}  # (L, N, F)
     (w["head0"], w["head0_bias"]), (w["head1"], w["head1_bias"]) = cache.head
-    if model.skip:
-        w["skip"], w["skip_bias"] = cache.skip_weight, cache.skip_bias
+    if cache.skip is not None:
+        w["skip"], w["skip_bias"] = cache.skip
     if cache.input.bias_map is not None:
         w["input_map"] = cache.input.bias_map.permute(2, 3, 0, 1).contiguous()
     if layers[0].bias_map is not None:
@@ -45,6 +45,9 @@ def _weights(model: PixelRNN, cache: CachedStepper, n: int) -> Weights:
     if model.arch != "pixelcnn":
         w["residual"] = torch.stack([m for m, _ in cache.residuals])
         w["residual_bias"] = torch.stack([b for _, b in cache.residuals])
+    if model.arch == "row_lstm":  # the row above's conv, its bias folded into the layer's
+        w["state_to_state"] = torch.stack([layer.state_to_state.weight for layer in model.layers])  # (L, 4h, h, k)
+        w["bias"] = w["bias"] + torch.stack([layer.state_to_state.bias for layer in model.layers])[:, None]
     names = {"row_lstm": ("input_to_state",), "diagonal_bilstm": ("weight", "reverse_weight", "reverse_bias"),
              "pixelcnn": ("reduce", "reduce_bias", "expand", "expand_bias", "conv_row", "conv_above")}[model.arch]
     return w | {name: torch.stack([getattr(c, name) for c in layers]) for name in names}
@@ -68,14 +71,17 @@ def _input_features(x: Tensor, pixels: Tensor, r: Tensor, j: Tensor, w: Weights,
     return torch.addmm(_plus_map(w["input_bias"], w, r, j), window, w["input"])
 
 
-def _head(outputs: list[Tensor], channels: int, levels: int, w: Weights) -> Tensor:
-    """Skip connections' sum, then the two 1x1 output convs -> (N, levels, C)."""
-    out = torch.addmm(w["skip_bias"], torch.cat(outputs, 1), w["skip"]) if "skip" in w else outputs[-1]
-    logits = torch.addmm(w["head1_bias"], torch.addmm(w["head0_bias"], out.relu(), w["head0"]).relu_(), w["head1"])
-    return logits.view(-1, channels, levels).transpose(1, 2)
+def _head(outputs: list[Tensor], channels: int, levels: int, w: Weights, c: int | None) -> Tensor:
+    """Skip connections' sum, then the two 1x1 output convs -> logits (N, levels, C), or channel c's (N, levels)
+    from the part of the head that they see (`steppers.output_layers`)."""
+    skip = (w["skip"], w["skip_bias"]) if "skip" in w else None
+    head = [(w["head0"], w["head0_bias"]), (w["head1"], w["head1_bias"])]
+    logits = run_output_layers(output_layers(skip, head, channels, levels, c), outputs)
+    return logits if c is not None else logits.view(-1, channels, levels).transpose(1, 2)
 
 
-def _row_lstm(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w: Weights, levels: int) -> Tensor:
+def _row_lstm(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w: Weights, levels: int,
+              c: int | None = None) -> Tensor:
     """Row LSTM (Sec. 3.1). states: inputs (L, W + 1, N, 2h) after a zero column; c_above, c_row, h_row
     (L, W, N, h); row_gates (L, W, N, 4h): the row above's state-to-state gates plus the bias."""
     inputs, c_above, c_row, h_row, row_gates = states
@@ -85,15 +91,15 @@ def _row_lstm(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w:
         left, centre = inputs[k, torch.cat([j, j + 1])]
         gates = torch.addmm(_plus_map(row_gates[k, j][0], w, r, j, k), torch.cat([left, centre], 1),
                             w["input_to_state"][k])
-        h, c = lstm_cell(gates, c_above[k, j][0])
-        c_row[k, j], h_row[k, j] = c[None], h[None]
+        h, cell = lstm_cell(gates, c_above[k, j][0])
+        c_row[k, j], h_row[k, j] = cell[None], h[None]
         f = torch.addmm(f + w["residual_bias"][k], h, w["residual"][k])
         outputs.append(f)
-    return _head(outputs, x.shape[1], levels, w)
+    return _head(outputs, x.shape[1], levels, w, c)
 
 
-def _diagonal_bilstm(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w: Weights,
-                     levels: int) -> Tensor:
+def _diagonal_bilstm(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w: Weights, levels: int,
+                     c: int | None = None) -> Tensor:
     """Diagonal BiLSTM (Sec. 3.2). states: h_above, h_row, c_row (L, W + 1, N, h) after a zero column; reverse
     (L, W, N, h) the row above's reverse stream; reverse_in (L, W, N, 4h) this row's input to it."""
     h_above, h_row, c_row, reverse, reverse_in = states
@@ -102,46 +108,91 @@ def _diagonal_bilstm(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Ten
         above_left = torch.cat([f, h_above[k, j + 1][0], h_row[k, j][0]], 1)
         gates = torch.addmm(_plus_map(w["bias"][k], w, r, j, k), above_left, w["weight"][k])
         reverse_in[k, j] = gates[None, :, 4 * hidden :]
-        h, c = lstm_cell(gates[:, : 4 * hidden], c_row[k, j][0])
-        c_row[k, j + 1], h_row[k, j + 1] = c[None], h[None]
+        h, cell = lstm_cell(gates[:, : 4 * hidden], c_row[k, j][0])
+        c_row[k, j + 1], h_row[k, j + 1] = cell[None], h[None]
         f = torch.addmm(f + w["residual_bias"][k], h + reverse[k, j][0], w["residual"][k])
         outputs.append(f)
-    return _head(outputs, x.shape[1], levels, w)
+    return _head(outputs, x.shape[1], levels, w, c)
 
 
-def _pixelcnn(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w: Weights, levels: int) -> Tensor:
+def _pixelcnn(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w: Weights, levels: int,
+              c: int | None = None) -> Tensor:
     """PixelCNN blocks (Sec. 3.4). states: reduced (L, W + 1, N, h) this row's relu(reduce(relu(f))) after a zero
-    column; above (L, W, N, h) the 3x3 conv's row-above taps plus its bias."""
+    column; above (L, W, N, h) the 3x3 conv's row-above taps plus its bias.
+
+    Channel c's logits see only the colour groups <= c of this pixel's features (mask B; the left pixel's and the
+    row above's are whole), so a pass before the last computes those alone: a ninth of the blocks' work for R, four
+    ninths for G. The last pass computes every group and leaves the pixel's final features in the cache."""
     reduced, above = states
+    channels, hidden = x.shape[1], reduced.shape[3]
     f, outputs = _input_features(x, pixels, r, j, w, levels), []
+    if c is not None and c < channels - 1:
+        f = f[:, : group_end(f.shape[1], channels, c)]
+    groups = group_end(hidden, channels, c) if f.shape[1] < 2 * hidden else hidden  # this pixel's features kept
     for k in range(reduced.shape[0]):
-        t = torch.addmm(w["reduce_bias"][k], f.relu(), w["reduce"][k]).relu_()
-        reduced[k, j + 1] = t[None]
-        u = torch.addmm(_plus_map(above[k, j][0], w, r, j, k), torch.cat([reduced[k, j][0], t], 1),
-                        w["conv_row"][k]).relu_()
-        f = torch.addmm(f + w["expand_bias"][k], u, w["expand"][k])
+        t = torch.addmm(w["reduce_bias"][k, :groups], f.relu(), w["reduce"][k, : f.shape[1], :groups]).relu_()
+        reduced[k, j + 1, :, :groups] = t[None]
+        conv_row = w["conv_row"][k, :, :groups]  # rows: the left pixel's h features, then this pixel's
+        u = torch.addmm(_plus_map(above[k, j][0], w, r, j, k)[:, :groups], torch.cat([reduced[k, j][0], t], 1),
+                        torch.cat([conv_row[:hidden], conv_row[hidden : hidden + groups]])).relu_()
+        f = torch.addmm(f + w["expand_bias"][k, : f.shape[1]], u, w["expand"][k, :groups, : f.shape[1]])
         outputs.append(f)
-    return _head(outputs, x.shape[1], levels, w)
+    return _head(outputs, channels, levels, w, c)
 
 
 LOGITS = {"row_lstm": _row_lstm, "diagonal_bilstm": _diagonal_bilstm, "pixelcnn": _pixelcnn}
 
 
+def _row_conv(row: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Every layer's 1D conv along a finished row, as one grouped conv: row (L, W, N, F_in), weight
+    (L, F_out, F_in, k), bias (L, N, F_out) -> (L, W, N, F_out)."""
+    layers, width, n, _ = row.shape
+    out = F.conv1d(row.permute(2, 0, 3, 1).flatten(1, 2), weight.flatten(0, 1), padding=weight.shape[3] // 2,
+                   groups=layers)  # (N, L * F_out, W)
+    return (out.view(n, layers, -1, width).permute(1, 3, 0, 2) + bias[:, None]).contiguous()
+
+
+def _row_lstm_end(states: State, w: Weights) -> State:
+    """Row LSTM, a row finished: its cells become the row above's, its states' conv the next row's gates."""
+    inputs, _, c_row, h_row, _ = states
+    return [inputs, c_row, torch.zeros_like(c_row), torch.zeros_like(h_row),
+            _row_conv(h_row, w["state_to_state"], w["bias"])]
+
+
+def _diagonal_bilstm_end(states: State, w: Weights) -> State:
+    """Diagonal BiLSTM, a row finished: every layer's reverse stream over it, right to left (Sec. 3.2)."""
+    _, h_row, c_row, reverse, reverse_in = states
+    reverse = reverse_stream(reverse, reverse_in, w["reverse_bias"], w["reverse_weight"])
+    return [h_row, torch.zeros_like(h_row), torch.zeros_like(c_row), reverse, torch.zeros_like(reverse_in)]
+
+
+def _pixelcnn_end(states: State, w: Weights) -> State:
+    """PixelCNN, a row finished: the 3x3 convs' row-above taps over it, plus their bias, for the next row."""
+    reduced, _ = states
+    return [torch.zeros_like(reduced), _row_conv(reduced[:, 1:], w["conv_above"], w["bias"])]
+
+
+END_ROW = {"row_lstm": _row_lstm_end, "diagonal_bilstm": _diagonal_bilstm_end, "pixelcnn": _pixelcnn_end}
+
+
 def drawing(arch: str) -> Callable:
-    """The architecture's step that also draws sub-pixel c into x (`steppers.draw`), in the same graph -> its
-    distribution (N, levels)."""
+    """The architecture's step that draws pixel (r, j) into x (each sub-pixel by `steppers.draw`, R, then G given R,
+    then B given R and G) in one graph -> each sub-pixel's distribution (N, levels)."""
     logits_fn = LOGITS[arch]
 
-    def step(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w: Weights, levels: int, c: int,
-             u: Tensor, temperature: Tensor) -> Tensor:
-        level, probs = draw(logits_fn(x, pixels, states, r, j, w, levels)[:, :, c], u, temperature)
-        x[:, c, r, j] = level
-        return probs
+    def step(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w: Weights, levels: int, u: Tensor,
+             temperature: Tensor) -> list[Tensor]:
+        distributions = []
+        for c in range(x.shape[1]):
+            level, probs = draw(logits_fn(x, pixels, states, r, j, w, levels, c), u[c], temperature)
+            x[:, c, r, j] = level
+            distributions.append(probs)
+        return distributions
 
     return step
 
 
-_COMPILED: dict[str, Callable] = {}
+_COMPILED: dict[tuple[str, str], Callable] = {}
 
 
 def compilable(model: Model) -> bool:
@@ -150,20 +201,27 @@ def compilable(model: Model) -> bool:
     return isinstance(model, PixelRNN) and model.channels == 1 and next(model.parameters()).device.type == "cpu"
 
 
-def compiled_step(arch: str) -> Callable:
-    """The architecture's drawing step under `torch.compile`, one per process: compiled at its first call for each
-    model shape and batch size (static shapes: a dynamic batch's graph was slower), ~20 s, ~3 s from inductor's disk
-    cache. The architectures' steps share one code object, whose compiled graphs dynamo caps at `recompile_limit`
-    (8 by default): raised to 64 here, so that a few models at a few batch sizes stay compiled."""
-    if arch not in _COMPILED:
+def eager(kind: str, arch: str) -> Callable:
+    """The architecture's drawing step (kind "step") or end of row ("end_row"), as written."""
+    return drawing(arch) if kind == "step" else END_ROW[arch]
+
+
+def compiled(kind: str, arch: str) -> Callable:
+    """`eager(kind, arch)` under `torch.compile`, one per process: compiled at its first call for each model shape and batch size (static shapes: a dynamic batch's graph
+    was slower), ~20 s, ~3 s from inductor's disk cache. The architectures' steps share one code object, whose
+    compiled graphs dynamo caps at `recompile_limit` (8 by default): raised to 64 here, so that a few models at a
+    few batch sizes stay compiled."""
+    if (kind, arch) not in _COMPILED:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _COMPILED[arch] = torch.compile(drawing(arch), fullgraph=True, dynamic=False, options=COMPILE_OPTIONS)
-    return _COMPILED[arch]
+        _COMPILED[kind, arch] = torch.compile(eager(kind, arch), fullgraph=True, dynamic=False,
+                                              options=COMPILE_OPTIONS)
+    return _COMPILED[kind, arch]
 
 
 class StackedStepper(Stepper):
-    """The cached stepper with stacked states; `draw` runs one compiled graph per sub-pixel (`compile=False`: the
-    same functions eagerly, for tests). `logits` (a known pixel's, in a completion) runs eagerly."""
+    """The cached stepper with stacked states: `draw` runs one compiled graph per pixel, `end_row` one per row
+    (`compile=False`: the same functions eagerly, for tests); `logits` (a known pixel's, in a completion) runs
+    eagerly."""
 
     def __init__(self, model: PixelRNN, x: Tensor, y: Tensor | None, cond: Tensor | None, compile: bool = True):
         n, _, height, width = x.shape
@@ -173,7 +231,8 @@ class StackedStepper(Stepper):
         self.rows = [torch.tensor([r], device=x.device) for r in range(height)]
         self.cols = [torch.tensor([j], device=x.device) for j in range(width)]
         self.logits_fn = LOGITS[model.arch]
-        self.step = compiled_step(model.arch) if compile else drawing(model.arch)
+        functions = compiled if compile else eager
+        self.step, self.end_row_fn = functions("step", model.arch), functions("end_row", model.arch)
 
     def _fresh_states(self, n: int) -> State:
         """The states before row 0, in the order the architecture's step takes them."""
@@ -186,7 +245,7 @@ class StackedStepper(Stepper):
         if self.model.arch == "row_lstm":
             c_row = zeros(layers, width, n, hidden)
             return [zeros(layers, width + 1, n, 2 * hidden), c_row.clone(), c_row, c_row.clone(),
-                    self._row_gates(c_row)]
+                    _row_conv(c_row, self.w["state_to_state"], self.w["bias"])]
         h_row = zeros(layers, width + 1, n, hidden)
         return [h_row.clone(), h_row, h_row.clone(), zeros(layers, width, n, hidden),
                 zeros(layers, width, n, 4 * hidden)]
@@ -194,10 +253,13 @@ class StackedStepper(Stepper):
     def logits(self, x: Tensor, r: int, j: int) -> Tensor:
         return self.logits_fn(x, self.pixels, self.states, self.rows[r], self.cols[j], self.w, self.model.levels)
 
-    def draw(self, x: Tensor, r: int, j: int, c: int, u: Tensor, temperature: Tensor) -> Tensor:
+    def channel_logits(self, x: Tensor, r: int, j: int, c: int) -> Tensor:
+        return self.logits_fn(x, self.pixels, self.states, self.rows[r], self.cols[j], self.w, self.model.levels, c)
+
+    def draw(self, x: Tensor, r: int, j: int, u: Tensor, temperature: Tensor) -> list[Tensor]:
         try:
-            return self.step(x, self.pixels, self.states, self.rows[r], self.cols[j], self.w, self.model.levels, c,
-                             u, temperature.view(-1, 1))
+            return self.step(x, self.pixels, self.states, self.rows[r], self.cols[j], self.w, self.model.levels, u,
+                             temperature.view(-1, 1))
         except torch._dynamo.exc.BackendCompilerFailed as error:
             raise RuntimeError(f"torch.compile failed ({error.__class__.__name__}: on the CPU it needs a C++ "
                                "compiler); sample with method='cached'") from error
@@ -206,27 +268,7 @@ class StackedStepper(Stepper):
         width = x.shape[3]
         self.pixels[:, :, r + 3, width + 2] = scale_pixels(x[:, :, r, width - 1], self.model.levels,
                                                            self.pixels.dtype)  # the row's last pixel, final
-        arch, states = self.model.arch, self.states
-        if arch == "row_lstm":
-            inputs, _, c_row, h_row, _ = states
-            self.states = [inputs, c_row, torch.zeros_like(c_row), torch.zeros_like(h_row), self._row_gates(h_row)]
-        elif arch == "diagonal_bilstm":
-            _, h_row, c_row, reverse, reverse_in = states
-            reverse = reverse_stream(reverse, reverse_in, self.w["reverse_bias"], self.w["reverse_weight"])
-            self.states = [h_row, torch.zeros_like(h_row), torch.zeros_like(c_row), reverse, torch.zeros_like(reverse_in)]
-        else:
-            reduced, _ = states
-            row = reduced[:, 1:].permute(0, 2, 3, 1)  # (L, N, h, W)
-            above = torch.stack([F.conv1d(row[k], self.w["conv_above"][k], padding=1) + self.w["bias"][k][:, :, None]
-                                 for k in range(len(row))]).permute(0, 3, 1, 2)
-            self.states = [torch.zeros_like(reduced), above.contiguous()]
-
-    def _row_gates(self, h_row: Tensor) -> Tensor:
-        """Row LSTM: a finished row's (L, W, N, h) state-to-state gates plus the bias -> (L, W, N, 4h)."""
-        above = h_row.permute(0, 2, 3, 1)  # (L, N, h, W)
-        return torch.stack([(layer.state_to_state(above[k]) + self.w["bias"][k][:, :, None]).permute(2, 0, 1)
-                            for k, layer in enumerate(self.model.layers)]).contiguous()
-
+        self.states = self.end_row_fn(self.states, self.w)
 
     def reorder(self, index: Tensor) -> None:
         """SMC resampling: every state follows its particle (the batch is dim 2 of a state, 0 of the pixels)."""

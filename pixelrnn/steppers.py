@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pixelrnn.model import PixelRNN, scale_pixels
-from pixelrnn.nn import DiagonalBiLSTM, PixelCNNBlock, RowLSTM, lstm_cell
+from pixelrnn.nn import DiagonalBiLSTM, PixelCNNBlock, RowLSTM, group_end, lstm_cell
+
+Layer = tuple[Tensor, Tensor]  # a 1x1 conv as (matrix (in, out), bias (out,))
 
 
 def _matrix(conv: torch.nn.Conv2d) -> Tensor:
@@ -75,6 +77,34 @@ def draw(logits: Tensor, u: Tensor, temperature: float | Tensor) -> tuple[Tensor
     return torch.searchsorted(cdf, u * cdf[:, -1:]), probs
 
 
+def output_layers(skip: Layer | None, head: list[Layer], channels: int, levels: int, c: int | None) -> list[Layer]:
+    """The output layers (the skip connections' sum, if any, and the two 1x1 convs of the head) cut to what channel
+    c's logits see (c None: all): mask B lets an output of colour group c see inputs of groups <= c only, so the skip
+    sum's and the first head conv's outputs of groups <= c, and the last conv's outputs of group c (its `levels`
+    logits) suffice: a third of the head's work on average for RGB. -> [skip or None, head0, head1]."""
+    (w0, b0), (w1, b1) = head
+    if c is None:
+        return [skip, (w0, b0), (w1, b1)]
+    features, hidden = group_end(w0.shape[0], channels, c), group_end(w0.shape[1], channels, c)
+    logits = slice(c * levels, (c + 1) * levels)
+    return [None if skip is None else (skip[0][:, :features], skip[1][:features]), (w0[:features, :hidden], b0[:hidden]),
+            (w1[:hidden, logits], b1[logits])]
+
+
+def run_output_layers(layers: list[Layer], outputs: list[Tensor]) -> Tensor:
+    """Every layer's output (N, F) each, or its first features (groups <= c, all channel c's logits see) -> logits
+    (N, C * levels), or channel c's (N, levels) (`output_layers`)."""
+    skip, (w0, b0), (w1, b1) = layers
+    if skip is None:
+        out = outputs[-1][:, : w0.shape[0]]
+    else:
+        weight, kept = skip[0], outputs[0].shape[1]
+        if kept * len(outputs) < len(weight):  # each layer's rows for the features kept
+            weight = weight.view(len(outputs), -1, weight.shape[1])[:, :kept].flatten(0, 1)
+        out = torch.addmm(skip[1], torch.cat(outputs, 1), weight)
+    return torch.addmm(b1, torch.addmm(b0, out.relu(), w0).relu_(), w1)
+
+
 class Stepper:
     """What the sampler asks of a stepper (`logits`, `draw`, `end_row`, `reorder`)."""
 
@@ -82,11 +112,19 @@ class Stepper:
         """-> (N, levels, C) logits of pixel (r, j); sub-pixels before it in x must be final."""
         raise NotImplementedError
 
-    def draw(self, x: Tensor, r: int, j: int, c: int, u: Tensor, temperature: float | Tensor) -> Tensor:
-        """Draw sub-pixel c of pixel (r, j) into x with uniforms u (N, 1) -> its distribution (N, levels)."""
-        level, probs = draw(self.logits(x, r, j)[:, :, c], u, temperature)
-        x[:, c, r, j] = level[:, 0]
-        return probs
+    def channel_logits(self, x: Tensor, r: int, j: int, c: int) -> Tensor:
+        """-> (N, levels) logits of sub-pixel c of pixel (r, j)."""
+        return self.logits(x, r, j)[:, :, c]
+
+    def draw(self, x: Tensor, r: int, j: int, u: Tensor, temperature: float | Tensor) -> list[Tensor]:
+        """Draw pixel (r, j) into x, R, then G given R, then B given R and G, with uniforms u (C, N, 1) -> each
+        sub-pixel's distribution (N, levels)."""
+        distributions = []
+        for c in range(x.shape[1]):
+            level, probs = draw(self.channel_logits(x, r, j, c), u[c], temperature)
+            x[:, c, r, j] = level[:, 0]
+            distributions.append(probs)
+        return distributions
 
     def end_row(self, x: Tensor, r: int) -> None:
         """Row r of x is final."""
@@ -290,30 +328,38 @@ class CachedStepper(Stepper):
         self.layers = [cache(layer, n, height, width, model.layer_biases[k](y, cond))
                        for k, layer in enumerate(model.layers)]
         self.residuals = [] if model.arch == "pixelcnn" else [(_matrix(m), m.bias) for m in model.residuals]
-        if model.skip:  # the skip connections' sum as one matmul over all layers' outputs
-            self.skip_weight = torch.cat([_matrix(m) for m in model.skips])
-            self.skip_bias = torch.stack([m.bias for m in model.skips]).sum(0)
+        # the skip connections' sum as one matmul over all layers' outputs
+        self.skip = (torch.cat([_matrix(m) for m in model.skips]), torch.stack([m.bias for m in model.skips]).sum(0)) \
+            if model.skip else None
         self.head = [(_matrix(m), m.bias) for m in model.head]
+        self.outputs = {c: [None if layer is None else tuple(t.contiguous() for t in layer) for layer in
+                            output_layers(self.skip, self.head, model.channels, model.levels, c)]
+                        for c in [None, *range(model.channels)]}  # all logits (None), or channel c's
 
     def _write(self, x: Tensor, r: int, start: int, stop: int) -> None:
         """Copy pixels (r, start:stop) of x into the scaled, padded input."""
         self.pixels[:, :, r + 3, start + 3 : stop + 3] = scale_pixels(x[:, :, r, start:stop], self.model.levels,
                                                                      self.pixels.dtype)
 
-    def logits(self, x: Tensor, r: int, j: int) -> Tensor:
-        m = self.model
+    def _layer_outputs(self, x: Tensor, r: int, j: int) -> list[Tensor]:
+        """Every layer's output (N, F) at pixel (r, j), each layer's caches updated."""
         self._write(x, r, max(j - 1, 0), j + 1)  # this pixel, and the left one's last channel
         window = self.pixels[:, :, r : r + 4, j : j + 7].flatten(1)
         f = torch.addmm(self.input.bias_at(r, j), window, self.input_weight)  # (N, 2h)
         outputs = []
         for k, layer in enumerate(self.layers):
             out = layer.step(f, r, j)
-            f = out if m.arch == "pixelcnn" else torch.addmm(f + self.residuals[k][1], out, self.residuals[k][0])
+            f = out if self.model.arch == "pixelcnn" else torch.addmm(f + self.residuals[k][1], out,
+                                                                      self.residuals[k][0])
             outputs.append(f)
-        out = torch.addmm(self.skip_bias, torch.cat(outputs, 1), self.skip_weight) if m.skip else f
-        (w0, b0), (w1, b1) = self.head
-        logits = torch.addmm(b1, torch.addmm(b0, out.relu(), w0).relu_(), w1)
-        return logits.view(-1, m.channels, m.levels).transpose(1, 2)  # (N, levels, C)
+        return outputs
+
+    def logits(self, x: Tensor, r: int, j: int) -> Tensor:
+        logits = run_output_layers(self.outputs[None], self._layer_outputs(x, r, j))
+        return logits.view(-1, self.model.channels, self.model.levels).transpose(1, 2)  # (N, levels, C)
+
+    def channel_logits(self, x: Tensor, r: int, j: int, c: int) -> Tensor:
+        return run_output_layers(self.outputs[c], self._layer_outputs(x, r, j))
 
     def end_row(self, x: Tensor, r: int) -> None:
         self._write(x, r, x.shape[3] - 1, x.shape[3])  # the row's last pixel's last channel

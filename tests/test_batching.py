@@ -153,10 +153,10 @@ def test_the_demo_samples_with_the_compiled_step_once_it_is_compiled_and_never_b
 
 
 def test_a_failed_compilation_leaves_the_demo_on_the_cached_sampler(monkeypatch):
-    def broken(arch: str):
+    def broken(kind: str, arch: str):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(pixelrnn.stacked, "compiled_step", broken)
+    monkeypatch.setattr(pixelrnn.stacked, "compiled", broken)
     compiler, model = Compiler(True, sizes=(1,)), tiny()
     assert compiler.method(model, 1) == "cached"
     compiler._thread.join()
