@@ -111,7 +111,8 @@ def _generate(model: PixelRNN, x: Tensor, mask: Tensor, y: Tensor | None, cond: 
     if particles > 1 and len(generators) > 1:
         raise ValueError("SMC resamples with one generator: a batched run of several requests has particles 1")
     stepper = STEPPERS[method](model, x, y, cond)
-    temperature = torch.as_tensor(temperature, dtype=torch.float64, device=x.device).expand(n)  # one per image
+    # one per image, a new tensor always laid out alike: the compiled step is specialised on its inputs' strides
+    temperature = torch.zeros(n, dtype=torch.float64, device=x.device) + temperature
     uniforms = torch.cat([torch.rand(height, width, channels, rows, generator=generator)
                           for generator, rows in generators], dim=3).to(x.device)  # (H, W, C, N)
     uniforms = uniforms.view(-1, channels, n, 1).unbind(0)  # per pixel in raster order, (C, N, 1) each

@@ -138,7 +138,7 @@ def test_the_demo_samples_with_the_compiled_step_once_it_is_compiled_and_never_b
     """The first run of a model asks for its compilation in the background and samples with the cached sampler;
     once its batch size is compiled, runs of that size use the compiled step, with the same images (float64)."""
     model, compiler = tiny(), Compiler(True, sizes=(3,))
-    server = BatchServer(workers=1, max_work=10**6, method=compiler.method)
+    server = BatchServer(workers=1, max_work=10**6, compiler=compiler)
     requests = [pixelrnn.SampleRequest(2, seed=5), pixelrnn.SampleRequest(1, temperature=0.5, seed=6)]
     for expected in ("cached", "compiled"):
         with server._changed:  # both in one run of 3 images
@@ -153,6 +153,9 @@ def test_the_demo_samples_with_the_compiled_step_once_it_is_compiled_and_never_b
 
 
 def test_a_failed_compilation_leaves_the_demo_on_the_cached_sampler(monkeypatch):
+    """Compiling at start-up fails (no C++ compiler): the cached sampler for good. A compiled run that fails on a
+    visitor's request (it would have to compile again) is served again with the cached sampler, its images the
+    seed's, and the model keeps the cached sampler."""
     def broken(kind: str, arch: str):
         raise RuntimeError("no C++ compiler")
 
@@ -161,3 +164,11 @@ def test_a_failed_compilation_leaves_the_demo_on_the_cached_sampler(monkeypatch)
     assert compiler.method(model, 1) == "cached"
     compiler._thread.join()
     assert not compiler.enabled and compiler.method(model, 1) == "cached"
+
+    compiler = Compiler(True, sizes=(1,))
+    compiler._asked.add(model)
+    compiler._ready[model] = {1}  # as if compiled, but every compiled call now fails
+    assert compiler.method(model, 1) == "compiled"
+    recording = BatchServer(workers=1, max_work=10**6, compiler=compiler).submit(model, pixelrnn.SampleRequest(seed=3), 36)
+    assert torch.equal(replayed(recording)[-1].image, pixelrnn.sample(model, 1, seed=3))
+    assert recording.method == "cached" and compiler.method(model, 1) == "cached"

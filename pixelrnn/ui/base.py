@@ -52,7 +52,7 @@ class Core:
         self._measuring = threading.Semaphore(1)  # one measurement of receptive fields at a time (GBs for CIFAR)
         # Generate's batched sampling; with a `gpu` decorator (ZeroGPU's spaces.GPU) each run is one GPU call
         self.batches = BatchServer(GENERATE_WORKERS, MAX_WORK, cpu_threads, recorded(gpu) if gpu else None,
-                                   self.compiler.method)
+                                   self.compiler)
         self._streams, self._streams_lock = 0, threading.Lock()  # sampling streams running now (they share frames)
 
     # -- helpers --

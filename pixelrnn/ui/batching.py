@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 import pixelrnn
+from pixelrnn.ui.compiling import Compiler
 from pixelrnn.ui.errors import release_memory
 
 log = logging.getLogger(__name__)
@@ -127,10 +128,10 @@ class BatchServer:
     (default `pixelrnn.sample_batch_steps`) or returns them all (`recorded`)."""
 
     def __init__(self, workers: int, max_work: int, cpu_threads: int = 1, run: Run | None = None,
-                 method: Callable[[pixelrnn.Model, int], str] | None = None) -> None:
+                 compiler: Compiler | None = None) -> None:
         self.workers, self.max_work, self.cpu_threads = workers, max_work, cpu_threads
         self.run = run
-        self.method = method or (lambda model, batch: "cached")  # the sampler of a streamed run of `batch` images
+        self.compiler = compiler or Compiler(False)  # which sampler a streamed run uses
         self._waiting: list[_Waiting] = []
         self._changed = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -183,17 +184,32 @@ class BatchServer:
                     release_memory()
 
     def _serve(self, batch: list[_Waiting]) -> None:
-        """One run for `batch`, its steps recorded for each request as they come (or at once, `recorded`)."""
+        """One run for `batch`, its steps recorded for each request as they come (or at once, `recorded`). A
+        compiled run that fails before its first step (it would have to compile again, say) is run again with the
+        cached sampler, which the model keeps from then on."""
         model, requests = batch[0].model, [w.request for w in batch]
-        method = "cached" if self.run else self.method(model, sum(r.n for r in requests))
+        if self.run:  # looked up per run (the tests replace it)
+            self._record(batch, self.run(model, requests), "cached")
+            return
+        method = self.compiler.method(model, sum(r.n for r in requests))
+        try:
+            self._record(batch, pixelrnn.sample_batch_steps(model, requests, method), method)
+        except Exception:
+            if method == "cached" or any(w.recording.steps for w in batch):
+                raise
+            log.exception("a compiled run failed: the model samples with the cached sampler from now on")
+            self.compiler.failed(model)
+            self._record(batch, pixelrnn.sample_batch_steps(model, requests, "cached"), "cached")
+
+    def _record(self, batch: list[_Waiting], steps: Iterable[pixelrnn.Step] | list[pixelrnn.Step],
+                method: str) -> None:
+        """Hand a run's steps to its requests as they come, in chunks (a `recorded` run's list at once)."""
         for waiting in batch:
             waiting.recording.method = method
-        # `run` looked up per run (the tests replace it)
-        steps = self.run(model, requests) if self.run else pixelrnn.sample_batch_steps(model, requests, method)
         if isinstance(steps, list):  # recorded in one call (`recorded`): kept already
             self._hand(batch, steps, {s.stage: s.image for s in steps if s.image is not None})
             return
-        rows, chunk, handed = first_rows(requests), [], time.monotonic()
+        rows, chunk, handed = first_rows([w.request for w in batch]), [], time.monotonic()
 
         def hand_chunk() -> None:
             self._hand(batch, _kept(chunk, rows), {step.stage: step.image for step in chunk})

@@ -1,7 +1,7 @@
 """Compiled sampling in the demo, never waited for.
 
-`method="compiled"` (`pixelrnn.stacked`) draws a few binarized-MNIST images ~1.6-2x faster than the cached sampler
-on one CPU thread, but each model and batch size compiles once (~20 s, ~3 s from inductor's disk cache). So the
+`method="compiled"` (`pixelrnn.stacked`) samples 1.5-2.3x faster than the cached sampler on one CPU thread, but each
+model and batch size compiles once (~20-60 s, ~3-6 s from inductor's disk cache). So the
 first run of a model asks for its compilation in the background, for the batch sizes Generate asks most, and every
 run uses the compiled step only for a model and batch size already compiled: the cached sampler otherwise.
 """
@@ -61,14 +61,20 @@ class Compiler:
                     self._thread.start()
         return "cached"
 
+    def failed(self, model: Model) -> None:
+        """A compiled run of the model failed: the cached sampler for it from now on."""
+        with self._lock:
+            self._ready.pop(model, None)
+            self._asked.add(model)
+
     def _work(self) -> None:
         torch.set_num_threads(1)  # as the samplers: the machine's other core serves visitors meanwhile
         while self.enabled:
             model = self._queue.get()
             y = None if model.num_classes is None else 0
             for size in self.sizes:
-                try:
-                    pixelrnn.sample(model, size, y=y, seed=0, method="compiled")
+                try:  # as a batched run samples (`BatchServer`)
+                    list(pixelrnn.sample_batch_steps(model, [pixelrnn.SampleRequest(size, y)], "compiled", every=0))
                 except Exception:  # no compiler that works: the cached sampler for good
                     log.exception("compiling the sampler failed; the demo samples with the cached sampler")
                     self.enabled = False

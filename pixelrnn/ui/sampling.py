@@ -111,9 +111,9 @@ class SamplingTabs:
             if spec.num_classes and y is None:
                 device = next(model.parameters()).device
                 y, auto = auto_classes(model, prepared.tensor().to(device), mask, spec.class_names, n, seed)
-            start, method = time.monotonic(), self.core.compiler.method(model, n * k)
+            start = time.monotonic()
             steps = pixelrnn.sample_steps(model, n, y=y, image=prepared.tensor(), mask=torch.from_numpy(mask),
-                                          temperature=temperature, seed=seed, every=1, particles=k, method=method)
+                                          temperature=temperature, seed=seed, every=1, particles=k)
             scale = display_scale(spec.height, spec.width)
             original = masked_original(prepared.pixels, spec.levels, mask, scale)
 
@@ -135,8 +135,8 @@ class SamplingTabs:
             def summary(step: Any) -> str:
                 how = f"context-aware (SMC, {k} particles each)" if smc else "plain"
                 text = (f"{n} {how} completion{'s' if n > 1 else ''} of {int(mask.sum())} pixels with `{model_name}` in "
-                        f"{time.monotonic() - start:.1f} s (seed {seed}, {method} sampler). Left: the original, the "
-                        f"region to regenerate in red.{auto}")
+                        f"{time.monotonic() - start:.1f} s (seed {seed}). Left: the original, the region to regenerate "
+                        f"in red.{auto}")
                 if smc and step is not None and step.ess:
                     ess = torch.stack([e.float().cpu() for e in step.ess]).mean()
                     text += f" Mean effective sample size per row: {float(ess):.1f} of {k}."
