@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import pixelrnn
-from pixelrnn.nn import DiagonalBiLSTM, RowLSTM, skew, unskew
+from pixelrnn.nn import DiagonalBiLSTM, RowLSTM, channel_groups, group_end, skew, unskew
 
 
 def cell(gates: torch.Tensor, c_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,3 +111,11 @@ def test_multiscale_log_prob_is_a_normalised_distribution():
     images = torch.tensor(list(itertools.product((0, 1), repeat=4))).view(16, 1, 2, 2)
     total = model.log_prob(images).exp().sum().item()
     assert math.isclose(total, 1.0, rel_tol=1e-6), total  # log_prob sums in float32
+
+
+def test_group_end_is_one_past_the_last_feature_of_a_colour_group():
+    """The samplers compute a draw's logits from the first group_end(...) features (mask B's groups <= c)."""
+    for features, channels in itertools.product(range(3, 40), (1, 2, 3)):
+        groups = channel_groups(features, channels)
+        for group in range(channels):
+            assert group_end(features, channels, group) == int((groups <= group).sum()), (features, channels, group)
