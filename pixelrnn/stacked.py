@@ -4,8 +4,8 @@ the layers, so that a whole per-pixel step, its draw included, is one graph for 
 A compiled graph's call costs ~40 us plus ~2 us per input tensor on the CPU, and the cached stepper's per-layer
 states would be ~75 inputs. Here a step takes the images, the padded input pixels, 2-5 state tensors
 (layers, width, N, features), a dozen weights and the pixel's row and column as (1,) tensors, so one graph serves
-every pixel. The operations are the cached stepper's, in its order; each finished row's update (Row LSTM
-state-to-state conv, Diagonal BiLSTM reverse stream, PixelCNN row-above taps) stays eager, once a row.
+every pixel. The operations are the cached stepper's; each finished row's update (Row LSTM state-to-state conv,
+Diagonal BiLSTM reverse stream, PixelCNN row-above taps) is a second graph, once a row.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ State = list[Tensor]
 Weights = dict[str, Tensor]
 
 # inductor options: the C++ wrapper (a graph call without Python per kernel) and small matmuls as fused loops
-# rather than library calls (measured: 1 binarized-MNIST sample 0.15-0.24 s against 0.32-0.39 s eager, one thread)
+# rather than library calls (measured: 1 binarized-MNIST sample in 0.17-0.20 s against 0.35-0.42 s cached, one thread)
 COMPILE_OPTIONS = {"cpp_wrapper": True, "post_grad_fusion_options": {"decompose_mm_pass": {
     "cpu_max_first_dimension_decomposition": 16, "cpu_max_other_dimension_decomposition": 4096}}}
 
@@ -209,10 +209,10 @@ def eager(kind: str, arch: str) -> Callable:
 
 
 def compiled(kind: str, arch: str) -> Callable:
-    """`eager(kind, arch)` under `torch.compile`, one per process: compiled at its first call for each model shape and batch size (static shapes: a dynamic batch's graph
-    was slower), ~20 s, ~3 s from inductor's disk cache. The architectures' steps share one code object, whose
-    compiled graphs dynamo caps at `recompile_limit` (8 by default): raised to 64 here, so that a few models at a
-    few batch sizes stay compiled."""
+    """`eager(kind, arch)` under `torch.compile`, one per process: compiled at its first call for each model shape
+    and batch size (static shapes: a dynamic batch's graph was slower), 20-40 s cold, seconds from inductor's disk
+    cache. The architectures' steps share one code object, whose compiled graphs dynamo caps at `recompile_limit`
+    (8 by default): raised to 64 here, so that a few models at a few batch sizes stay compiled."""
     if (kind, arch) not in _COMPILED:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _COMPILED[kind, arch] = torch.compile(eager(kind, arch), fullgraph=True, dynamic=False,

@@ -328,9 +328,9 @@ class CachedStepper(Stepper):
         self.layers = [cache(layer, n, height, width, model.layer_biases[k](y, cond))
                        for k, layer in enumerate(model.layers)]
         self.residuals = [] if model.arch == "pixelcnn" else [(_matrix(m), m.bias) for m in model.residuals]
-        # the skip connections' sum as one matmul over all layers' outputs
-        self.skip = (torch.cat([_matrix(m) for m in model.skips]), torch.stack([m.bias for m in model.skips]).sum(0)) \
-            if model.skip else None
+        self.skip = None  # the skip connections' sum as one matmul over all layers' outputs
+        if model.skip:
+            self.skip = (torch.cat([_matrix(m) for m in model.skips]), torch.stack([m.bias for m in model.skips]).sum(0))
         self.head = [(_matrix(m), m.bias) for m in model.head]
         self.outputs = {c: [None if layer is None else tuple(t.contiguous() for t in layer) for layer in
                             output_layers(self.skip, self.head, model.channels, model.levels, c)]

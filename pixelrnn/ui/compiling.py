@@ -1,9 +1,9 @@
 """Compiled sampling in the demo, never waited for.
 
 `method="compiled"` (`pixelrnn.stacked`) samples 1.5-2.3x faster than the cached sampler on one CPU thread, but each
-model and batch size compiles once (~20-60 s, ~3-6 s from inductor's disk cache). So the
-first run of a model asks for its compilation in the background, for the batch sizes Generate asks most, and every
-run uses the compiled step only for a model and batch size already compiled: the cached sampler otherwise.
+model and batch size compiles once (20-40 s cold, seconds from inductor's disk cache). So the first run of a model
+asks for its compilation in the background, for the batch sizes Generate asks most, and a run uses the compiled step
+only for a model and batch size already compiled: the cached sampler otherwise.
 """
 
 from __future__ import annotations
