@@ -1,4 +1,4 @@
-"""The cached sampler equals the reference sampler; completion, SMC and likelihood maps."""
+"""The cached and compiled samplers equal the reference sampler; completion, SMC and likelihood maps."""
 
 import functools
 import math
