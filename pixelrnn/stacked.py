@@ -126,9 +126,9 @@ def _pixelcnn(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w:
     reduced, above = states
     channels, hidden = x.shape[1], reduced.shape[3]
     f, outputs = _input_features(x, pixels, r, j, w, levels), []
+    groups = hidden  # this pixel's features computed: all, or in a pass before the last those of groups <= c
     if c is not None and c < channels - 1:
-        f = f[:, : group_end(f.shape[1], channels, c)]
-    groups = group_end(hidden, channels, c) if f.shape[1] < 2 * hidden else hidden  # this pixel's features kept
+        f, groups = f[:, : group_end(2 * hidden, channels, c)], group_end(hidden, channels, c)
     for k in range(reduced.shape[0]):
         t = torch.addmm(w["reduce_bias"][k, :groups], f.relu(), w["reduce"][k, : f.shape[1], :groups]).relu_()
         reduced[k, j + 1, :, :groups] = t[None]
