@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -36,6 +35,7 @@ from pixelrnn.training import (
     Averaged,
     Batches,
     LogProb,
+    PausableClock,
     Run,
     TrainStep,
     better_weights,
@@ -83,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "nor --hours is given")
     p.add_argument("--max-steps", type=int, default=0, help="length of the run (and of the lr schedule) in steps")
     p.add_argument("--hours", type=float, default=0.0,
-                   help="length of the run (and of the lr schedule) in training hours, across resumes")
+                   help="length of the run (and of the lr schedule) in training hours, across resumes (a pause by "
+                        "SIGTSTP does not count)")
     p.add_argument("--minutes", type=float, default=0.0, help="time budget of this call (0: none); --resume goes on")
     p.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement (0: never)")
     p.add_argument("--eval-every", type=int, default=500, help="steps between validation evaluations")
@@ -190,7 +191,7 @@ def resume(run: Run) -> dict[str, Tensor]:
 
 def save_state(run: Run, batches: Batches) -> None:
     """training_state.safetensors/.json in --out: what --resume continues from."""
-    run.state["wall_time_s"] = run.earlier_s + time.time() - run.started  # evaluations' time counts too
+    run.state["wall_time_s"] = run.earlier_s + run.clock.seconds()  # evaluations' time counts too
     rng = {"batches": batches.generator.get_state(), "torch": torch.get_rng_state()}
     if run.device.type == "cuda":  # dropout on the GPU
         rng["cuda"] = torch.cuda.get_rng_state(run.device)
@@ -239,8 +240,8 @@ def should_stop(run: Run, budget_s: float) -> str | None:
     """Why the run stops now ("done", "early stop", "budget" for this call's --minutes), or None. Under DDP every
     process takes the same decision, on the slowest clock."""
     state = run.state
-    state["wall_time_s"] = run.earlier_s + time.time() - run.started
-    out_of_time = time.time() - run.started > budget_s
+    state["wall_time_s"] = run.earlier_s + run.clock.seconds()
+    out_of_time = run.clock.seconds() > budget_s
     if run.world > 1:
         shared = torch.tensor([state["wall_time_s"], float(out_of_time)], dtype=torch.float64, device=run.device)
         dist.all_reduce(shared, op=dist.ReduceOp.MAX)
@@ -256,7 +257,7 @@ def train_loop(run: Run, step_fn: TrainStep, batches: Batches) -> str:
     """Train until the run is done, stops early or this call's --minutes are spent -> why it stopped."""
     args, state = run.args, run.state
     budget_s = args.minutes * 60 if args.minutes else math.inf
-    run.started, run.earlier_s, first_step = time.time(), state["wall_time_s"], state["step"]
+    run.clock, run.earlier_s, first_step = PausableClock(), state["wall_time_s"], state["step"]
     running = []  # (loss, grad norm) tensors since the last log, read in one sync
     rate = mean_loss = mean_norm = math.nan
     run.model.train()

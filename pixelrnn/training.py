@@ -10,6 +10,9 @@ import json
 import math
 import os
 import platform
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,6 +325,30 @@ class Averaged:
                 torch._foreach_copy_(params, raw)
 
 
+class PausableClock:
+    """Seconds of training since this call began: wall-clock time less the time the process spent stopped by SIGTSTP
+    (`kill -TSTP PID`, or Ctrl-Z; `kill -CONT PID` resumes), so that a background run paused for measurements
+    keeps its --hours of training. A SIGSTOP is not seen by the process: its pause counts."""
+
+    def __init__(self) -> None:
+        self.start, self.paused_s, self.stopped_at = time.monotonic(), 0.0, None
+        if hasattr(signal, "SIGTSTP") and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTSTP, self._stop)
+            signal.signal(signal.SIGCONT, self._resume)
+
+    def _stop(self, *_) -> None:
+        self.stopped_at = time.monotonic()
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    def _resume(self, *_) -> None:
+        if self.stopped_at is not None:
+            self.paused_s += time.monotonic() - self.stopped_at
+            self.stopped_at = None
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.start - self.paused_s
+
+
 @dataclass
 class Run:
     """What a training run works on, passed to the plain functions below. `state` holds the counters, the
@@ -338,7 +365,7 @@ class Run:
     state: dict
     best: dict[str, Tensor] | None = None
     bar: tqdm | None = None
-    started: float = 0.0  # time.time() when this call's loop began
+    clock: PausableClock | None = None  # this call's training time, from its loop's start
     earlier_s: float = 0.0  # training time of the calls before (--resume)
 
     @property

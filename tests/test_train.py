@@ -540,3 +540,26 @@ def test_data_check_lists_found_and_missing_files(tmp_path, capsys):
     assert "missing  cifar10_train_c.npz: x_train (12500, 32, 32, 3)" in out
     with pytest.raises(FileNotFoundError, match="python -m pixelrnn.data --check"):
         load_split("cifar10", "train", tmp_path)
+
+
+PAUSED_CLOCK = """
+import os, signal, subprocess, sys, time
+from pixelrnn.training import PausableClock
+clock = PausableClock()
+start = time.monotonic()
+subprocess.Popen(["sh", "-c", f"sleep 1.5; kill -CONT {os.getpid()}"])  # resumes this process once it is stopped
+os.kill(os.getpid(), signal.SIGTSTP)  # stops here, as `kill -TSTP` from outside would
+time.sleep(0.2)
+print(time.monotonic() - start, clock.seconds())
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGTSTP"), reason="no job-control signals on this platform")
+def test_a_run_paused_by_sigtstp_does_not_count_the_pause():
+    """Defect: --hours counted wall-clock time, so a background run paused for measurements lost its training time
+    to the pauses. A SIGTSTP pause (1.5 s here) is left out of the training clock; the time around it counts."""
+    out = subprocess.run([sys.executable, "-c", PAUSED_CLOCK], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    wall, trained = map(float, out.stdout.split())
+    assert wall >= 1.5, out.stderr  # it was stopped
+    assert 0.2 <= trained <= wall - 1.4, (wall, trained)
