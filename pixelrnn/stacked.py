@@ -23,11 +23,10 @@ from pixelrnn.steppers import CachedStepper, Stepper, draw, output_layers, rever
 State = list[Tensor]
 Weights = dict[str, Tensor]
 
-# inductor options: the C++ wrapper (a graph call without Python per kernel) and a batch of 1's matmuls as fused
-# loops rather than library calls (measured: 1 binarized-MNIST sample in 0.17-0.20 s against 0.35-0.42 s cached, one
-# thread). The pass's size limits are read when inductor is imported, not from these options: it decomposes a
-# matmul of one row only; for 4 rows (CIFAR-10, n=4) the library call measured faster anyway (0.70 against 0.81 s).
-COMPILE_OPTIONS = {"cpp_wrapper": True, "post_grad_fusion_options": {"decompose_mm_pass": {}}}
+# inductor options: the C++ wrapper (a graph call without Python per kernel), and no pattern rewrites, which
+# would turn `_linear`'s product and bias back into a library addmm, which copies the bias into its output first
+# (measured: 4 CIFAR-10 samples 0.70-0.73 -> 0.59-0.66 s, one thread)
+COMPILE_OPTIONS = {"cpp_wrapper": True, "pattern_matcher": False}
 
 
 def _weights(model: PixelRNN, cache: CachedStepper, n: int) -> Weights:
@@ -54,6 +53,15 @@ def _weights(model: PixelRNN, cache: CachedStepper, n: int) -> Weights:
     return w | {name: torch.stack([getattr(c, name) for c in layers]) for name in names}
 
 
+def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """x @ weight + bias, as a compiled graph runs it fastest: the bias added in the next fused kernel; a one-row
+    product (a batch of 1) as a broadcast product and sum, which inductor fuses into loops, rather than a library
+    call (measured: 1 binarized-MNIST sample 0.17-0.20 s against 0.35-0.42 s cached, one thread)."""
+    if x.shape[0] == 1:
+        return (x[:, :, None] * weight).sum(1) + bias
+    return torch.mm(x, weight) + bias
+
+
 def _plus_map(term: Tensor, w: Weights, r: Tensor, j: Tensor, k: int | None = None) -> Tensor:
     """A bias term plus the conditioning map at pixel (r, j) (layer k's, or the input conv's), if there is one."""
     key = "input_map" if k is None else "maps"
@@ -69,7 +77,7 @@ def _input_features(x: Tensor, pixels: Tensor, r: Tensor, j: Tensor, w: Weights,
     pixels[:, :, r + 3, written + 3] = scale_pixels(x[:, :, r, written], levels, pixels.dtype)
     rows, cols = r + torch.arange(4, device=x.device), j + torch.arange(7, device=x.device)
     window = pixels[:, :, rows[:, None], cols[None, :]].flatten(1)  # kernel rows r-3..r
-    return torch.addmm(_plus_map(w["input_bias"], w, r, j), window, w["input"])
+    return _linear(window, w["input"], _plus_map(w["input_bias"], w, r, j))
 
 
 def _final(c: int | None, channels: int) -> bool:
@@ -90,7 +98,7 @@ def _head(outputs: list[Tensor], channels: int, levels: int, w: Weights, c: int 
     from the part of the head that they see (`steppers.output_layers`)."""
     skip = (w["skip"], w["skip_bias"]) if "skip" in w else None
     head = [(w["head0"], w["head0_bias"]), (w["head1"], w["head1_bias"])]
-    logits = run_output_layers(output_layers(skip, head, channels, levels, c), outputs)
+    logits = run_output_layers(output_layers(skip, head, channels, levels, c), outputs, _linear)
     return logits if c is not None else logits.view(-1, channels, levels).transpose(1, 2)
 
 
@@ -101,12 +109,12 @@ def _row_lstm(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w:
     inputs, c_above, c_row, h_row, row_gates = states
     f, outputs, new = _input_features(x, pixels, r, j, w, levels), [], ([], [], [])
     for k in range(inputs.shape[0]):
-        gates = torch.addmm(_plus_map(row_gates[k, j][0], w, r, j, k), torch.cat([inputs[k, j][0], f], 1),
-                            w["input_to_state"][k])  # the layer's inputs at the left pixel and at this one
+        gates = _linear(torch.cat([inputs[k, j][0], f], 1), w["input_to_state"][k],
+                        _plus_map(row_gates[k, j][0], w, r, j, k))  # the layer's inputs at the left pixel and this one
         h, cell = lstm_cell(gates, c_above[k, j][0])
         for column, value in zip(new, (f, cell, h)):
             column.append(value)
-        f = torch.addmm(f + w["residual_bias"][k], h, w["residual"][k])
+        f = _linear(h, w["residual"][k], f + w["residual_bias"][k])
         outputs.append(f)
     if _final(c, x.shape[1]):
         _write([inputs, c_row, h_row], [j + 1, j, j], new)
@@ -122,11 +130,11 @@ def _diagonal_bilstm(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Ten
     new = ([], [], [])
     for k in range(h_row.shape[0]):
         above_left = torch.cat([f, h_above[k, j + 1][0], h_row[k, j][0]], 1)
-        gates = torch.addmm(_plus_map(w["bias"][k], w, r, j, k), above_left, w["weight"][k])
+        gates = _linear(above_left, w["weight"][k], _plus_map(w["bias"][k], w, r, j, k))
         h, cell = lstm_cell(gates[:, : 4 * hidden], c_row[k, j][0])
         for column, value in zip(new, (gates[:, 4 * hidden :], cell, h)):
             column.append(value)
-        f = torch.addmm(f + w["residual_bias"][k], h + reverse[k, j][0], w["residual"][k])
+        f = _linear(h + reverse[k, j][0], w["residual"][k], f + w["residual_bias"][k])
         outputs.append(f)
     if _final(c, x.shape[1]):
         _write([reverse_in, c_row, h_row], [j, j + 1, j + 1], new)
@@ -149,14 +157,14 @@ def _pixelcnn(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w:
         f, groups = f[:, : group_end(2 * hidden, channels, c)], group_end(hidden, channels, c)
     new_reduced = []
     for k in range(reduced.shape[0]):
-        t = torch.addmm(w["reduce_bias"][k, :groups], f.relu(), w["reduce"][k, : f.shape[1], :groups]).relu_()
+        t = _linear(f.relu(), w["reduce"][k, : f.shape[1], :groups], w["reduce_bias"][k, :groups]).relu_()
         new_reduced.append(t)  # (N, groups)
         conv_row = w["conv_row"][k]  # (2h, h): rows for the left pixel's h features, then for this pixel's
         if groups < hidden:
             conv_row = torch.cat([conv_row[:hidden, :groups], conv_row[hidden : hidden + groups, :groups]])
-        u = torch.addmm(_plus_map(above[k, j][0], w, r, j, k)[:, :groups], torch.cat([reduced[k, j][0], t], 1),
-                        conv_row).relu_()
-        f = torch.addmm(f + w["expand_bias"][k, : f.shape[1]], u, w["expand"][k, :groups, : f.shape[1]])
+        u = _linear(torch.cat([reduced[k, j][0], t], 1), conv_row,
+                    _plus_map(above[k, j][0], w, r, j, k)[:, :groups]).relu_()
+        f = _linear(u, w["expand"][k, :groups, : f.shape[1]], f + w["expand_bias"][k, : f.shape[1]])
         outputs.append(f)
     if _final(c, channels):
         _write([reduced], [j + 1], [new_reduced])

@@ -14,6 +14,8 @@ runs the loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -91,9 +93,15 @@ def output_layers(skip: Layer | None, head: list[Layer], channels: int, levels: 
             (w1[:hidden, logits], b1[logits])]
 
 
-def run_output_layers(layers: list[Layer], outputs: list[Tensor]) -> Tensor:
+def addmm(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """x @ weight + bias in one operation (eager)."""
+    return torch.addmm(bias, x, weight)
+
+
+def run_output_layers(layers: list[Layer], outputs: list[Tensor],
+                      linear: Callable[[Tensor, Tensor, Tensor], Tensor] = addmm) -> Tensor:
     """Every layer's output (N, F) each, or its first features (groups <= c, all channel c's logits see) -> logits
-    (N, C * levels), or channel c's (N, levels) (`output_layers`)."""
+    (N, C * levels), or channel c's (N, levels) (`output_layers`); `linear(x, weight, bias)` computes each layer."""
     skip, (w0, b0), (w1, b1) = layers
     if skip is None:
         out = outputs[-1][:, : w0.shape[0]]
@@ -101,8 +109,8 @@ def run_output_layers(layers: list[Layer], outputs: list[Tensor]) -> Tensor:
         weight, kept = skip[0], outputs[0].shape[1]
         if kept * len(outputs) < len(weight):  # each layer's rows for the features kept
             weight = weight.view(len(outputs), -1, weight.shape[1])[:, :kept].flatten(0, 1)
-        out = torch.addmm(skip[1], torch.cat(outputs, 1), weight)
-    return torch.addmm(b1, torch.addmm(b0, out.relu(), w0).relu_(), w1)
+        out = linear(torch.cat(outputs, 1), weight, skip[1])
+    return linear(linear(out.relu(), w0, b0).relu_(), w1, b1)
 
 
 class Stepper:
