@@ -20,7 +20,7 @@ from pixelrnn.model import Model, MultiScalePixelRNN, PixelRNN
 from pixelrnn.stacked import StackedStepper
 from pixelrnn.steppers import CachedStepper, ReferenceStepper, tempered_log_probs
 
-# "compiled": the cached stepper's arithmetic as one torch.compile graph per pixel, 1.5-2.3x faster on one CPU
+# "compiled": the cached stepper's arithmetic as one torch.compile graph per pixel, 2-2.6x faster on one CPU
 # thread (on the CPU it needs a C++ compiler; compiles at the first call for each model shape and batch size)
 STEPPERS = {"cached": CachedStepper, "reference": ReferenceStepper, "compiled": StackedStepper}
 

@@ -228,7 +228,7 @@ _COMPILED: dict[tuple[str, str], Callable] = {}
 
 def compilable(model: Model) -> bool:
     """Where the compiled step is known to pay: a PixelRNN on the CPU (measured on the shipped ones, one thread:
-    1.5-2.3x; a Multi-Scale model's stages, with their conditioning maps, were not measured)."""
+    2-2.6x; a Multi-Scale model's stages, with their conditioning maps, were not measured)."""
     return isinstance(model, PixelRNN) and next(model.parameters()).device.type == "cpu"
 
 

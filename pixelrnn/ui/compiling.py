@@ -1,6 +1,6 @@
 """Compiled sampling in the demo, never waited for.
 
-`method="compiled"` (`pixelrnn.stacked`) samples 1.5-2.3x faster than the cached sampler on one CPU thread, but each
+`method="compiled"` (`pixelrnn.stacked`) samples 2-2.6x faster than the cached sampler on one CPU thread, but each
 model and batch size compiles once (20-40 s cold, seconds from inductor's disk cache). So the first run of a model
 asks for its compilation in the background, for the batch sizes Generate asks most, and a run uses the compiled step
 only for a model and batch size already compiled: the cached sampler otherwise.
