@@ -292,8 +292,10 @@ class StackedStepper(Stepper):
             return self.step(x, self.pixels, self.states, self.rows[r], self.cols[j], self.w, self.model.levels, u,
                              temperature.view(-1, 1))
         except torch._dynamo.exc.BackendCompilerFailed as error:
-            raise RuntimeError(f"torch.compile failed ({error.__class__.__name__}: on the CPU it needs a C++ "
-                               "compiler); sample with method='cached'") from error
+            inner = getattr(error, "inner_exception", error)
+            cause = " ".join([type(inner).__name__ + ":", *str(inner).strip().splitlines()[:1]])[:200]
+            raise RuntimeError(f"torch.compile failed ({cause}); on the CPU it needs a C++ compiler; sample with "
+                               "method='cached'") from error
 
     def end_row(self, x: Tensor, r: int) -> None:
         width = x.shape[3]

@@ -86,6 +86,17 @@ def test_torch_compile_of_the_stacked_step_draws_the_reference_samples(arch, cha
     assert torch.equal(pixelrnn.sample(model, 2, y=y, seed=4, method="compiled"), reference)
 
 
+def test_a_failed_compilation_says_why_and_what_to_do(monkeypatch):
+    """Defect: every compile failure read "on the CPU it needs a C++ compiler", an inductor bug included; the
+    message now names the failure and still points to the cached sampler."""
+    def fail(*args):
+        raise torch._dynamo.exc.BackendCompilerFailed(fail, ValueError("LoweringException: index_put\nstack"), None)
+
+    monkeypatch.setattr(pixelrnn.stacked, "compiled", lambda kind, arch: fail)
+    with pytest.raises(RuntimeError, match=r"\(ValueError: LoweringException: index_put\).*method='cached'"):
+        pixelrnn.sample(make("row_lstm", 1, 2), 1, method="compiled")
+
+
 @pytest.mark.parametrize("method", FAST)
 @pytest.mark.parametrize("arch", pixelrnn.ARCHS)
 def test_multiscale_sampling_cached_equals_reference_and_respects_the_small_image(arch, method, eager_compiled):
