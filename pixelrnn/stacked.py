@@ -10,7 +10,7 @@ Diagonal BiLSTM reverse stream, PixelCNN row-above taps) is a second graph, once
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,8 @@ from pixelrnn.steppers import CachedStepper, Stepper, draw, output_layers, rever
 State = list[Tensor]
 Weights = dict[str, Tensor]
 
-# inductor options: the C++ wrapper (a graph call without Python per kernel), and no pattern rewrites, which
-# would turn `_linear`'s product and bias back into a library addmm, which copies the bias into its output first
+# inductor options: the C++ wrapper (a graph call without Python per kernel), and no pattern rewrites: they would
+# turn `_linear`'s product and bias back into a library addmm, whose first act is to copy the bias into its output
 # (measured: 4 CIFAR-10 samples 0.70-0.73 -> 0.59-0.66 s, one thread)
 COMPILE_OPTIONS = {"cpp_wrapper": True, "pattern_matcher": False}
 
@@ -85,7 +85,7 @@ def _final(c: int | None, channels: int) -> bool:
     return c is None or c == channels - 1
 
 
-def _write(states: State, columns: list[Tensor], values: tuple[list[Tensor], ...] | list[list[Tensor]]) -> None:
+def _write(states: State, columns: list[Tensor], values: Sequence[list[Tensor]]) -> None:
     """Each state's column (a (1,) tensor) <- its per-layer values (N, F), once a pass and for all layers at once:
     one in-place write of the state, where a write per layer made inductor rebuild the whole state each time
     (measured: 4 CIFAR-10 samples 0.93 -> 0.72 s)."""
