@@ -10,7 +10,7 @@ Diagonal BiLSTM reverse stream, PixelCNN row-above taps) is a second graph, once
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -85,12 +85,12 @@ def _final(c: int | None, channels: int) -> bool:
     return c is None or c == channels - 1
 
 
-def _write(states: State, columns: list[Tensor], values: Sequence[list[Tensor]]) -> None:
-    """Each state's column (a (1,) tensor) <- its per-layer values (N, F), once a pass and for all layers at once:
-    one in-place write of the state, where a write per layer made inductor rebuild the whole state each time
-    (measured: 4 CIFAR-10 samples 0.93 -> 0.72 s)."""
-    for state, column, layers in zip(states, columns, values):
-        state[:, column] = torch.stack(layers)[:, None]
+def _write(states: State, columns: list[Tensor], layers: list[tuple[Tensor, ...]]) -> None:
+    """Each state's column (a (1,) tensor) <- its values (N, F), from one tuple per layer holding a value for each
+    state; once a pass and for all layers at once: one in-place write of the state, where a write per layer made
+    inductor rebuild the whole state each time (measured: 4 CIFAR-10 samples 0.93 -> 0.72 s)."""
+    for state, column, values in zip(states, columns, zip(*layers)):
+        state[:, column] = torch.stack(values)[:, None]
 
 
 def _head(outputs: list[Tensor], channels: int, levels: int, w: Weights, c: int | None) -> Tensor:
@@ -107,13 +107,12 @@ def _row_lstm(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w:
     """Row LSTM (Sec. 3.1). states: inputs (L, W + 1, N, 2h) after a zero column; c_above, c_row, h_row
     (L, W, N, h); row_gates (L, W, N, 4h): the row above's state-to-state gates plus the bias."""
     inputs, c_above, c_row, h_row, row_gates = states
-    f, outputs, new = _input_features(x, pixels, r, j, w, levels), [], ([], [], [])
+    f, outputs, new = _input_features(x, pixels, r, j, w, levels), [], []
     for k in range(inputs.shape[0]):
         gates = _linear(torch.cat([inputs[k, j][0], f], 1), w["input_to_state"][k],
                         _plus_map(row_gates[k, j][0], w, r, j, k))  # the layer's inputs at the left pixel and this one
         h, cell = lstm_cell(gates, c_above[k, j][0])
-        for column, value in zip(new, (f, cell, h)):
-            column.append(value)
+        new.append((f, cell, h))
         f = _linear(h, w["residual"][k], f + w["residual_bias"][k])
         outputs.append(f)
     if _final(c, x.shape[1]):
@@ -127,13 +126,12 @@ def _diagonal_bilstm(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Ten
     (L, W, N, h) the row above's reverse stream; reverse_in (L, W, N, 4h) this row's input to it."""
     h_above, h_row, c_row, reverse, reverse_in = states
     f, outputs, hidden = _input_features(x, pixels, r, j, w, levels), [], h_row.shape[3]
-    new = ([], [], [])
+    new = []
     for k in range(h_row.shape[0]):
         above_left = torch.cat([f, h_above[k, j + 1][0], h_row[k, j][0]], 1)
         gates = _linear(above_left, w["weight"][k], _plus_map(w["bias"][k], w, r, j, k))
         h, cell = lstm_cell(gates[:, : 4 * hidden], c_row[k, j][0])
-        for column, value in zip(new, (gates[:, 4 * hidden :], cell, h)):
-            column.append(value)
+        new.append((gates[:, 4 * hidden :], cell, h))
         f = _linear(h + reverse[k, j][0], w["residual"][k], f + w["residual_bias"][k])
         outputs.append(f)
     if _final(c, x.shape[1]):
@@ -153,12 +151,12 @@ def _pixelcnn(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w:
     channels, hidden = x.shape[1], reduced.shape[3]
     f, outputs = _input_features(x, pixels, r, j, w, levels), []
     groups = hidden  # this pixel's features computed: all, or in a pass before the last those of groups <= c
-    if c is not None and c < channels - 1:
+    if not _final(c, channels):
         f, groups = f[:, : group_end(2 * hidden, channels, c)], group_end(hidden, channels, c)
-    new_reduced = []
+    new = []
     for k in range(reduced.shape[0]):
         t = _linear(f.relu(), w["reduce"][k, : f.shape[1], :groups], w["reduce_bias"][k, :groups]).relu_()
-        new_reduced.append(t)  # (N, groups)
+        new.append((t,))  # (N, groups)
         conv_row = w["conv_row"][k]  # (2h, h): rows for the left pixel's h features, then for this pixel's
         if groups < hidden:
             conv_row = torch.cat([conv_row[:hidden, :groups], conv_row[hidden : hidden + groups, :groups]])
@@ -167,7 +165,7 @@ def _pixelcnn(x: Tensor, pixels: Tensor, states: State, r: Tensor, j: Tensor, w:
         f = _linear(u, w["expand"][k, :groups, : f.shape[1]], f + w["expand_bias"][k, : f.shape[1]])
         outputs.append(f)
     if _final(c, channels):
-        _write([reduced], [j + 1], [new_reduced])
+        _write([reduced], [j + 1], new)
     return _head(outputs, channels, levels, w, c)
 
 
