@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from pixelrnn.sampling import sample
 CLASSIFIERS_DIR = CHECKPOINTS_DIR / "classifiers"
 WIDTH = {"mnist": 16, "cifar10": 32}  # the first conv block's channels: enough for ~99% on MNIST; CIFAR needs more
 ON_CLASS_SAMPLES = 50  # per class
+Z_95 = 1.959964  # the standard normal's 97.5% quantile: two-sided 95% intervals
 
 
 class Classifier(nn.Module):
@@ -114,10 +116,20 @@ def load_classifier(folder: Path) -> tuple[Classifier, dict]:
     return classifier.eval(), read_json(folder / "metrics.json")
 
 
+def wilson_interval(hits: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion hits / n (95% by default): unlike p +- z sqrt(p(1-p)/n), it stays
+    inside [0, 1] and is not empty at 0 or n hits."""
+    p, shrink = hits / n, 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / shrink
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / shrink
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def on_class_rate(model: Model, classifier: Classifier, per_class: int = ON_CLASS_SAMPLES, temperature: float = 1.0,
                   seed: int = 0, batch: int = 100) -> dict:
     """Sample `per_class` images of every class; -> {"rate": overall fraction the classifier puts in the requested
-    class, "per_class": [fraction per class], "samples_per_class", "temperature", "seed"}."""
+    class, "interval": its 95% Wilson interval [low, high], "per_class": [fraction per class], "samples_per_class",
+    "temperature", "seed"}."""
     num_classes = (model.small if isinstance(model, MultiScalePixelRNN) else model).num_classes
     if not num_classes:
         raise ValueError("the model is not class-conditional")
@@ -127,8 +139,10 @@ def on_class_rate(model: Model, classifier: Classifier, per_class: int = ON_CLAS
         labels = requested[k : k + batch]
         images = sample(model, len(labels), y=labels, temperature=temperature, seed=seed + k)
         hits.append(predict(classifier, images.cpu()) == labels)
-    per = torch.cat(hits).float().view(num_classes, per_class).mean(1)
-    return {"rate": per.mean().item(), "per_class": [round(v, 4) for v in per.tolist()],
+    hits = torch.cat(hits)
+    per = hits.float().view(num_classes, per_class).mean(1)
+    interval = [round(v, 4) for v in wilson_interval(int(hits.sum()), len(hits))]
+    return {"rate": per.mean().item(), "interval": interval, "per_class": [round(v, 4) for v in per.tolist()],
             "samples_per_class": per_class, "temperature": temperature, "seed": seed}
 
 
@@ -179,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.folders:
         result = rate_checkpoint(folder, args.classifiers, args.per_class, args.update)
         per = " ".join(f"{v:.0%}" for v in result["per_class"])
-        print(f"{folder.name}: on-class rate {result['rate']:.1%} ({result['samples_per_class']} samples per class at "
+        low, high = result["interval"]
+        print(f"{folder.name}: on-class rate {result['rate']:.1%} (95% interval {low:.1%}-{high:.1%}; "
+              f"{result['samples_per_class']} samples per class at "
               f"temperature {result['temperature']:g}; per class {per}; classifier test accuracy "
               f"{result['classifier_test_accuracy']:.2%})" + (" (written)" if args.update else ""))
     return 0

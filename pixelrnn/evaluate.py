@@ -61,7 +61,9 @@ def on_class(folder: Path, recorded: dict | None, update: bool, classifiers: Pat
     measured = rate_checkpoint(folder, classifiers, update=update)
     before = recorded.get("rate") if isinstance(recorded, dict) else None
     same = before is not None and math.isclose(measured["rate"], before, abs_tol=1e-9)
-    print(f"{folder.name}: on-class rate {measured['rate']:.1%} ({measured['samples_per_class']} samples per class); "
+    low, high = measured["interval"]
+    print(f"{folder.name}: on-class rate {measured['rate']:.1%} (95% interval {low:.1%}-{high:.1%}; "
+          f"{measured['samples_per_class']} samples per class); "
           f"recorded {before} ({'equal' if same else 'updated' if update else 'DIFFERENT'})")
     return same or update
 

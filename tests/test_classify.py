@@ -2,7 +2,9 @@
 are assigned to the class they were drawn for."""
 
 import json
+from math import comb
 
+import pytest
 import torch
 from test_train import run_train, write_fixture_data
 
@@ -27,6 +29,17 @@ def test_on_class_rate_counts_each_sample_against_the_class_it_was_drawn_for():
     result = classify.on_class_rate(model, Always(3), per_class=4)
     assert result["per_class"] == [0.0, 0.0, 0.0, 1.0] + [0.0] * 6 and abs(result["rate"] - 0.1) < 1e-6
     assert result["samples_per_class"] == 4 and result["temperature"] == 1.0
+    assert result["interval"] == [round(v, 4) for v in classify.wilson_interval(4, 40)]
+
+
+def test_wilson_interval_is_the_textbook_one_and_covers_95_percent():
+    assert classify.wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))  # not Wald's empty (0, 0)
+    low, high = classify.wilson_interval(7, 30)
+    assert (1 - high, 1 - low) == pytest.approx(classify.wilson_interval(23, 30))
+    n, p = 50, 0.8  # exact coverage: the binomial probability that the interval holds p
+    covered = sum(comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)
+                  if classify.wilson_interval(k, n)[0] <= p <= classify.wilson_interval(k, n)[1])
+    assert 0.94 < covered < 0.97
 
 
 def test_classifier_training_rating_the_card_and_evaluate(tmp_path, capsys):
@@ -43,7 +56,8 @@ def test_classifier_training_rating_the_card_and_evaluate(tmp_path, capsys):
     recorded = json.loads((tmp_path / "cond" / "metrics.json").read_text())["on_class"]
     assert recorded["rate"] == result["rate"] and len(recorded["per_class"]) == 10
     card = (tmp_path / "cond" / "README.md").read_text()
-    assert f"**{result['rate']:.1%}** of samples drawn for a class" in card
+    low, high = result["interval"]
+    assert f"**{result['rate']:.1%}** (95% interval {low:.1%}-{high:.1%}) of samples drawn for a class" in card
     assert "Does the class show?" in card
 
     assert evaluate_main([str(tmp_path / "cond"), "--data-dir", str(tmp_path), "--on-class",
