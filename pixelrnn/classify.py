@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from pixelrnn.card import write_model_card
-from pixelrnn.checkpoints import load_folder, read_json
+from pixelrnn.checkpoints import CheckpointError, load_folder, read_json, read_weights
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, load_split
 from pixelrnn.hub import CHECKPOINTS_DIR
 from pixelrnn.model import Model, MultiScalePixelRNN, scale_pixels
@@ -110,9 +110,13 @@ def save_classifier(classifier: Classifier, folder: Path, metrics: dict) -> None
 
 
 def load_classifier(folder: Path) -> tuple[Classifier, dict]:
-    """-> (classifier in eval mode, its metrics.json); safetensors only, every tensor matched."""
-    classifier = Classifier(**json.loads((folder / "config.json").read_text()))
-    classifier.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    """-> (classifier in eval mode, its metrics.json); safetensors only, every tensor matched; CheckpointError
+    when the folder does not hold one."""
+    try:
+        classifier = Classifier(**read_json(folder / "config.json"))
+        classifier.load_state_dict(read_weights(folder / "model.safetensors"), strict=True)
+    except (TypeError, ValueError, RuntimeError) as err:  # CheckpointError is a ValueError
+        raise CheckpointError(f"{folder}: not a classifier folder: {err}") from err
     return classifier.eval(), read_json(folder / "metrics.json")
 
 

@@ -108,9 +108,11 @@ def test_api_lists_the_endpoints(client):
 
 
 def test_generate_streams_frames_and_the_last_is_the_sample(server, client, checkpoints):
-    frames = list(client.submit("tiny-bin", None, 2, 1.0, 5, 1.0, api_name=GENERATE))
+    # paced over 2 s: at 20 frames a second ~40 frames, fewer when frames are costly (a frame takes at most a fifth
+    # of the time, FrameGate): a loaded 2-core machine gave 4 frames in 1 s
+    frames = list(client.submit("tiny-bin", None, 2, 1.0, 5, 2.0, api_name=GENERATE))
     shown = [f[0] for f in frames if f[0] is not None]
-    assert len(shown) >= 5  # intermediate frames arrived
+    assert len(shown) >= 3  # intermediate frames arrived
     assert len({im["path"] for im in shown}) == len(shown)  # never the same image twice
     final, dist, status = last_values(frames)
     assert "Generated 2 samples" in status and "seed 5" in status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import struct
 import threading
@@ -463,6 +464,51 @@ def test_generate_multiscale_and_conditional(studio):
     expected = pixelrnn.sample(studio.registry.load("tiny-rgb"), 1, y=3, seed=5)
     expected_image = ui.pictures.render_images(expected.numpy(), 256, ui.pictures.grid_scale(32, 32, 1))[0]
     assert np.array_equal(final_frame(frames)[0], expected_image)
+
+
+class ByBrightness(torch.nn.Module):
+    """A stand-in CIFAR-10 classifier that reads an image's class off its total brightness: its verdict depends on
+    which images it is shown."""
+
+    channels, levels = 3, 256
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(x.sum((1, 2, 3)) % 10, 10).float()
+
+
+def test_generate_with_a_class_says_what_an_independent_classifier_reads(studio, monkeypatch):
+    monkeypatch.setattr(ui.cards, "classifier_of", lambda dataset: (ByBrightness(), 0.75) if dataset == "cifar10"
+                        else None)
+    monkeypatch.setitem(studio.registry.entry("tiny-rgb").metrics, "on_class", {"rate": 0.326})
+    status = final_frame(studio.sampling.generate("tiny-rgb", "cat", 4, 1.0, 5, 0))[2]
+    samples = pixelrnn.sample(studio.registry.load("tiny-rgb"), 4, y=3, seed=5)  # what Generate drew
+    read = (samples.sum((1, 2, 3)) % 10).tolist()
+    names = studio.registry.spec("tiny-rgb").class_names
+    others = ", ".join(f"#{k + 1} as {names[label]!r}" for k, label in enumerate(read) if label != 3)
+    assert others, "the stand-in should read some samples as another class"
+    assert (f"An independent classifier (75.0% on the test split) reads {read.count(3)} of 4 as 'cat' ({others}); "
+            "this model's samples show their class 33% of the time.") in status
+
+    monkeypatch.setattr(ui.cards, "classifier_of", lambda dataset: None)  # none for the data set: nothing said
+    status = final_frame(studio.sampling.generate("tiny-rgb", "cat", 1, 1.0, 5, 0))[2]
+    assert status.startswith("Generated 1 sample of class 'cat'") and "classifier" not in status
+
+
+def test_the_shipped_classifiers_load_and_a_broken_one_is_left_out(tmp_path, monkeypatch, caplog):
+    classifier, accuracy = ui.cards.classifier_of("mnist")
+    assert (classifier.channels, classifier.levels) == (1, 256) and accuracy > 0.98
+    ui.cards.classifier_of.cache_clear()
+    monkeypatch.setattr(ui.cards, "CLASSIFIERS_DIR", tmp_path)
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10" / "model.safetensors").write_bytes(b"not safetensors")
+    (tmp_path / "cifar10" / "config.json").write_text('{"channels": 3, "levels": 256}')
+    try:
+        assert ui.cards.classifier_of("cifar10") is None and "unreadable" in caplog.text
+        assert ui.cards.classifier_of("mnist") is None  # no folder
+        spec = dataclasses.replace(RGB, dataset="cifar10")
+        assert ui.cards.class_check(spec, torch.zeros(2, 3, 32, 32, dtype=torch.long), 1) == ""
+    finally:
+        ui.cards.classifier_of.cache_clear()
 
 
 @pytest.mark.parametrize("args, message", [

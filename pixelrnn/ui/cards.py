@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +15,14 @@ import torch
 
 import pixelrnn
 from pixelrnn.card import ARCH_NAMES, DATASET_INFO, PAPER_RESULTS, device_text, format_duration
-from pixelrnn.checkpoints import LEARNING_CURVE, SAMPLES, as_number, recorded_nll
+from pixelrnn.checkpoints import LEARNING_CURVE, SAMPLES, CheckpointError, as_number, recorded_nll
+from pixelrnn.classify import CLASSIFIERS_DIR, Classifier, load_classifier, predict
 from pixelrnn.model import Model
 from pixelrnn.ui.registry import ModelEntry, Registry
 from pixelrnn.ui.settings import REPO_ROOT
 from pixelrnn.ui.uploads import ModelSpec, PreparedImage, decode_image
+
+log = logging.getLogger(__name__)
 
 
 def class_log_likelihoods(model: Model, x: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -43,6 +48,39 @@ def auto_classes(model: Model, x: torch.Tensor, mask: np.ndarray, names: tuple[s
     drawn = ", ".join(names[k] for k in labels.tolist())
     return labels, (f" Auto class ({sure}): the posterior given the {known} known pixels before the region is "
                     f"{shown}; each completion draws its class from it: {drawn}.")
+
+
+@functools.cache
+def classifier_of(dataset: str) -> tuple[Classifier, float | None] | None:
+    """The independent classifier of a data set (checkpoints/classifiers/DATASET, `pixelrnn.classify`) and its test
+    accuracy; None where there is none or it cannot be read (Generate then says nothing of it)."""
+    folder = CLASSIFIERS_DIR / dataset
+    if not (folder / "model.safetensors").is_file():
+        return None
+    try:
+        classifier, metrics = load_classifier(folder)
+    except CheckpointError as error:  # a broken classifier must not break Generate: logged, and left out
+        log.warning("classifier %s unreadable: %s", folder, error)
+        return None
+    return classifier, as_number(metrics.get("test_accuracy"))
+
+
+def class_check(spec: ModelSpec, images: torch.Tensor, y: int, on_class: Any = None) -> str:
+    """What an independent classifier reads in samples drawn for class y (images (n, C, H, W) levels): a sentence
+    for Generate's status, with the model's measured on-class rate (metrics.json "on_class") where recorded; "" where
+    no classifier fits the model's images."""
+    found = classifier_of(spec.dataset) if spec.dataset else None
+    if found is None or (found[0].channels, found[0].levels) != (spec.channels, spec.levels):
+        return ""
+    classifier, accuracy = found
+    read = predict(classifier, images.cpu()).tolist()
+    names, hits = spec.class_names, sum(label == y for label in read)
+    others = [f"#{k + 1} as {names[label]!r}" for k, label in enumerate(read) if label != y]
+    skill = f" ({accuracy:.1%} on the test split)" if accuracy is not None else ""
+    rate = as_number(on_class.get("rate")) if isinstance(on_class, dict) else None
+    measured = f"; this model's samples show their class {rate:.0%} of the time" if rate is not None else ""
+    return (f" An independent classifier{skill} reads {hits} of {len(read)} as {names[y]!r}"
+            + (f" ({', '.join(others)})" if others else "") + f"{measured}.")
 
 
 def maps_of(model: Model, x: torch.Tensor, y: int | None) -> dict[str, np.ndarray]:

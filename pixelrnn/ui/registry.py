@@ -60,7 +60,7 @@ def spec_of(model: Model, dataset: str | None = None) -> ModelSpec:
     large = model.large if isinstance(model, MultiScalePixelRNN) else model
     return ModelSpec(large.arch, large.channels, large.levels, large.height, large.width, large.num_classes,
                      model.factor if isinstance(model, MultiScalePixelRNN) else None,
-                     class_names(large.num_classes, dataset))
+                     class_names(large.num_classes, dataset), dataset)
 
 
 @dataclass

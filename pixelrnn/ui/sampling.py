@@ -14,7 +14,7 @@ import torch
 import pixelrnn
 from pixelrnn.images import tile
 from pixelrnn.ui.base import Core
-from pixelrnn.ui.cards import auto_classes, maps_of
+from pixelrnn.ui.cards import auto_classes, class_check, maps_of
 from pixelrnn.ui.errors import user_errors
 from pixelrnn.ui.params import parse_class, parse_int, parse_mode, parse_pace, parse_seed, parse_temperature
 from pixelrnn.ui.pictures import (
@@ -63,11 +63,13 @@ class SamplingTabs:
             dist = render_distribution(step.probs[0].cpu().numpy(), pixels[0, :, r, j].tolist(), title)
             return tile(cells, cols), dist
 
-        def summary(_: Any) -> str:
+        def summary(step: pixelrnn.Step) -> str:
             what = f" of class {spec.class_names[y]!r}" if y is not None else ""
+            check = "" if y is None else class_check(spec, step.image, y, self.registry.entry(model_name).metrics
+                                                     .get("on_class"))
             return (f"Generated {n} sample{'s' if n > 1 else ''}{what} with `{model_name}` in "
                     f"{time.monotonic() - start:.1f} s (seed {seed}, temperature {temperature:g}, "
-                    f"{recording.method} sampler).")
+                    f"{recording.method} sampler).{check}")
 
         with self.core.capacity(n, spec, "samples") as work:  # sampled with the other requests for the model
             wanted = pixelrnn.SampleRequest(n, y, temperature, seed)  # (`request` is the visitor's HTTP request)

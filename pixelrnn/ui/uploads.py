@@ -153,6 +153,7 @@ class ModelSpec:
     num_classes: int | None = None
     factor: int | None = None  # Multi-Scale PixelRNN: the small image is (H/factor, W/factor)
     class_names: tuple[str, ...] = ()
+    dataset: str | None = None  # metrics.json's "dataset" ("mnist", "cifar10", ...), where recorded
 
     @property
     def fmt(self) -> tuple[int, int, int, int]:
