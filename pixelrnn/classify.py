@@ -151,16 +151,18 @@ def on_class_rate(model: Model, classifier: Classifier, per_class: int = ON_CLAS
 
 
 def rate_checkpoint(folder: Path, classifiers: Path = CLASSIFIERS_DIR, per_class: int = ON_CLASS_SAMPLES,
-                    update: bool = False) -> dict:
+                    update: bool = False, temperature: float = 1.0) -> dict:
     """The on-class rate of a checkpoint folder, with the classifier of its data set; `update` writes it into
-    metrics.json ("on_class") and rewrites the card."""
+    metrics.json ("on_class") and rewrites the card (the recorded rate is at temperature 1)."""
+    if update and temperature != 1.0:
+        raise ValueError("the recorded on-class rate is at temperature 1: measure other temperatures without --update")
     metrics = read_json(folder / "metrics.json")
     dataset = str(metrics.get("dataset", ""))
     if dataset not in ("mnist", "cifar10"):
         raise ValueError(f"{folder}: on-class rates exist for class-conditional MNIST and CIFAR-10 models")
     classifier, classifier_metrics = load_classifier(classifiers / dataset)
     start = time.perf_counter()
-    result = on_class_rate(load_folder(folder), classifier, per_class)
+    result = on_class_rate(load_folder(folder), classifier, per_class, temperature)
     result.update({"classifier": f"classifiers/{dataset}",
                    "classifier_test_accuracy": classifier_metrics.get("test_accuracy"),
                    "seconds": round(time.perf_counter() - start, 1)})
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     rate.add_argument("folders", nargs="+", type=Path)
     rate.add_argument("--per-class", type=int, default=ON_CLASS_SAMPLES)
     rate.add_argument("--classifiers", type=Path, default=CLASSIFIERS_DIR)
+    rate.add_argument("--temperature", type=float, default=1.0, help="sample at this temperature (not recorded)")
     rate.add_argument("--update", action="store_true", help="write the rate into metrics.json and the card")
     args = p.parse_args(argv)
     if args.command == "train":
@@ -195,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{out}: test accuracy {accuracy:.2%} after {args.epochs:g} epochs ({minutes:.1f} min)")
         return 0
     for folder in args.folders:
-        result = rate_checkpoint(folder, args.classifiers, args.per_class, args.update)
+        try:
+            result = rate_checkpoint(folder, args.classifiers, args.per_class, args.update, args.temperature)
+        except ValueError as err:  # not a class-conditional MNIST / CIFAR-10 checkpoint, or --update at T != 1
+            p.error(str(err))
         per = " ".join(f"{v:.0%}" for v in result["per_class"])
         low, high = result["interval"]
         print(f"{folder.name}: on-class rate {result['rate']:.1%} (95% interval {low:.1%}-{high:.1%}; "

@@ -60,6 +60,13 @@ def test_classifier_training_rating_the_card_and_evaluate(tmp_path, capsys):
     assert f"**{result['rate']:.1%}** (95% interval {low:.1%}-{high:.1%}) of samples drawn for a class" in card
     assert "Does the class show?" in card
 
+    cold = classify.rate_checkpoint(tmp_path / "cond", tmp_path / "classifiers", per_class=2, temperature=0.5)
+    assert cold["temperature"] == 0.5 and json.loads((tmp_path / "cond" / "metrics.json").read_text())["on_class"] == recorded
+    with pytest.raises(SystemExit):  # the recorded rate is at temperature 1
+        classify.main(["rate", str(tmp_path / "cond"), "--classifiers", str(tmp_path / "classifiers"), "--temperature",
+                       "0.5", "--update"])
+    assert "temperature 1" in capsys.readouterr().err
+
     assert evaluate_main([str(tmp_path / "cond"), "--data-dir", str(tmp_path), "--on-class",
                           "--classifiers", str(tmp_path / "classifiers")]) == 0
     assert "on-class rate" in capsys.readouterr().out
