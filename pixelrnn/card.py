@@ -140,11 +140,10 @@ def on_class_facts(on_class: Any) -> dict[str, Any] | None:
     accuracy = as_number(on_class.get("classifier_test_accuracy"))
     interval = on_class.get("interval")
     low, high = interval if isinstance(interval, list) and len(interval) == 2 else (None, None)
-    interval = as_number(low) is not None and as_number(high) is not None
     return {"rate": f"{on_class['rate']:.1%}", "temperature": f"{on_class.get('temperature', 1):g}",
             "samples": f"{on_class.get('samples_per_class', '?')}",
             "accuracy": f"{accuracy:.2%}" if accuracy is not None else None,
-            "interval": f"{low:.1%}-{high:.1%}" if interval else None,
+            "interval": f"{low:.1%}-{high:.1%}" if None not in (as_number(low), as_number(high)) else None,
             "per_class": [f"{k}: {v:.0%}" for k, v in enumerate(on_class.get("per_class") or [])
                           if isinstance(v, int | float)]}
 

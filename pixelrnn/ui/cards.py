@@ -77,8 +77,10 @@ def class_check(spec: ModelSpec, images: torch.Tensor, y: int, on_class: Any = N
     names, hits = spec.class_names, sum(label == y for label in read)
     others = [f"#{k + 1} as {names[label]!r}" for k, label in enumerate(read) if label != y]
     skill = f" ({accuracy:.1%} on the test split)" if accuracy is not None else ""
-    rate = as_number(on_class.get("rate")) if isinstance(on_class, dict) else None
-    measured = f"; this model's samples show their class {rate:.0%} of the time" if rate is not None else ""
+    recorded = on_class if isinstance(on_class, dict) else {}
+    rate, temperature = as_number(recorded.get("rate")), as_number(recorded.get("temperature")) or 1.0
+    measured = (f"; its card: {rate:.0%} of samples show their class at temperature {temperature:g}"
+                if rate is not None else "")
     return (f" An independent classifier{skill} reads {hits} of {len(read)} as {names[y]!r}"
             + (f" ({', '.join(others)})" if others else "") + f"{measured}.")
 
