@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from pixelrnn.card import write_model_card
 from pixelrnn.checkpoints import load_folder, read_json, recorded_nll
+from pixelrnn.classify import CLASSIFIERS_DIR, rate_checkpoint
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, binarize, load_split
 from pixelrnn.model import Model, MultiScalePixelRNN, bits_per_dim
 from pixelrnn.training import TEST_BINARIZATION_SEED
@@ -56,8 +57,6 @@ def test_nll(model: Model, dataset: str, data_dir: Path, batch_size: int = 500) 
 
 def on_class(folder: Path, recorded: dict | None, update: bool, classifiers: Path) -> bool:
     """Re-measure a checkpoint's on-class rate; print it beside the recorded one -> whether they agree."""
-    from pixelrnn.classify import rate_checkpoint
-
     measured = rate_checkpoint(folder, classifiers, update=update)
     before = recorded.get("rate") if isinstance(recorded, dict) else None
     same = before is not None and math.isclose(measured["rate"], before, abs_tol=1e-9)
@@ -75,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--update", action="store_true", help="write the measured figures into metrics.json and the card")
     p.add_argument("--on-class", action="store_true", help="class-conditional checkpoints: also re-measure the "
                    "on-class rate (pixelrnn.classify), equal to the recorded one for the same samples")
-    p.add_argument("--classifiers", type=Path, default=Path(__file__).resolve().parent.parent / "checkpoints"
-                   / "classifiers", help="folder of the classifiers (one per data set)")
+    p.add_argument("--classifiers", type=Path, default=CLASSIFIERS_DIR, help="folder of the classifiers (one per "
+                   "data set)")
     args = p.parse_args(argv)
     mismatches = 0
     for folder in args.folders:
