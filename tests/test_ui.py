@@ -484,7 +484,7 @@ def test_generate_with_a_class_says_what_an_independent_classifier_reads(studio,
     samples = pixelrnn.sample(studio.registry.load("tiny-rgb"), 4, y=3, seed=5)  # what Generate drew
     read = (samples.sum((1, 2, 3)) % 10).tolist()
     names = studio.registry.spec("tiny-rgb").class_names
-    others = ", ".join(f"#{k + 1} as {names[label]!r}" for k, label in enumerate(read) if label != 3)
+    others = "; ".join(f"#{k + 1} as {names[label]!r}" for k, label in enumerate(read) if label != 3)
     assert others, "the stand-in should read some samples as another class"
     assert (f"An independent classifier (75.0% on the test split) reads {read.count(3)} of 4 as 'cat' ({others}); "
             "its card: 33% of samples show their class at temperature 1.") in status
@@ -547,6 +547,27 @@ def test_complete_keeps_known_pixels_with_smc(studio):
     known = images.upscale(images.to_rgb(ui.uploads.prepare_image(background, RGB).pixels, 256), scale)
     cell = image[:, 32 * scale + GAP_PX: 2 * 32 * scale + GAP_PX]  # first completion
     assert np.array_equal(cell[: 8 * scale], known[: 8 * scale])  # rows above the hole are unchanged
+
+
+def test_complete_says_what_the_classifier_reads_in_each_completion(studio, monkeypatch):
+    monkeypatch.setattr(ui.cards, "classifier_of", lambda dataset: (ByBrightness(), 0.75))
+    background = np.asarray(Image.open(ui.ASSETS_DIR / "cifar_cat.png").convert("RGBA"))
+    editor = {"background": background, "layers": [painted_layer((256, 256), (0, 128, 256, 256))]}
+    names, scale = studio.registry.spec("tiny-rgb").class_names, ui.pictures.display_scale(32, 32)
+    for label in (ui.AUTO_CLASS, "cat"):
+        image, _, status = final_frame(studio.sampling.complete("tiny-rgb", editor, label, "plain", 4, 3, 1.0, 2, 0))
+        drawn = (status.split("draws its class from it: ")[1].split(".")[0].split(", ") if label == ui.AUTO_CLASS
+                 else ["cat"] * 3)
+        width = 32 * scale + GAP_PX  # the tile: the original, then each completion
+        levels = [image[: 32 * scale, k * width : k * width + 32 * scale][::scale, ::scale] for k in (1, 2, 3)]
+        read = [names[int(cell.astype(np.int64).sum()) % 10] for cell in levels]  # what ByBrightness reads
+        hits = sum(r == d for r, d in zip(read, drawn, strict=True))
+        assert f"An independent classifier (75.0% on the test split) reads {hits} of 3 as " in status
+        misses = [f"#{k + 1} as {r!r}" + (f", drawn for {d!r}" if label == ui.AUTO_CLASS else "")
+                  for k, (r, d) in enumerate(zip(read, drawn)) if r != d]
+        assert misses and all(miss in status for miss in misses)
+        assert label != ui.AUTO_CLASS or len(set(drawn)) > 1  # the untrained model's posterior: classes differ
+        assert "its card" not in status  # the card's rate is about samples, not completions
 
 
 def test_inspect_and_pixel(studio):

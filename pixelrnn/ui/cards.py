@@ -65,24 +65,25 @@ def classifier_of(dataset: str) -> tuple[Classifier, float | None] | None:
     return classifier, as_number(metrics.get("test_accuracy"))
 
 
-def class_check(spec: ModelSpec, images: torch.Tensor, y: int, on_class: Any = None) -> str:
-    """What an independent classifier reads in samples drawn for class y (images (n, C, H, W) levels): a sentence
-    for Generate's status, with the model's measured on-class rate (metrics.json "on_class") where recorded; "" where
-    no classifier fits the model's images."""
+def class_check(spec: ModelSpec, images: torch.Tensor, labels: list[int], on_class: Any = None) -> str:
+    """What an independent classifier reads in images (n, C, H, W) drawn for classes `labels` (one each): a
+    sentence for a status line, with the model's measured on-class rate (metrics.json "on_class") where given; ""
+    where no classifier fits the model's images."""
     found = classifier_of(spec.dataset) if spec.dataset else None
     if found is None or (found[0].channels, found[0].levels) != (spec.channels, spec.levels):
         return ""
     classifier, accuracy = found
-    read = predict(classifier, images.cpu()).tolist()
-    names, hits = spec.class_names, sum(label == y for label in read)
-    others = [f"#{k + 1} as {names[label]!r}" for k, label in enumerate(read) if label != y]
+    read, names, one = predict(classifier, images.cpu()).tolist(), spec.class_names, len(set(labels)) == 1
+    misses = [f"#{k + 1} as {names[got]!r}" + ("" if one else f", drawn for {names[wanted]!r}")
+              for k, (got, wanted) in enumerate(zip(read, labels, strict=True)) if got != wanted]
+    target = repr(names[labels[0]]) if one else "the class it was drawn for"
     skill = f" ({accuracy:.1%} on the test split)" if accuracy is not None else ""
     recorded = on_class if isinstance(on_class, dict) else {}
     rate, temperature = as_number(recorded.get("rate")), as_number(recorded.get("temperature")) or 1.0
     measured = (f"; its card: {rate:.0%} of samples show their class at temperature {temperature:g}"
                 if rate is not None else "")
-    return (f" An independent classifier{skill} reads {hits} of {len(read)} as {names[y]!r}"
-            + (f" ({', '.join(others)})" if others else "") + f"{measured}.")
+    return (f" An independent classifier{skill} reads {len(read) - len(misses)} of {len(read)} as {target}"
+            + (f" ({'; '.join(misses)})" if misses else "") + f"{measured}.")
 
 
 def maps_of(model: Model, x: torch.Tensor, y: int | None) -> dict[str, np.ndarray]:

@@ -65,8 +65,8 @@ class SamplingTabs:
 
         def summary(step: pixelrnn.Step) -> str:
             what = f" of class {spec.class_names[y]!r}" if y is not None else ""
-            check = "" if y is None else class_check(spec, step.image, y, self.registry.entry(model_name).metrics
-                                                     .get("on_class"))
+            check = "" if y is None else class_check(spec, step.image, [y] * n, self.registry.entry(model_name)
+                                                     .metrics.get("on_class"))
             return (f"Generated {n} sample{'s' if n > 1 else ''}{what} with `{model_name}` in "
                     f"{time.monotonic() - start:.1f} s (seed {seed}, temperature {temperature:g}, "
                     f"{recording.method} sampler).{check}")
@@ -139,6 +139,8 @@ class SamplingTabs:
                 text = (f"{n} {how} completion{'s' if n > 1 else ''} of {int(mask.sum())} pixels with `{model_name}` in "
                         f"{time.monotonic() - start:.1f} s (seed {seed}). Left: the original, the region to regenerate "
                         f"in red.{auto}")
+                if y is not None:  # the class given, or each completion's drawn from the posterior
+                    text += class_check(spec, step.image, y.tolist() if torch.is_tensor(y) else [y] * n)
                 if smc and step is not None and step.ess:
                     ess = torch.stack([e.float().cpu() for e in step.ess]).mean()
                     text += f" Mean effective sample size per row: {float(ess):.1f} of {k}."
