@@ -1,4 +1,5 @@
-"""An image's likelihood under a model, and model cards and the models table."""
+"""An image's likelihood under a model, what an independent classifier reads in samples, and model cards and the
+models table."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def auto_classes(model: Model, x: torch.Tensor, mask: np.ndarray, names: tuple[s
 @functools.cache
 def classifier_of(dataset: str) -> tuple[Classifier, float | None] | None:
     """The independent classifier of a data set (checkpoints/classifiers/DATASET, `pixelrnn.classify`) and its test
-    accuracy; None where there is none or it cannot be read (Generate then says nothing of it)."""
+    accuracy; None where there is none or it cannot be read (the status then says nothing of it)."""
     folder = CLASSIFIERS_DIR / dataset
     if not (folder / "model.safetensors").is_file():
         return None
