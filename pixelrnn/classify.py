@@ -150,6 +150,18 @@ def on_class_rate(model: Model, classifier: Classifier, per_class: int = ON_CLAS
             "samples_per_class": per_class, "temperature": temperature, "seed": seed}
 
 
+def measure_on_class(model: Model, dataset: str, classifiers: Path = CLASSIFIERS_DIR,
+                     per_class: int = ON_CLASS_SAMPLES, temperature: float = 1.0) -> dict:
+    """`on_class_rate` with the classifier of `dataset` (mnist, cifar10), and which classifier that was: metrics.json's
+    "on_class". CheckpointError if the classifier folder does not hold one."""
+    classifier, classifier_metrics = load_classifier(classifiers / dataset)
+    start = time.perf_counter()
+    result = on_class_rate(model, classifier, per_class, temperature)
+    return {**result, "classifier": f"classifiers/{dataset}",
+            "classifier_test_accuracy": classifier_metrics.get("test_accuracy"),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
 def rate_checkpoint(folder: Path, classifiers: Path = CLASSIFIERS_DIR, per_class: int = ON_CLASS_SAMPLES,
                     update: bool = False, temperature: float = 1.0) -> dict:
     """The on-class rate of a checkpoint folder, with the classifier of its data set; `update` writes it into
@@ -160,12 +172,7 @@ def rate_checkpoint(folder: Path, classifiers: Path = CLASSIFIERS_DIR, per_class
     dataset = str(metrics.get("dataset", ""))
     if dataset not in ("mnist", "cifar10"):
         raise ValueError(f"{folder}: on-class rates exist for class-conditional MNIST and CIFAR-10 models")
-    classifier, classifier_metrics = load_classifier(classifiers / dataset)
-    start = time.perf_counter()
-    result = on_class_rate(load_folder(folder), classifier, per_class, temperature)
-    result.update({"classifier": f"classifiers/{dataset}",
-                   "classifier_test_accuracy": classifier_metrics.get("test_accuracy"),
-                   "seconds": round(time.perf_counter() - start, 1)})
+    result = measure_on_class(load_folder(folder), dataset, classifiers, per_class, temperature)
     if update:
         (folder / "metrics.json").write_text(json.dumps({**metrics, "on_class": result}, indent=1))
         write_model_card(folder)

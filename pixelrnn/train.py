@@ -1,7 +1,8 @@
 """Train a PixelRNN: `python -m pixelrnn.train --arch diagonal_bilstm --dataset binarized_mnist --minutes 5`.
 
 Writes OUT/config.json + model.safetensors (PyTorchModelHubMixin), metrics.json (test NLL on
-the full test split in the paper's unit), samples.png, and training_state.safetensors/.json
+the full test split in the paper's unit; a class-conditional run's on-class rate), samples.png,
+and training_state.safetensors/.json
 to resume from (`--resume`). Runs under `torchrun --nproc_per_node N` with
 DistributedDataParallel: each step's global batch is split across the processes.
 
@@ -25,6 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pixelrnn.card import write_model_card
+from pixelrnn.checkpoints import CheckpointError
+from pixelrnn.classify import ON_CLASS_SAMPLES, measure_on_class
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR
 from pixelrnn.evaluate import mean_nll
 from pixelrnn.generate import image_grid
@@ -91,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-images", type=int, default=2000, help="random validation images per evaluation (0: all)")
     p.add_argument("--test-limit", type=int, default=0, help="final evaluation on the first N only (0: all)")
     p.add_argument("--samples", type=int, default=16, help="samples drawn into samples.png (0: none)")
+    p.add_argument("--on-class", type=int, default=ON_CLASS_SAMPLES, help="--conditional: samples per class drawn "
+                   "at the end to measure the on-class rate with checkpoints/classifiers (pixelrnn.classify; 0: none)")
     p.add_argument("--out", type=Path, default=Path("runs/model"))
     p.add_argument("--resume", action="store_true", help="continue from OUT's training state")
     p.add_argument("--seed", type=int, default=0)
@@ -322,6 +327,11 @@ def final_metrics(run: Run, stopped: str) -> dict:
         test_nll = mean_nll(model, splits.test_x, splits.test_y, 500, run.device, run.rank, run.world, progress=show)
         metrics.update({"test_nll_nats": test_nll, "test_bits_per_dim": bits_per_dim(test_nll, run.dims),
                         "test_images": len(splits.test_x)})
+        if args.conditional and args.on_class and run.is_main:  # does "pick a class" give the class?
+            try:
+                metrics["on_class"] = measure_on_class(model, args.dataset, per_class=args.on_class)
+            except CheckpointError as err:
+                print(f"on-class rate not measured: {err}")
     return metrics
 
 

@@ -14,6 +14,7 @@ from conftest import fit
 from safetensors.torch import load_file, save_file
 
 import pixelrnn
+from pixelrnn import classify
 from pixelrnn.data import DEFAULT_DATA_DIR, load_split
 from pixelrnn.train import main as train_main
 
@@ -112,7 +113,7 @@ def test_real_binarized_mnist_split():
 def run_train(tmp_path, out, *extra):
     return train_main(["--data-dir", str(tmp_path), "--out", str(out), "--hidden", "4", "--layers", "1",
                        "--out-hidden", "8", "--batch-size", "8", "--eval-every", "2", "--eval-images", "8",
-                       "--no-progress", "--device", "cpu", *extra])
+                       "--no-progress", "--device", "cpu", "--on-class", "2", *extra])
 
 
 def test_training_cli_writes_a_loadable_checkpoint_and_resumes(tmp_path):
@@ -207,6 +208,14 @@ def test_training_cli_datasets(tmp_path, extra):
     digits = 2 if unit == "nats" else 3
     card = (tmp_path / "run" / "README.md").read_text()
     assert f"| this checkpoint, validation split | {valid:.{digits}f} " in card  # the card reads what training wrote
+    if "--conditional" in extra:  # measured on the shipped weights with the data set's classifier, in the card
+        on_class = metrics["on_class"]
+        assert on_class["samples_per_class"] == 2 and on_class["classifier"] == f"classifiers/{extra[1]}"
+        again = classify.measure_on_class(shipped, extra[1], per_class=2)  # the same samples, the same verdicts
+        assert {**on_class, "seconds": None} == {**again, "seconds": None}
+        assert f"**{on_class['rate']:.1%}**" in card
+    else:
+        assert "on_class" not in metrics
 
 
 def test_ddp_two_processes_match_one_process(tmp_path):
