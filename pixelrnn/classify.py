@@ -137,15 +137,17 @@ def on_class_rate(model: Model, classifier: Classifier, per_class: int = ON_CLAS
     num_classes = (model.small if isinstance(model, MultiScalePixelRNN) else model).num_classes
     if not num_classes:
         raise ValueError("the model is not class-conditional")
+    if per_class < 1:
+        raise ValueError(f"samples per class must be at least 1, got {per_class}")
     requested = torch.arange(num_classes).repeat_interleave(per_class)
     hits = []
     for k in tqdm(range(0, len(requested), batch), desc="on-class samples", leave=False):
         labels = requested[k : k + batch]
         images = sample(model, len(labels), y=labels, temperature=temperature, seed=seed + k)
         hits.append(predict(classifier, images.cpu()) == labels)
-    hits = torch.cat(hits)
-    per = hits.float().view(num_classes, per_class).mean(1)
-    interval = [round(v, 4) for v in wilson_interval(int(hits.sum()), len(hits))]
+    hit = torch.cat(hits)  # (classes * per_class,) bool
+    per = hit.float().view(num_classes, per_class).mean(1)
+    interval = [round(v, 4) for v in wilson_interval(int(hit.sum()), len(hit))]
     return {"rate": per.mean().item(), "interval": interval, "per_class": [round(v, 4) for v in per.tolist()],
             "samples_per_class": per_class, "temperature": temperature, "seed": seed}
 

@@ -52,6 +52,14 @@ from pixelrnn.training import (
 )
 
 
+def count(text: str) -> int:
+    """An argparse type: a whole number >= 0 (what is drawn at the end of a run is checked before it starts)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help="JSON file of defaults (keys: these options' names); flags override")
@@ -93,8 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=500, help="steps between validation evaluations")
     p.add_argument("--eval-images", type=int, default=2000, help="random validation images per evaluation (0: all)")
     p.add_argument("--test-limit", type=int, default=0, help="final evaluation on the first N only (0: all)")
-    p.add_argument("--samples", type=int, default=16, help="samples drawn into samples.png (0: none)")
-    p.add_argument("--on-class", type=int, default=ON_CLASS_SAMPLES, help="--conditional: samples per class drawn "
+    p.add_argument("--samples", type=count, default=16, help="samples drawn into samples.png (0: none)")
+    p.add_argument("--on-class", type=count, default=ON_CLASS_SAMPLES, help="--conditional: samples per class drawn "
                    "at the end to measure the on-class rate with checkpoints/classifiers (pixelrnn.classify; 0: none)")
     p.add_argument("--out", type=Path, default=Path("runs/model"))
     p.add_argument("--resume", action="store_true", help="continue from OUT's training state")

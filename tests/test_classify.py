@@ -66,6 +66,10 @@ def test_classifier_training_rating_the_card_and_evaluate(tmp_path, capsys):
         classify.main(["rate", str(tmp_path / "cond"), "--classifiers", str(tmp_path / "classifiers"), "--temperature",
                        "0.5", "--update"])
     assert "temperature 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        classify.main(["rate", str(tmp_path / "cond"), "--classifiers", str(tmp_path / "classifiers"), "--per-class",
+                       "0"])
+    assert "at least 1" in capsys.readouterr().err
 
     assert evaluate_main([str(tmp_path / "cond"), "--data-dir", str(tmp_path), "--on-class",
                           "--classifiers", str(tmp_path / "classifiers")]) == 0

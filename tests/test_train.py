@@ -341,6 +341,16 @@ def test_config_file_sets_defaults_flags_override_and_unknown_keys_fail(tmp_path
         parse_args(["--config", str(config)])
 
 
+@pytest.mark.parametrize("flag", ["--on-class", "--samples"])
+def test_what_a_run_draws_at_its_end_is_checked_before_it_starts(flag, capsys):
+    from pixelrnn.train import parse_args
+
+    assert getattr(parse_args([flag, "0"]), flag[2:].replace("-", "_")) == 0
+    with pytest.raises(SystemExit):
+        parse_args([flag, "-1"])
+    assert "must be >= 0, got -1" in capsys.readouterr().err
+
+
 def test_model_sizes_default_to_the_papers_per_dataset():
     from pixelrnn.train import model_config, parse_args
 
