@@ -88,12 +88,18 @@ def paint_bottom_half(page, elem_id: str) -> None:
 
 
 def upload_to_editor(page, elem_id: str, path) -> None:
+    """Upload `path` into an image editor and wait until its canvas shows it and holds still: painting before the
+    editor has drawn and zoomed the image is lost. (Its zoom level is no sign: two images of one size share it.)"""
     page.wait_for_selector(f"#{elem_id} input[type=file]", state="attached")
-    zoom = page.locator(f"#{elem_id} .zoom-number").inner_text()
+    canvas = page.locator(f"#{elem_id} canvas").first
+    before = canvas.screenshot()
     page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
-    # the editor zooms to fit once the image is drawn: painting before that is lost
-    page.wait_for_function(f"document.querySelector('#{elem_id} .zoom-number')?.innerText !== {zoom!r}")
-    page.wait_for_timeout(300)
+    shots = [before]
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while shots[-1] == before or len(shots) < 3 or shots[-1] != shots[-2]:
+        assert time.monotonic() < deadline, f"the editor never showed {path.name}"
+        page.wait_for_timeout(250)
+        shots.append(canvas.screenshot())
 
 
 def test_generate(page):
@@ -221,28 +227,42 @@ def test_a_new_input_clears_finished_results_and_leaves_a_running_stream_alone(p
     """Defect (CI): the editor reports a brush stroke late, sometimes after Run; the clear it set off landed
     mid-stream and took the completions away, and the stream's last frames (which skip unchanged outputs) did not
     bring them back: the summary stood next to no image. Now a change reported while a stream runs leaves it alone,
-    and one reported after the run clears its results."""
+    and one reported after the run clears its results. (The report of an upload comes seconds late on a busy
+    machine: this test once waited for a summary that a legitimate late clear had taken away.)"""
     complete_with_one_stroke(page, "mnist_2.png", 0)
     upload_to_editor(page, "cmp-editor", ui.ASSETS_DIR / "mnist_7.png")  # after the run: its results go
     page.wait_for_function("document.querySelectorAll('#cmp-image img').length === 0")
     assert page.locator("#cmp-status").inner_text().strip() == ""
     brush_stroke(page, "cmp-editor", 0.5)
-    set_slider(page, "cmp-pace", 6)
+    set_slider(page, "cmp-pace", 10)  # the longest animation: the upload below and its report land within it
     page.click("#cmp-run")
     page.wait_for_function("document.querySelector('#cmp-image img')?.src")
-    # from here on, note whether the completions ever leave the page
+    # from here on, note each time the completions leave the page, with the status line they left under
     page.evaluate("""() => {
-        const box = document.querySelector('#cmp-image');
-        window.completionsLeft = false;
-        new MutationObserver(() => { if (!box.querySelector('img')) window.completionsLeft = true; })
-            .observe(box, {childList: true, subtree: true});
+        const box = document.querySelector('#cmp-image'), status = document.querySelector('#cmp-status');
+        let shown = true, lastStatus = status.innerText;
+        window.clearedUnder = [];
+        new MutationObserver(() => {
+            if (status.innerText.trim()) lastStatus = status.innerText.trim();
+            const now = Boolean(box.querySelector('img'));
+            if (shown && !now) window.clearedUnder.push(lastStatus);
+            shown = now;
+        }).observe(document.querySelector('#tab-complete'), {childList: true, subtree: true, characterData: true});
     }""")
-    upload_to_editor(page, "cmp-editor", ui.ASSETS_DIR / "mnist_2.png")  # reported while the stream runs
+    # a new image while the stream runs (not waiting for the editor to draw it: nothing is painted on it)
+    page.locator("#cmp-editor input[type=file]").set_input_files(str(ui.ASSETS_DIR / "mnist_2.png"))
     page.wait_for_timeout(1000)
     assert page.locator("#cmp-status").inner_text().endswith("…")  # the stream was still running
-    page.wait_for_function("document.querySelector('#cmp-status')?.innerText.includes('plain completion')")
-    assert page.locator("#cmp-image img").get_attribute("src")
-    assert not page.evaluate("window.completionsLeft")
+    page.wait_for_function("document.querySelector('#cmp-status')?.innerText.includes('plain completion')"
+                           " || window.clearedUnder.length")
+    page.wait_for_timeout(1000)  # time for a report that comes late, after the stream
+    cleared_under = page.evaluate("window.clearedUnder")
+    # the editor reports the upload some time later: while the stream runs (usually), its results must stay;
+    # after the stream (a busy machine), they go, as after any run
+    assert not any(status.endswith("…") for status in cleared_under), cleared_under
+    if not cleared_under:
+        assert page.locator("#cmp-image img").get_attribute("src")
+        assert "plain completion" in page.locator("#cmp-status").inner_text()
 
 
 def click_pixel(page, elem_id: str, row: int, col: int) -> None:
