@@ -164,6 +164,13 @@ def measure_on_class(model: Model, dataset: str, classifiers: Path = CLASSIFIERS
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+def describe(result: dict) -> str:
+    """One line for a measured on-class rate ("on_class"): the rate, its 95% interval, samples and temperature."""
+    low, high = result["interval"]
+    return (f"on-class rate {result['rate']:.1%} (95% interval {low:.1%}-{high:.1%}; {result['samples_per_class']} "
+            f"samples per class at temperature {result['temperature']:g})")
+
+
 def rate_checkpoint(folder: Path, classifiers: Path = CLASSIFIERS_DIR, per_class: int = ON_CLASS_SAMPLES,
                     update: bool = False, temperature: float = 1.0) -> dict:
     """The on-class rate of a checkpoint folder, with the classifier of its data set; `update` writes it into
@@ -212,11 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:  # not a class-conditional MNIST / CIFAR-10 checkpoint, or --update at T != 1
             p.error(str(err))
         per = " ".join(f"{v:.0%}" for v in result["per_class"])
-        low, high = result["interval"]
-        print(f"{folder.name}: on-class rate {result['rate']:.1%} (95% interval {low:.1%}-{high:.1%}; "
-              f"{result['samples_per_class']} samples per class at "
-              f"temperature {result['temperature']:g}; per class {per}; classifier test accuracy "
-              f"{result['classifier_test_accuracy']:.2%})" + (" (written)" if args.update else ""))
+        print(f"{folder.name}: {describe(result)}; per class {per}; classifier test accuracy "
+              f"{result['classifier_test_accuracy']:.2%}" + (" (written)" if args.update else ""))
     return 0
 
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from pixelrnn.card import write_model_card
 from pixelrnn.checkpoints import load_folder, read_json, recorded_nll
-from pixelrnn.classify import CLASSIFIERS_DIR, rate_checkpoint
+from pixelrnn.classify import CLASSIFIERS_DIR, describe, rate_checkpoint
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, binarize, load_split
 from pixelrnn.model import Model, MultiScalePixelRNN, bits_per_dim
 from pixelrnn.training import TEST_BINARIZATION_SEED
@@ -60,9 +60,7 @@ def on_class(folder: Path, recorded: dict | None, update: bool, classifiers: Pat
     measured = rate_checkpoint(folder, classifiers, update=update)
     before = recorded.get("rate") if isinstance(recorded, dict) else None
     same = before is not None and math.isclose(measured["rate"], before, abs_tol=1e-9)
-    low, high = measured["interval"]
-    print(f"{folder.name}: on-class rate {measured['rate']:.1%} (95% interval {low:.1%}-{high:.1%}; "
-          f"{measured['samples_per_class']} samples per class); "
+    print(f"{folder.name}: {describe(measured)}; "
           f"recorded {before} ({'equal' if same else 'updated' if update else 'DIFFERENT'})")
     return same or update
 

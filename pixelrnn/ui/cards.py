@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import pixelrnn
-from pixelrnn.card import ARCH_NAMES, DATASET_INFO, PAPER_RESULTS, device_text, format_duration
+from pixelrnn.card import ARCH_NAMES, DATASET_INFO, PAPER_RESULTS, device_text, format_duration, on_class_facts
 from pixelrnn.checkpoints import LEARNING_CURVE, SAMPLES, CheckpointError, as_number, recorded_nll
 from pixelrnn.classify import CLASSIFIERS_DIR, Classifier, load_classifier, predict
 from pixelrnn.model import Model
@@ -79,10 +79,9 @@ def class_check(spec: ModelSpec, images: torch.Tensor, labels: list[int], on_cla
               for k, (got, wanted) in enumerate(zip(read, labels, strict=True)) if got != wanted]
     target = repr(names[labels[0]]) if one else "the class it was drawn for"
     skill = f" ({accuracy:.1%} on the test split)" if accuracy is not None else ""
-    recorded = on_class if isinstance(on_class, dict) else {}
-    rate, temperature = as_number(recorded.get("rate")), as_number(recorded.get("temperature")) or 1.0
-    measured = (f"; its card: {rate:.0%} of samples show their class at temperature {temperature:g}"
-                if rate is not None else "")
+    facts = on_class_facts(on_class)
+    measured = (f"; its card: {facts['rate']} of samples show their class at temperature {facts['temperature']}"
+                if facts else "")
     return (f" An independent classifier{skill} reads {len(read) - len(misses)} of {len(read)} as {target}"
             + (f" ({'; '.join(misses)})" if misses else "") + f"{measured}.")
 
