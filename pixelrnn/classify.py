@@ -4,7 +4,8 @@
     python -m pixelrnn.classify rate checkpoints/NAME          # on-class rate of a class-conditional checkpoint
 
 The on-class rate of a class-conditional model: draw `per_class` samples of every class at temperature 1 and
-count how many the classifier assigns to the class they were drawn for (per class and overall). The classifier
+count how many the classifier assigns to the class they were drawn for (per class and overall; a sample flatter
+than every training image, such as a blank, is assigned to none). The classifier
 is trained here on the training split only and never sees samples; its test accuracy bounds what the rate can
 show. `--update` writes the rate into the checkpoint's metrics.json and card.
 """
@@ -34,16 +35,19 @@ from pixelrnn.sampling import sample
 CLASSIFIERS_DIR = CHECKPOINTS_DIR / "classifiers"
 WIDTH = {"mnist": 16, "cifar10": 32}  # the first conv block's channels: enough for ~99% on MNIST; CIFAR needs more
 ON_CLASS_SAMPLES = 50  # per class
+NO_CLASS = -1  # what `predict` reads in an image flatter than any training image (a blank is no digit)
 Z_95 = 1.959964  # the standard normal's 97.5% quantile: two-sided 95% intervals
 
 
 class Classifier(nn.Module):
     """A small CNN on integer levels (B, C, H, W): three conv blocks (width, 2 width, 4 width channels), global
-    pooling, a linear layer."""
+    pooling, a linear layer. `min_contrast`: the flattest training image's `contrast`; `predict` reads flatter
+    images as NO_CLASS, since a CNN trained on digits confidently calls a blank image a 1."""
 
-    def __init__(self, channels: int, levels: int, num_classes: int = 10, width: int = 32):
+    def __init__(self, channels: int, levels: int, num_classes: int = 10, width: int = 32, min_contrast: float = 0.0):
         super().__init__()
         self.channels, self.levels, self.num_classes, self.width = channels, levels, num_classes, width
+        self.min_contrast = min_contrast
         blocks, features = [], channels
         for k in range(3):
             out = width * 2**k
@@ -58,14 +62,21 @@ class Classifier(nn.Module):
         return self.head(self.body(scale_pixels(x, self.levels)))
 
     def config(self) -> dict:
-        return {"channels": self.channels, "levels": self.levels, "num_classes": self.num_classes, "width": self.width}
+        return {"channels": self.channels, "levels": self.levels, "num_classes": self.num_classes, "width": self.width,
+                "min_contrast": self.min_contrast}
+
+
+def contrast(images: Tensor, levels: int) -> Tensor:
+    """The standard deviation of each image's pixels on a 0..1 scale, (N,): 0 for a blank image."""
+    return (images.float() / (levels - 1)).flatten(1).std(1)
 
 
 @torch.no_grad()
 def predict(classifier: Classifier, images: Tensor, batch_size: int = 500) -> Tensor:
-    """-> the most likely class of each image, (N,)."""
+    """-> the most likely class of each image, (N,); NO_CLASS for an image flatter than every training image."""
     classifier.eval()
-    return torch.cat([classifier(images[k : k + batch_size]).argmax(1) for k in range(0, len(images), batch_size)])
+    labels = torch.cat([classifier(images[k : k + batch_size]).argmax(1) for k in range(0, len(images), batch_size)])
+    return labels.masked_fill(contrast(images, classifier.levels) < classifier.min_contrast, NO_CLASS)
 
 
 def train_classifier(dataset: str, data_dir: Path, epochs: float, batch_size: int = 64, lr: float = 2e-3,
@@ -75,7 +86,8 @@ def train_classifier(dataset: str, data_dir: Path, epochs: float, batch_size: in
     x, y = load_split(dataset, "train", data_dir)
     test_x, test_y = load_split(dataset, "test", data_dir)
     torch.manual_seed(seed)
-    classifier = Classifier(info.channels, info.levels, info.num_classes, WIDTH[dataset])
+    min_contrast = contrast(x, info.levels).min().item()
+    classifier = Classifier(info.channels, info.levels, info.num_classes, WIDTH[dataset], min_contrast)
     steps = int(epochs * len(x) / batch_size)
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)

@@ -10,15 +10,17 @@ from test_train import run_train, write_fixture_data
 
 import pixelrnn
 from pixelrnn import classify
+from pixelrnn.data import load_split
 from pixelrnn.evaluate import main as evaluate_main
 
 
 class Always(torch.nn.Module):
-    """A stand-in classifier that assigns every image to one class."""
+    """A stand-in classifier that assigns every image to one class (of 4-level images flatter than `min_contrast`:
+    none)."""
 
-    def __init__(self, label: int):
+    def __init__(self, label: int, min_contrast: float = 0.0):
         super().__init__()
-        self.label = label
+        self.label, self.levels, self.min_contrast = label, 4, min_contrast
 
     def forward(self, x):
         return torch.nn.functional.one_hot(torch.full((len(x),), self.label), 10).float()
@@ -30,6 +32,8 @@ def test_on_class_rate_counts_each_sample_against_the_class_it_was_drawn_for():
     assert result["per_class"] == [0.0, 0.0, 0.0, 1.0] + [0.0] * 6 and abs(result["rate"] - 0.1) < 1e-6
     assert result["samples_per_class"] == 4 and result["temperature"] == 1.0
     assert result["interval"] == [round(v, 4) for v in classify.wilson_interval(4, 40)]
+    # an image flatter than the classifier's floor is no class: here (a floor above any image's contrast) all are
+    assert classify.on_class_rate(model, Always(3, min_contrast=1.0), per_class=4)["rate"] == 0.0
 
 
 def test_wilson_interval_is_the_textbook_one_and_covers_95_percent():
@@ -48,11 +52,15 @@ def test_classifier_training_rating_the_card_and_evaluate(tmp_path, capsys):
     assert 0.0 <= accuracy <= 1.0
     classify.save_classifier(classifier, tmp_path / "classifiers" / "mnist", {"test_accuracy": accuracy})
     loaded, metrics = classify.load_classifier(tmp_path / "classifiers" / "mnist")
-    x = torch.randint(0, 256, (5, 1, 28, 28))
+    x = torch.cat([torch.randint(0, 256, (5, 1, 28, 28)), torch.zeros(1, 1, 28, 28, dtype=torch.long)])
     assert torch.equal(classify.predict(loaded, x), classify.predict(classifier, x)) and metrics["test_accuracy"] == accuracy
+    # the floor: the flattest training image is read, a blank one (flatter) is not; the saved classifier keeps it
+    train_x = load_split("mnist", "train", tmp_path)[0]
+    assert loaded.min_contrast == classify.contrast(train_x, 256).min().item() > 0
+    assert (classify.predict(loaded, train_x) != classify.NO_CLASS).all() and classify.predict(loaded, x)[-1] == -1
 
     run_train(tmp_path, tmp_path / "cond", "--arch", "pixelcnn", "--dataset", "mnist", "--conditional", "--max-steps", "1")
-    result = classify.rate_checkpoint(tmp_path / "cond", tmp_path / "classifiers", per_class=2, update=True)
+    result = classify.rate_checkpoint(tmp_path / "cond", tmp_path / "classifiers", update=True)  # as evaluate re-measures it
     recorded = json.loads((tmp_path / "cond" / "metrics.json").read_text())["on_class"]
     assert recorded["rate"] == result["rate"] and len(recorded["per_class"]) == 10
     card = (tmp_path / "cond" / "README.md").read_text()

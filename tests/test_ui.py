@@ -470,7 +470,7 @@ class ByBrightness(torch.nn.Module):
     """A stand-in CIFAR-10 classifier that reads an image's class off its total brightness: its verdict depends on
     which images it is shown."""
 
-    channels, levels = 3, 256
+    channels, levels, min_contrast = 3, 256, 0.0
 
     def forward(self, x):
         return torch.nn.functional.one_hot(x.sum((1, 2, 3)) % 10, 10).float()
@@ -547,6 +547,20 @@ def test_complete_keeps_known_pixels_with_smc(studio):
     known = images.upscale(images.to_rgb(ui.uploads.prepare_image(background, RGB).pixels, 256), scale)
     cell = image[:, 32 * scale + GAP_PX: 2 * 32 * scale + GAP_PX]  # first completion
     assert np.array_equal(cell[: 8 * scale], known[: 8 * scale])  # rows above the hole are unchanged
+
+
+def test_the_status_says_when_a_sample_is_too_flat_for_any_class(studio, monkeypatch):
+    """Defect: the MNIST classifier calls a blank image a 1, so a blank sample drawn for 1 counted as on class."""
+    floored = ByBrightness()
+    floored.min_contrast = 0.01
+    monkeypatch.setattr(ui.cards, "classifier_of", lambda dataset: (floored, 0.75))
+    textured = torch.randint(0, 256, (3, 32, 32), generator=torch.Generator().manual_seed(0))
+    images = torch.stack([torch.zeros(3, 32, 32, dtype=torch.long), textured])
+    names = studio.registry.spec("tiny-rgb").class_names
+    status = ui.cards.class_check(studio.registry.spec("tiny-rgb"), images, [0, 0])  # a blank reads as 0 unfloored
+    read = names[int(textured.sum()) % 10]
+    assert status.startswith(f" An independent classifier (75.0% on the test split) reads {int(read == names[0])}"
+                             " of 2 as 'airplane' (#1 as none (nearly blank)")
 
 
 def test_complete_says_what_the_classifier_reads_in_each_completion(studio, monkeypatch):

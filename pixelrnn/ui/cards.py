@@ -17,7 +17,7 @@ import torch
 import pixelrnn
 from pixelrnn.card import ARCH_NAMES, DATASET_INFO, PAPER_RESULTS, device_text, format_duration, on_class_facts
 from pixelrnn.checkpoints import LEARNING_CURVE, SAMPLES, CheckpointError, as_number, recorded_nll
-from pixelrnn.classify import CLASSIFIERS_DIR, Classifier, load_classifier, predict
+from pixelrnn.classify import CLASSIFIERS_DIR, NO_CLASS, Classifier, load_classifier, predict
 from pixelrnn.model import Model
 from pixelrnn.ui.registry import ModelEntry, Registry
 from pixelrnn.ui.settings import REPO_ROOT
@@ -75,7 +75,8 @@ def class_check(spec: ModelSpec, images: torch.Tensor, labels: list[int], on_cla
         return ""
     classifier, accuracy = found
     read, names, one = predict(classifier, images.cpu()).tolist(), spec.class_names, len(set(labels)) == 1
-    misses = [f"#{k + 1} as {names[got]!r}" + ("" if one else f", drawn for {names[wanted]!r}")
+    misses = [(f"#{k + 1} as {names[got]!r}" if got != NO_CLASS else f"#{k + 1} as none (nearly blank)")
+              + ("" if one else f", drawn for {names[wanted]!r}")
               for k, (got, wanted) in enumerate(zip(read, labels, strict=True)) if got != wanted]
     target = repr(names[labels[0]]) if one else "the class it was drawn for"
     skill = f" ({accuracy:.1%} on the test split)" if accuracy is not None else ""
