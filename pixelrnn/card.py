@@ -164,7 +164,9 @@ def architecture(config: dict, metrics: dict, model_kind: str, factor: Any) -> l
             lines.append(f"multi-scale: a small model ({small} residual layers) on the image subsampled by {factor}, "
                          f"conditioning the large one through a {config.get('cond_channels', '?')}-channel map")
         if config.get("num_classes"):
-            lines.append(f"class-conditional over {config['num_classes']} classes")
+            maps = config.get("class_maps")
+            lines.append(f"class-conditional over {config['num_classes']} classes" + (
+                f", each with a learned {maps}-channel map (a location-dependent bias in every layer)" if maps else ""))
     parameters = metrics.get("parameters") or _count_parameters(config)
     if isinstance(parameters, int):
         lines.append(f"{parameters:,} parameters")

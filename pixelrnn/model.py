@@ -62,7 +62,8 @@ class ModelConfig:
     width; skip: skip connections from every layer to the output (Sec. 3.3); num_classes: class-conditional when
     set; factor: a Multi-Scale PixelRNN whose small image is (H/factor, W/factor) (Sec. 3.6); cond_channels: width
     of the conditioning map added as a bias in every layer (None: 16 for Multi-Scale, else 0); small_layers: the
-    Multi-Scale small image's model's residual layers (None: `layers`).
+    Multi-Scale small image's model's residual layers (None: `layers`); class_maps: channels of a learned map per
+    class, that conditioning map for a class-conditional model (None: a class adds one vector at every pixel).
     """
 
     arch: str = "diagonal_bilstm"
@@ -79,6 +80,7 @@ class ModelConfig:
     factor: int | None = _limit(None, 64)
     cond_channels: int | None = _limit(None, 1024)
     small_layers: int | None = _limit(None, 64)
+    class_maps: int | None = _limit(None, 64)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -106,6 +108,10 @@ class ModelConfig:
             if self.factor is None:
                 raise ValueError("small_layers is for a Multi-Scale PixelRNN: set factor too")
             _check_positive(small_layers=self.small_layers)
+        if self.class_maps is not None:
+            if self.num_classes is None or self.cond_channels or self.factor is not None:
+                raise ValueError("class_maps is for a single-scale class-conditional model without a conditioning map")
+            _check_positive(class_maps=self.class_maps)
         if self.factor is not None:
             _check_positive(factor=self.factor, cond_channels=self.cond_channels)
             if self.factor < 2 or self.height % self.factor or self.width % self.factor:
@@ -113,8 +119,10 @@ class ModelConfig:
                                  f"got {self.factor}")
 
     def to_dict(self) -> dict[str, Any]:
-        """config.json's contents; `factor` and `small_layers` only when set, as checkpoints before them had."""
-        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("factor", "small_layers")}
+        """config.json's contents; `factor`, `small_layers` and `class_maps` only when set, as checkpoints before
+        them had."""
+        return {k: v for k, v in asdict(self).items()
+                if v is not None or k not in ("factor", "small_layers", "class_maps")}
 
     def too_large(self) -> list[str]:
         """The fields above their limits, as "name = value (at most limit)"."""
@@ -178,6 +186,11 @@ class PixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn", tags=HU
         self.height, self.width, self.num_classes = config.height, config.width, num_classes
         self.hidden, self.skip, self.cond_channels, self.dropout = hidden, config.skip, cond_channels, dropout
 
+        # location-dependent class conditioning (Conditional PixelCNN, van den Oord et al. 2016b, Sec. 2.3): each
+        # class's learned map is the conditioning map every layer's bias projects
+        self.class_maps = (nn.Parameter(torch.zeros(num_classes, config.class_maps, config.height, config.width))
+                           if config.class_maps else None)
+        cond_channels = cond_channels or config.class_maps or 0
         features = 2 * hidden
         groups = channel_groups(features, channels)
         self.input_conv = MaskedConv2d(torch.arange(channels), groups, (7, 7), "A")
@@ -227,6 +240,11 @@ class PixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn", tags=HU
         if self.cond_channels and (cond is None or cond.shape[1:] != (self.cond_channels, *x.shape[2:])):
             raise ValueError(f"this model needs a conditioning map of shape (B, {self.cond_channels}, H, W)")
 
+    def conditioning(self, y: Tensor | None, cond: Tensor | None) -> Tensor | None:
+        """The conditioning map that every layer's bias projects: the one given (the Multi-Scale large model's), or
+        with class maps each image's class's, (B, class_maps, H, W)."""
+        return self.class_maps[y] if self.class_maps is not None else cond
+
     def forward(self, x: Tensor, y: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
         """x: (B, C, H, W) integer levels -> logits (B, levels, C, H, W)."""
         if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):  # checks sync; a CUDA graph cannot
@@ -236,6 +254,7 @@ class PixelRNN(nn.Module, PyTorchModelHubMixin, library_name="pixelrnn", tags=HU
     def forward_scaled(self, inputs: Tensor, y: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
         """`forward` on inputs already scaled to [-1, 1] (B, C, H, W), unchecked: a relaxed, differentiable
         input for maps of what each prediction depends on (pixelrnn.views)."""
+        cond = self.conditioning(y, cond)
         features = self.input_conv(inputs)  # (B, 2h, H, W)
         bias = self.input_bias(y, cond)
         if bias is not None:

@@ -331,6 +331,7 @@ class CachedStepper(Stepper):
         weight = model.input_conv.masked_weight()
         self.pixels = weight.new_zeros(n, model.channels, height + 3, width + 6)  # scaled; pad top 3, sides 3
         self.input_weight = weight[:, :, :4].flatten(1).t().contiguous()  # kernel rows r-3..r
+        cond = model.conditioning(y, cond)
         self.input = _LayerCache(*_bias(model.input_conv.bias, model.input_bias(y, cond)))
         cache = {"pixelcnn": _PixelCNNCache, "row_lstm": _RowLSTMCache, "diagonal_bilstm": _DiagonalCache}[model.arch]
         self.layers = [cache(layer, n, height, width, model.layer_biases[k](y, cond))

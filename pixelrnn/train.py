@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--factor", type=int, default=0, help="Multi-Scale PixelRNN: subsampling factor (e.g. 2)")
     p.add_argument("--small-layers", type=int, default=None,
                    help="Multi-Scale: the small image's layers (default: --layers)")
+    p.add_argument("--class-maps", type=int, default=None,
+                   help="--conditional: a learned map of this many channels per class, a location-dependent bias")
     p.add_argument("--batch-size", type=int, default=16, help="global batch (split across processes)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
@@ -132,6 +134,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
     return paper_config("binarized_mnist" if binarized else args.dataset, args.arch, hidden=args.hidden,
                         layers=args.layers, out_hidden=args.out_hidden, factor=args.factor or None,
                         small_layers=args.small_layers, num_classes=info.num_classes if args.conditional else None,
+                        class_maps=args.class_maps,
                         skip=not args.no_skip, dropout=args.dropout)
 
 

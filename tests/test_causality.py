@@ -58,11 +58,13 @@ CASES = [
     for height, width in ((5, 5), (4, 7), (6, 3))
     for num_classes in (None, 4)
 ]
+# with a learned map per class: a per-pixel bias in every layer, which must not open a path between pixels
+CASES_AND_MAPS = [(*case, None) for case in CASES] + [(arch, 3, 256, 4, 7, 4, 2) for arch in pixelrnn.ARCHS]
 
 
-@pytest.mark.parametrize("arch,channels,levels,height,width,num_classes", CASES)
-def test_no_future_leak_and_no_over_masking(arch, channels, levels, height, width, num_classes):
-    model = make(arch, channels, levels, height, width, num_classes)
+@pytest.mark.parametrize("arch,channels,levels,height,width,num_classes,class_maps", CASES_AND_MAPS)
+def test_no_future_leak_and_no_over_masking(arch, channels, levels, height, width, num_classes, class_maps):
+    model = make(arch, channels, levels, height, width, num_classes, class_maps=class_maps)
     deps = dependencies(model, channels, height, width, levels, y=None if num_classes is None else 2)
     n = deps.shape[0]
     # a sub-pixel never sees itself or anything generated after it
@@ -226,7 +228,7 @@ def test_every_masked_layer_but_the_first_uses_mask_b(arch):
 
 
 @pytest.mark.parametrize("arch", pixelrnn.ARCHS)
-@pytest.mark.parametrize("hparams", [{}, {"num_classes": 3}, {"factor": 2}])
+@pytest.mark.parametrize("hparams", [{}, {"num_classes": 3}, {"factor": 2}, {"num_classes": 3, "class_maps": 2}])
 def test_every_parameter_gets_a_gradient(arch, hparams):
     """Catches a layer that is built but never used (a dropped skip, bias or stream)."""
     model = make(arch, 3, 256, 6, 6, **hparams)

@@ -207,12 +207,13 @@ def test_local_pickle_only_folder_is_refused_without_unpickling(tiny, monkeypatc
     ('{"arch": "row_lstm", "attention_heads": 4}', r"unknown model argument\(s\) \[.attention_heads.\]"),
     ('{"factor": 3, "height": 8, "width": 8}', "factor must be >= 2 and divide"),
     ('{"small_layers": 2}', "small_layers is for a Multi-Scale PixelRNN: set factor too"),
+    ('{"class_maps": 2}', "class_maps is for a single-scale class-conditional model"),
     ("[1, 2, 3]", "expected a JSON object of model arguments, got list"),
     ("{not json", "cannot read JSON"),
     ('{"layers": 1000, "hidden": 4096}', r"too large for pixelrnn: hidden = 4096 \(at most 1024\), layers = 1000"),
     ('{"layers": 64, "hidden": 1024}', r"too large for pixelrnn: 2,551,681,218 parameters \(at most 100,000,000\)"),
-], ids=["arch", "negative", "float", "skip", "unknown-key", "factor", "small-layers", "list", "syntax", "bounds",
-        "parameters"])
+], ids=["arch", "negative", "float", "skip", "unknown-key", "factor", "small-layers", "class-maps", "list", "syntax",
+        "bounds", "parameters"])
 def test_invalid_config(tiny, config, message):
     (tiny[1] / "config.json").write_text(config)
     with pytest.raises(CheckpointError, match=message) as info:
@@ -249,6 +250,22 @@ def test_checkpoints_name_cannot_escape(env, tiny, monkeypatch):
     monkeypatch.chdir(env / "cwd" / "sub")
     with pytest.raises(CheckpointError, match="no model named '../secret'"):
         hub.resolve("../secret")  # not checkpoints/../secret; as a path from the cwd it does not exist
+
+
+def test_class_maps_round_trip_and_make_the_class_bias_depend_on_the_pixel(fake_hub, env):
+    model = tiny_model(num_classes=3, class_maps=2)
+    with torch.no_grad():
+        model.class_maps.normal_()  # trained maps; they start at zero
+    folder = save(model, env / "maps")
+    assert json.loads((folder / "config.json").read_text())["class_maps"] == 2
+    assert "class_maps" not in json.loads((save(tiny_model(), env / "plain") / "config.json").read_text())
+    fake_hub.set_repo("user/maps", files_of(folder))
+    loaded = hub.load("user/maps")
+    x, y = torch.randint(0, 2, (2, 1, 6, 6)), torch.tensor([0, 2])
+    assert torch.equal(model.eval()(x, y), loaded(x, y))
+    bias = loaded.input_bias(y, loaded.conditioning(y, None))  # (2, F, H, W): per class and per pixel
+    assert bias.shape[2:] == (6, 6) and not torch.allclose(bias[..., 0, 0], bias[..., 3, 3])
+    assert not torch.allclose(bias[0], bias[1])
 
 
 @pytest.mark.parametrize("small_layers", [None, 3])

@@ -27,6 +27,8 @@ def make(arch, channels, levels, height=5, width=6, num_classes=None, **hparams)
 CASES = [(arch, channels, levels, num_classes) for arch in pixelrnn.ARCHS
          for channels, levels in ((1, 2), (3, 256)) for num_classes in (None, 3)]
 FAST = ("cached", "compiled")  # the samplers that must equal the reference
+# and a learned map per class (location-dependent class conditioning: a per-pixel bias in every layer)
+CASES_AND_MAPS = [(*case, None) for case in CASES] + [(arch, 3, 256, 3, 2) for arch in pixelrnn.ARCHS]
 
 
 @pytest.fixture
@@ -38,9 +40,9 @@ def eager_compiled(monkeypatch):
 
 @pytest.mark.parametrize("stepper", [CachedStepper, functools.partial(StackedStepper, compile=False)],
                          ids=["cached", "stacked"])
-@pytest.mark.parametrize("arch,channels,levels,num_classes", CASES)
-def test_cached_step_logits_equal_teacher_forced_logits(arch, channels, levels, num_classes, stepper):
-    model = make(arch, channels, levels, num_classes=num_classes)
+@pytest.mark.parametrize("arch,channels,levels,num_classes,class_maps", CASES_AND_MAPS)
+def test_cached_step_logits_equal_teacher_forced_logits(arch, channels, levels, num_classes, class_maps, stepper):
+    model = make(arch, channels, levels, num_classes=num_classes, class_maps=class_maps)
     x = torch.randint(0, levels, (2, channels, 5, 6))
     y = None if num_classes is None else torch.tensor([0, 2])
     with torch.no_grad():
@@ -62,9 +64,10 @@ def test_cached_step_logits_equal_teacher_forced_logits(arch, channels, levels, 
 
 
 @pytest.mark.parametrize("method", FAST)
-@pytest.mark.parametrize("arch,channels,levels,num_classes", CASES)
-def test_cached_and_reference_samples_are_identical(arch, channels, levels, num_classes, method, eager_compiled):
-    model = make(arch, channels, levels, num_classes=num_classes)
+@pytest.mark.parametrize("arch,channels,levels,num_classes,class_maps", CASES_AND_MAPS)
+def test_cached_and_reference_samples_are_identical(arch, channels, levels, num_classes, class_maps, method,
+                                                     eager_compiled):
+    model = make(arch, channels, levels, num_classes=num_classes, class_maps=class_maps)
     y = None if num_classes is None else 1
     reference = pixelrnn.sample(model, 3, y=y, seed=7, method="reference")
     cached = pixelrnn.sample(model, 3, y=y, seed=7, method=method)

@@ -182,7 +182,7 @@ def test_settings_saved_before_an_option_existed_resume_with_its_default(tmp_pat
                   "--resume")
 
 
-@pytest.mark.parametrize("extra", [["--dataset", "mnist", "--conditional", "--arch", "pixelcnn"],
+@pytest.mark.parametrize("extra", [["--dataset", "mnist", "--conditional", "--arch", "pixelcnn", "--class-maps", "2"],
                                    ["--dataset", "mnist", "--binarize", "--arch", "diagonal_bilstm"],
                                    ["--dataset", "cifar10", "--conditional", "--cifar-parts", "ab", "--arch", "pixelcnn"],
                                    ["--dataset", "binarized_mnist", "--arch", "row_lstm", "--factor", "2",
@@ -194,6 +194,9 @@ def test_training_cli_datasets(tmp_path, extra):
     shipped = pixelrnn.load(str(tmp_path / "run"))  # the shipped model re-measures the recorded test NLL
     if "--small-layers" in extra:
         assert (len(shipped.small.layers), len(shipped.large.layers)) == (2, 1)
+    if "--class-maps" in extra:
+        assert shipped.class_maps.shape == (10, 2, 28, 28) and shipped.class_maps.abs().sum() > 0  # trained
+        assert "each with a learned 2-channel map" in (tmp_path / "run" / "README.md").read_text()
     x, y = load_split(extra[1], "test", tmp_path)
     if "--binarize" in extra:
         from pixelrnn.data import binarize
