@@ -14,7 +14,7 @@ import pixelrnn
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"mnist": ["binarized-mnist-diagonal-bilstm", "binarized-mnist-row-lstm", "binarized-mnist-pixelcnn",
-                  "binarized-mnist-multiscale-row-lstm", "mnist-row-lstm-conditional"],
+                  "binarized-mnist-multiscale-row-lstm", "mnist-row-lstm-conditional", "mnist-row-lstm-conditional-maps"],
         "cifar": ["cifar10-row-lstm", "cifar10-multiscale-row-lstm"]}
 
 
@@ -31,6 +31,7 @@ def test_both_stages_write_loadable_finished_checkpoints(tmp_path):
             config = json.loads((ROOT / "configs" / "gpu" / f"{name}.json").read_text())
             model = pixelrnn.load(str(folder))  # strict: config and weights agree
             assert model.config.arch == config["arch"] and model.config.factor == config.get("factor")
+            assert model.config.class_maps == config.get("class_maps")
             metrics = json.loads((folder / "metrics.json").read_text())
             assert metrics["finished"] and math.isfinite(metrics["test_nll_nats"])
             assert (folder / "README.md").is_file() and not (folder / "training_state.safetensors").exists()
