@@ -66,7 +66,7 @@ def test_classifier_training_rating_the_card_and_evaluate(tmp_path, capsys):
     card = (tmp_path / "cond" / "README.md").read_text()
     low, high = result["interval"]
     assert f"**{result['rate']:.1%}** (95% interval {low:.1%}-{high:.1%}) of samples drawn for a class" in card
-    assert "Does the class show?" in card
+    assert "Does the class show?" in card and "counts as no class" in card
 
     cold = classify.rate_checkpoint(tmp_path / "cond", tmp_path / "classifiers", per_class=2, temperature=0.5)
     assert cold["temperature"] == 0.5 and json.loads((tmp_path / "cond" / "metrics.json").read_text())["on_class"] == recorded
