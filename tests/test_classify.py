@@ -57,7 +57,7 @@ def test_classifier_training_rating_the_card_and_evaluate(tmp_path, capsys):
     # the floor: the flattest training image is read, a blank one (flatter) is not; the saved classifier keeps it
     train_x = load_split("mnist", "train", tmp_path)[0]
     assert loaded.min_contrast == classify.contrast(train_x, 256).min().item() > 0
-    assert (classify.predict(loaded, train_x) != classify.NO_CLASS).all() and classify.predict(loaded, x)[-1] == -1
+    assert (classify.predict(loaded, train_x) != classify.NO_CLASS).all() and classify.predict(loaded, x)[-1] == classify.NO_CLASS
 
     run_train(tmp_path, tmp_path / "cond", "--arch", "pixelcnn", "--dataset", "mnist", "--conditional", "--max-steps", "1")
     result = classify.rate_checkpoint(tmp_path / "cond", tmp_path / "classifiers", update=True)  # as evaluate re-measures it
