@@ -393,7 +393,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"images" if metrics["finished"] else f"not finished ({run.progress():.0%}): validation only")
         print(f"{result}; validation {run.in_unit(metrics['valid_nll_nats']):.3f} {run.unit} after {state['step']} "
               f"steps ({state['epoch']:.2f} epochs, {state['wall_time_s']:.0f} s); saved to {args.out}")
-    if run.world > 1:
+    if run.world > 1:  # every rank reaches the end before any tears the group down (gloo can abort otherwise:
+        dist.barrier()  # "terminate called without an active exception" in a rank that left first, seen in CI)
         dist.destroy_process_group()
     return metrics
 
