@@ -21,6 +21,7 @@ from pixelrnn.checkpoints import (
     CONFIG,
     LEARNING_CURVE,
     METRICS,
+    ON_CLASS_SHEET,
     SAMPLES,
     CheckpointError,
     as_number,
@@ -220,6 +221,8 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
         dataset_name=_dataset(metrics)[1], results=rows, notes=notes, on_class=on_class_facts(metrics.get("on_class")),
         architecture=architecture(config, metrics, model_kind, factor), training=facts, changes=changes,
         samples=SAMPLES if (folder / SAMPLES).is_file() else None,
+        on_class_sheet=ON_CLASS_SHEET if on_class_facts(metrics.get("on_class")) and (folder / ON_CLASS_SHEET).is_file()
+        else None,
         learning_curve=LEARNING_CURVE if (folder / LEARNING_CURVE).is_file() else None,
         name=name, multi_scale=bool(factor), conditional=conditional)
     path = folder / CARD

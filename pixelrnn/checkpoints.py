@@ -22,6 +22,7 @@ from pixelrnn.model import ModelConfig, MultiScalePixelRNN, PixelRNN
 
 CONFIG, WEIGHTS, METRICS, SAMPLES, CARD = "config.json", "model.safetensors", "metrics.json", "samples.png", "README.md"
 LEARNING_CURVE = "learning_curve.png"
+ON_CLASS_SHEET = "on_class.png"  # a conditional model's first samples per class, framed by the classifier's reading
 PICKLE_WEIGHTS = ("pytorch_model.bin", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 # Bounds on a config.json, checked before any model is built (the fields' own limits are ModelConfig's)
 MAX_CONFIG_BYTES = 2**20

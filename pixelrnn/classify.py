@@ -7,7 +7,8 @@ The on-class rate of a class-conditional model: draw `per_class` samples of ever
 count how many the classifier assigns to the class they were drawn for (per class and overall; a sample flatter
 than every training image, such as a blank, is assigned to none). The classifier
 is trained here on the training split only and never sees samples; its test accuracy bounds what the rate can
-show. `--update` writes the rate into the checkpoint's metrics.json and card.
+show. `--update` writes the rate into the checkpoint's metrics.json and card, and on_class.png beside them: each
+class's first samples, framed by what the classifier read in them, so that a reader can judge the reading.
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from pixelrnn.card import write_model_card
-from pixelrnn.checkpoints import CheckpointError, load_folder, read_json, read_weights
+from pixelrnn.checkpoints import ON_CLASS_SHEET, CheckpointError, load_folder, read_json, read_weights
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, load_split
 from pixelrnn.hub import CHECKPOINTS_DIR
+from pixelrnn.images import tile, to_rgb, upscale
 from pixelrnn.model import Model, MultiScalePixelRNN, scale_pixels
 from pixelrnn.sampling import sample
 
@@ -37,6 +41,8 @@ WIDTH = {"mnist": 16, "cifar10": 32}  # the first conv block's channels: enough 
 ON_CLASS_SAMPLES = 50  # per class
 NO_CLASS = -1  # what `predict` reads in an image flatter than any training image (a blank is no digit)
 Z_95 = 1.959964  # the standard normal's 97.5% quantile: two-sided 95% intervals
+SHEET_COLUMNS = 10
+HIT_RGB, MISS_RGB, NONE_RGB = (22, 163, 74), (220, 38, 38), (156, 163, 175)  # green, red, grey frames
 
 
 class Classifier(nn.Module):
@@ -142,35 +148,58 @@ def wilson_interval(hits: int, n: int, z: float = Z_95) -> tuple[float, float]:
 
 
 def on_class_rate(model: Model, classifier: Classifier, per_class: int = ON_CLASS_SAMPLES, temperature: float = 1.0,
-                  seed: int = 0, batch: int = 100) -> dict:
+                  seed: int = 0, batch: int = 100, sheet: Path | None = None) -> dict:
     """Sample `per_class` images of every class; -> {"rate": overall fraction the classifier puts in the requested
     class, "interval": its 95% Wilson interval [low, high], "per_class": [fraction per class], "samples_per_class",
-    "temperature", "seed"}."""
+    "temperature", "seed"}. `sheet`: also write the `reading_sheet` of the samples there (a PNG)."""
     num_classes = (model.small if isinstance(model, MultiScalePixelRNN) else model).num_classes
     if not num_classes:
         raise ValueError("the model is not class-conditional")
     if per_class < 1:
         raise ValueError(f"samples per class must be at least 1, got {per_class}")
     requested = torch.arange(num_classes).repeat_interleave(per_class)
-    hits = []
+    images, readings = [], []
     for k in tqdm(range(0, len(requested), batch), desc="on-class samples", leave=False):
         labels = requested[k : k + batch]
-        images = sample(model, len(labels), y=labels, temperature=temperature, seed=seed + k)
-        hits.append(predict(classifier, images.cpu()) == labels)
-    hit = torch.cat(hits)  # (classes * per_class,) bool
+        images.append(sample(model, len(labels), y=labels, temperature=temperature, seed=seed + k).cpu())
+        readings.append(predict(classifier, images[-1]))
+    read = torch.cat(readings)  # (classes * per_class,) the class read in each sample, NO_CLASS for a blank
+    if sheet is not None:
+        reading_sheet(torch.cat(images), requested, read, classifier.levels).save(sheet)
+    hit = read == requested
     per = hit.float().view(num_classes, per_class).mean(1)
     interval = [round(v, 4) for v in wilson_interval(int(hit.sum()), len(hit))]
     return {"rate": per.mean().item(), "interval": interval, "per_class": [round(v, 4) for v in per.tolist()],
             "samples_per_class": per_class, "temperature": temperature, "seed": seed}
 
 
+def reading_sheet(images: Tensor, requested: Tensor, read: Tensor, levels: int, columns: int = SHEET_COLUMNS,
+                  scale: int = 2) -> Image.Image:
+    """A row per class of its first `columns` samples (images (N, C, H, W) levels, drawn for `requested` (N,),
+    read as `read` (N,); every class drawn equally often), each framed by the reading: green the requested
+    class, red another, grey none (a blank)."""
+    classes = requested.unique(sorted=True)
+    columns = min(columns, len(requested) // len(classes))
+    frame = scale + 1
+    cells = []
+    for label in classes.tolist():
+        picked = (requested == label).nonzero().flatten()[:columns]
+        for image, reading in zip(to_rgb(images[picked].numpy(), levels), read[picked].tolist(), strict=True):
+            image = upscale(image, scale)
+            cell = np.empty((image.shape[0] + 2 * frame, image.shape[1] + 2 * frame, 3), np.uint8)
+            cell[:] = HIT_RGB if reading == label else NONE_RGB if reading == NO_CLASS else MISS_RGB
+            cell[frame:-frame, frame:-frame] = image
+            cells.append(cell)
+    return Image.fromarray(tile(cells, columns))
+
+
 def measure_on_class(model: Model, dataset: str, classifiers: Path = CLASSIFIERS_DIR,
-                     per_class: int = ON_CLASS_SAMPLES, temperature: float = 1.0) -> dict:
+                     per_class: int = ON_CLASS_SAMPLES, temperature: float = 1.0, sheet: Path | None = None) -> dict:
     """`on_class_rate` with the classifier of `dataset` (mnist, cifar10), and which classifier that was: metrics.json's
     "on_class". CheckpointError if the classifier folder does not hold one."""
     classifier, classifier_metrics = load_classifier(classifiers / dataset)
     start = time.perf_counter()
-    result = on_class_rate(model, classifier, per_class, temperature)
+    result = on_class_rate(model, classifier, per_class, temperature, sheet=sheet)
     return {**result, "classifier": f"classifiers/{dataset}",
             "classifier_test_accuracy": classifier_metrics.get("test_accuracy"),
             "seconds": round(time.perf_counter() - start, 1)}
@@ -186,14 +215,16 @@ def describe(result: dict) -> str:
 def rate_checkpoint(folder: Path, classifiers: Path = CLASSIFIERS_DIR, per_class: int = ON_CLASS_SAMPLES,
                     update: bool = False, temperature: float = 1.0) -> dict:
     """The on-class rate of a checkpoint folder, with the classifier of its data set; `update` writes it into
-    metrics.json ("on_class") and rewrites the card (the recorded rate is at temperature 1)."""
+    metrics.json ("on_class"), the samples' reading sheet into on_class.png and rewrites the card (the recorded
+    rate is at temperature 1)."""
     if update and temperature != 1.0:
         raise ValueError("the recorded on-class rate is at temperature 1: measure other temperatures without --update")
     metrics = read_json(folder / "metrics.json")
     dataset = str(metrics.get("dataset", ""))
     if dataset not in ("mnist", "cifar10"):
         raise ValueError(f"{folder}: on-class rates exist for class-conditional MNIST and CIFAR-10 models")
-    result = measure_on_class(load_folder(folder), dataset, classifiers, per_class, temperature)
+    result = measure_on_class(load_folder(folder), dataset, classifiers, per_class, temperature,
+                              sheet=folder / ON_CLASS_SHEET if update else None)
     if update:
         (folder / "metrics.json").write_text(json.dumps({**metrics, "on_class": result}, indent=1))
         write_model_card(folder)

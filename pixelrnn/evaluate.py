@@ -19,10 +19,12 @@ from tqdm import tqdm
 
 from pixelrnn.card import write_model_card
 from pixelrnn.checkpoints import load_folder, read_json, recorded_nll
-from pixelrnn.classify import CLASSIFIERS_DIR, describe, rate_checkpoint
+from pixelrnn.classify import CLASSIFIERS_DIR, ON_CLASS_SAMPLES, describe, rate_checkpoint
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR, binarize, load_split
 from pixelrnn.model import Model, MultiScalePixelRNN, bits_per_dim
 from pixelrnn.training import TEST_BINARIZATION_SEED
+
+MAX_PER_CLASS = 1000  # a recorded on-class measurement with more samples per class is re-measured with the default
 
 
 @torch.no_grad()
@@ -56,9 +58,13 @@ def test_nll(model: Model, dataset: str, data_dir: Path, batch_size: int = 500) 
 
 
 def on_class(folder: Path, recorded: dict | None, update: bool, classifiers: Path) -> bool:
-    """Re-measure a checkpoint's on-class rate; print it beside the recorded one -> whether they agree."""
-    measured = rate_checkpoint(folder, classifiers, update=update)
-    before = recorded.get("rate") if isinstance(recorded, dict) else None
+    """Re-measure a checkpoint's on-class rate (as many samples per class as recorded); print it beside the
+    recorded one -> whether they agree."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    per_class = recorded.get("samples_per_class")
+    per_class = per_class if isinstance(per_class, int) and 0 < per_class <= MAX_PER_CLASS else ON_CLASS_SAMPLES
+    measured = rate_checkpoint(folder, classifiers, per_class, update=update)
+    before = recorded.get("rate")
     same = before is not None and math.isclose(measured["rate"], before, abs_tol=1e-9)
     print(f"{folder.name}: {describe(measured)}; "
           f"recorded {before} ({'equal' if same else 'updated' if update else 'DIFFERENT'})")

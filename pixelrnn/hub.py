@@ -38,12 +38,22 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from pixelrnn.card import write_model_card
-from pixelrnn.checkpoints import CARD, CONFIG, LEARNING_CURVE, METRICS, SAMPLES, WEIGHTS, CheckpointError, load_folder
+from pixelrnn.checkpoints import (
+    CARD,
+    CONFIG,
+    LEARNING_CURVE,
+    METRICS,
+    ON_CLASS_SHEET,
+    SAMPLES,
+    WEIGHTS,
+    CheckpointError,
+    load_folder,
+)
 from pixelrnn.model import MultiScalePixelRNN, PixelRNN
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 PROBE_TIMEOUT_S = 2.0
-UPLOAD_FILES = (CONFIG, WEIGHTS, METRICS, CARD, SAMPLES, LEARNING_CURVE)
+UPLOAD_FILES = (CONFIG, WEIGHTS, METRICS, CARD, SAMPLES, LEARNING_CURVE, ON_CLASS_SHEET)
 
 
 class HubUnreachableError(CheckpointError, ConnectionError):

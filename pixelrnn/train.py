@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pixelrnn.card import write_model_card
-from pixelrnn.checkpoints import CheckpointError
+from pixelrnn.checkpoints import ON_CLASS_SHEET, CheckpointError
 from pixelrnn.classify import ON_CLASS_SAMPLES, measure_on_class
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR
 from pixelrnn.evaluate import mean_nll
@@ -340,7 +340,8 @@ def final_metrics(run: Run, stopped: str) -> dict:
                         "test_images": len(splits.test_x)})
         if args.conditional and args.on_class and run.is_main:  # does "pick a class" give the class?
             try:
-                metrics["on_class"] = measure_on_class(model, args.dataset, per_class=args.on_class)
+                metrics["on_class"] = measure_on_class(model, args.dataset, per_class=args.on_class,
+                                                       sheet=args.out / ON_CLASS_SHEET)
             except CheckpointError as err:
                 print(f"on-class rate not measured: {err}")
     return metrics

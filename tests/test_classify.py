@@ -4,14 +4,17 @@ are assigned to the class they were drawn for."""
 import json
 from math import comb
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_train import run_train, write_fixture_data
 
 import pixelrnn
 from pixelrnn import classify
 from pixelrnn.data import load_split
 from pixelrnn.evaluate import main as evaluate_main
+from pixelrnn.images import GAP_PX
 
 
 class Always(torch.nn.Module):
@@ -34,6 +37,26 @@ def test_on_class_rate_counts_each_sample_against_the_class_it_was_drawn_for():
     assert result["interval"] == [round(v, 4) for v in classify.wilson_interval(4, 40)]
     # an image flatter than the classifier's floor is no class: here (a floor above any image's contrast) all are
     assert classify.on_class_rate(model, Always(3, min_contrast=1.0), per_class=4)["rate"] == 0.0
+
+
+def frame_colours(sheet: Image.Image, rows: int, columns: int) -> list[list[tuple]]:
+    """The corner pixel of each cell of a reading sheet: its frame's colour."""
+    array = np.asarray(sheet)
+    cell_h, cell_w = ((n - (k - 1) * GAP_PX) // k for n, k in ((array.shape[0], rows), (array.shape[1], columns)))
+    return [[tuple(array[r * (cell_h + GAP_PX), c * (cell_w + GAP_PX)]) for c in range(columns)]
+            for r in range(rows)]
+
+
+def test_the_reading_sheet_frames_each_sample_by_what_the_classifier_read():
+    images = torch.arange(6 * 4).view(6, 1, 2, 2) % 4  # 6 images of 4 levels, each its own
+    requested, read = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 1, classify.NO_CLASS, 1, 1, 0])
+    sheet = classify.reading_sheet(images, requested, read, levels=4, columns=2, scale=3)
+    green, red, grey = classify.HIT_RGB, classify.MISS_RGB, classify.NONE_RGB
+    assert frame_colours(sheet, 2, 2) == [[green, red], [green, green]]  # a row per class, its first 2 samples
+    inside = np.asarray(sheet)[4 : 4 + 6, 4 : 4 + 6, 0]  # frame 4 px (scale + 1), the first image upscaled x3
+    assert (inside == np.kron(images[0, 0].numpy() * 85, np.ones((3, 3)))).all()
+    wide = classify.reading_sheet(images, requested, read, levels=4, columns=10, scale=1)  # rows stay classes
+    assert frame_colours(wide, 2, 3) == [[green, red, grey], [green, green, red]]
 
 
 def test_wilson_interval_is_the_textbook_one_and_covers_95_percent():
@@ -60,13 +83,17 @@ def test_classifier_training_rating_the_card_and_evaluate(tmp_path, capsys):
     assert (classify.predict(loaded, train_x) != classify.NO_CLASS).all() and classify.predict(loaded, x)[-1] == classify.NO_CLASS
 
     run_train(tmp_path, tmp_path / "cond", "--arch", "pixelcnn", "--dataset", "mnist", "--conditional", "--max-steps", "1")
-    result = classify.rate_checkpoint(tmp_path / "cond", tmp_path / "classifiers", update=True)  # as evaluate re-measures it
+    result = classify.rate_checkpoint(tmp_path / "cond", tmp_path / "classifiers", per_class=8, update=True)  # as evaluate re-measures it
     recorded = json.loads((tmp_path / "cond" / "metrics.json").read_text())["on_class"]
     assert recorded["rate"] == result["rate"] and len(recorded["per_class"]) == 10
     card = (tmp_path / "cond" / "README.md").read_text()
     low, high = result["interval"]
     assert f"**{result['rate']:.1%}** (95% interval {low:.1%}-{high:.1%}) of samples drawn for a class" in card
     assert "Does the class show?" in card and "counts as no class" in card
+    sheet = Image.open(tmp_path / "cond" / "on_class.png")  # what the rate counted, for a reader to judge
+    frames = frame_colours(sheet, 10, 8)  # every sample shown: 8 per class
+    assert sum(row.count(classify.HIT_RGB) for row in frames) == round(result["rate"] * 80)
+    assert "![samples per class, framed by the classifier's reading](on_class.png)" in card
 
     cold = classify.rate_checkpoint(tmp_path / "cond", tmp_path / "classifiers", per_class=2, temperature=0.5)
     assert cold["temperature"] == 0.5 and json.loads((tmp_path / "cond" / "metrics.json").read_text())["on_class"] == recorded
