@@ -216,9 +216,10 @@ def test_training_cli_datasets(tmp_path, extra):
         assert on_class["samples_per_class"] == 2 and on_class["classifier"] == f"classifiers/{extra[1]}"
         again = classify.measure_on_class(shipped, extra[1], per_class=2)  # the same samples, the same verdicts
         assert {**on_class, "seconds": None} == {**again, "seconds": None}
-        assert f"**{on_class['rate']:.1%}**" in card
+        assert f"**{on_class['rate']:.1%}**" in card and "](on_class.png)" in card
+        assert (tmp_path / "run" / "on_class.png").is_file()  # the samples it counted, framed by their reading
     else:
-        assert "on_class" not in metrics
+        assert "on_class" not in metrics and not (tmp_path / "run" / "on_class.png").exists()
 
 
 def test_ddp_two_processes_match_one_process(tmp_path):
