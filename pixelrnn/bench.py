@@ -83,46 +83,57 @@ def baseline_images_per_s(baseline: Path, shape: str, batch: int, args: argparse
     return found
 
 
-def bench_train(args: argparse.Namespace, device: torch.device) -> None:
+def train_images_per_s(model: pixelrnn.PixelRNN, batch: int, args: argparse.Namespace, device: torch.device,
+                       bf16: bool) -> float:
+    """Training images per second: the median of `args.iters` timed steps (forward, backward, clip, Adam, EMA)."""
     graph = device.type == "cuda"
-    bf16 = device.type == "cuda"
+    config = model.config
+    channels, levels, height, width = config.channels, config.levels, config.height, config.width
+    lr = torch.tensor(1e-4, device=device) if graph else 1e-4
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, capturable=graph)
+    ema = [p.detach().clone() for p in model.parameters()]
+    x = torch.randint(0, levels, (batch, channels, height, width), device=device)
+    options = argparse.Namespace(clip=1.0, ema=0.999)
+    step = TrainStep(LogProb(model), model, optimizer, ema, options, channels * height * width, x, None,
+                     device, graph, bf16)
+    times = []
+    for _ in range(args.warmup + args.iters):
+        sync(device)
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times[args.warmup :])
+
+
+def bench_train(args: argparse.Namespace, device: torch.device) -> None:
+    cuda = device.type == "cuda"
+    precisions = [True] if cuda else [False, True] if args.bf16 else [False]  # bf16 autocast or float32
     print(f"training step (forward, backward, clip, Adam, EMA) on {device_name(device)}; "
-          f"{'bf16 autocast, CUDA graph' if graph else 'float32, eager'}; median of {args.iters} steps")
+          f"{'bf16 autocast, CUDA graph' if cuda else 'eager'}; median of {args.iters} steps")
     if args.baseline:
-        print(f"baseline: {args.baseline} (same config, its own benchmark, eager)")
-    print(f"{'shape':6s} {'arch':16s} {'params':>9s} {'batch':>5s} {'speed':>19s} {'baseline':>9s} {'ratio':>6s} "
-          f"{'peak MB':>8s}")
+        print(f"baseline: {args.baseline} (same config, its own benchmark{'' if cuda else ', eager, float32'})")
+    if len(precisions) > 1:
+        print("bf16 rows: baseline = the float32 row above, measured just before")
+    print(f"{'shape':6s} {'arch':16s} {'params':>9s} {'batch':>5s} {'precision':>9s} {'speed':>19s} {'baseline':>9s} "
+          f"{'ratio':>6s} {'peak MB':>8s}")
     for shape in args.shapes:
         for batch in args.batch:
             old = baseline_images_per_s(args.baseline, shape, batch, args) if args.baseline else {}
             for arch in args.archs:
-                model = build(arch, shape, args, device)
-                config = model.config
-                channels, levels, height, width = config.channels, config.levels, config.height, config.width
-                lr = torch.tensor(1e-4, device=device) if graph else 1e-4
-                optimizer = torch.optim.Adam(model.parameters(), lr=lr, capturable=graph)
-                ema = [p.detach().clone() for p in model.parameters()]
-                x = torch.randint(0, levels, (batch, channels, height, width), device=device)
-                options = argparse.Namespace(clip=1.0, ema=0.999)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                step = TrainStep(LogProb(model), model, optimizer, ema, options, channels * height * width, x, None,
-                                 device, graph, bf16)
-                times = []
-                for _ in range(args.warmup + args.iters):
-                    sync(device)
-                    start = time.perf_counter()
-                    step()
-                    sync(device)
-                    times.append(time.perf_counter() - start)
-                images_per_s = batch / statistics.median(times[args.warmup :])
-                params = sum(p.numel() for p in model.parameters())
-                memory = peak_memory_mb(device)
-                before = old.get(arch)
-                old_text = f"{before:9.1f} {images_per_s / before:5.1f}x" if before else f"{'-':>9s} {'-':>6s}"
-                print(f"{shape:6s} {arch:16s} {params:>9,d} {batch:>5d} {images_per_s:>10.1f} images/s {old_text} "
-                      f"{memory:>8.0f}", flush=True)
-                del step, model, optimizer, ema
+                float32_speed = None
+                for bf16 in precisions:
+                    model = build(arch, shape, args, device)
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats(device)
+                    images_per_s = train_images_per_s(model, batch, args, device, bf16)
+                    params = sum(p.numel() for p in model.parameters())
+                    reference = float32_speed if bf16 and not cuda else old.get(arch)
+                    ratio = f"{reference:9.1f} {images_per_s / reference:5.1f}x" if reference else f"{'-':>9s} {'-':>6s}"
+                    print(f"{shape:6s} {arch:16s} {params:>9,d} {batch:>5d} {'bf16' if bf16 else 'float32':>9s} "
+                          f"{images_per_s:>10.1f} images/s {ratio} {peak_memory_mb(device):>8.0f}", flush=True)
+                    float32_speed = images_per_s
+                    del model
 
 
 def time_sampling(model: pixelrnn.PixelRNN, n: int, method: str, max_steps: int, device: torch.device) -> float:
@@ -396,6 +407,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0, help="shipped: torch threads (default: torch's, one per core)")
     p.add_argument("--methods", nargs="+", default=["cached"], choices=["cached", "compiled"],
                    help="shipped: samplers to time (compiled: the first call compiles)")
+    p.add_argument("--bf16", action="store_true", help="train, CPU: also time bf16 autocast, against float32 (a GPU "
+                   "always runs bf16)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--reference-steps", type=int, default=28, help="CPU: reference steps timed (0: all)")

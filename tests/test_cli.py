@@ -19,6 +19,16 @@ def test_bench_sample_and_train_print_their_figures(capsys):
     assert capsys.readouterr().out.count(" images/s") == 4  # 2 architectures x 2 batch sizes
 
 
+def test_bench_train_on_a_cpu_times_bf16_against_float32_measured_beside_it(capsys):
+    bench.main(["train", "--archs", "row_lstm", "--shapes", "mnist", "--hidden", "4", "--layers", "1", "--batch", "2",
+                "--iters", "1", "--warmup", "0", "--device", "cpu", "--bf16"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("mnist")]
+    assert [row[4] for row in rows] == ["float32", "bf16"]
+    float32_speed, bf16_speed = float(rows[0][5]), float(rows[1][5])
+    assert rows[0][7:9] == ["-", "-"] and float(rows[1][7]) == float32_speed  # the bf16 row's baseline: float32's
+    assert rows[1][8].endswith("x") and abs(float(rows[1][8][:-1]) - bf16_speed / float32_speed) < 0.06  # rounded
+
+
 def test_bench_train_measures_a_baseline_checkout_side_by_side(capsys):
     root = str(Path(__file__).resolve().parents[1])  # this checkout as its own baseline
     bench.main(["train", "--archs", "pixelcnn", "--shapes", "mnist", "--hidden", "4", "--layers", "1", "--batch", "2",
