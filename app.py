@@ -370,8 +370,11 @@ def _models_tab(demo: gr.Blocks, studio: ui.Studio, registry: ui.Registry, defau
                 samples = _image("Samples at temperature 1 (samples.png)", "Samples", "card-samples")
                 curve = _image("Learning curve: validation NLL (learning_curve.png)", "Learning curve",
                                "card-curve", pixelated=False)
+                sheet = _image("Class-conditional models: each class's first samples (a row per class), framed by "
+                               "what an independent classifier read: green the class asked for, red another, grey "
+                               "none (on_class.png)", "Class readings", "card-classes")
 
-    card = [text, samples, curve]
+    card = [text, samples, curve, sheet]
     model.change(studio.model_card, model, card, api_name="model_card", preprocess=False)
     demo.load(functools.partial(ui.models_table, registry), None, table, api_name="models_table",
               api_visibility="undocumented", show_progress="hidden")

@@ -264,8 +264,8 @@ def test_inspect_and_pixel(server, client, files):
 
 
 def test_model_card(client):
-    card, samples, curve = client.predict("tiny-rgb", api_name=CARD)
-    assert samples is None and curve is None  # the tiny checkpoint ships neither
+    card, samples, curve, sheet = client.predict("tiny-rgb", api_name=CARD)
+    assert samples is None and curve is None and sheet is None  # the tiny checkpoint ships none
     assert "PixelCNN" in card and "CIFAR-10" in card and "3.14 bits/dim" in card and "cpu" in card
     with pytest.raises(Exception, match="Unknown model"):
         client.predict("../../etc", api_name=CARD)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import shutil
 import struct
 import threading
 import time
@@ -394,7 +396,7 @@ def test_hub_models_are_listed_at_once_and_loaded_lazily(checkpoints, tmp_path, 
         registry = ui.Registry.from_env(checkpoints, device="cpu")
         assert registry.names[-2:] == ["user/tiny-rgb", "user/missing"] and hub.count() == 0  # nothing fetched yet
         studio = ui.Studio(registry)
-        card, _, _ = studio.model_card("user/tiny-rgb")
+        card, _, _, _ = studio.model_card("user/tiny-rgb")
         assert "Hugging Face Hub" in card and "CIFAR-10" in card and registry.spec("user/tiny-rgb").num_classes == 10
         assert "Generated 1 sample of class 'cat'" in final_frame(list(
             studio.sampling.generate("user/tiny-rgb", "cat", 1, 1.0, 0, 0)))[2]
@@ -613,11 +615,26 @@ def test_inspect_and_pixel(studio):
 
 
 def test_model_card(studio):
-    card, samples, curve = studio.model_card("tiny-rgb")
+    card, samples, curve, sheet = studio.model_card("tiny-rgb")
     assert "PixelCNN" in card and "3.14 bits/dim" in card and "5.500 bits/dim" in card and "Running on | cpu" in card
-    assert "| Validation NLL | – |" in card and samples is None and curve is None
+    assert "| Validation NLL | – |" in card and samples is None and curve is None and sheet is None
+    assert "| Does the class show? | not measured" in card  # class-conditional, no on-class rate recorded
+    assert "Does the class show?" not in studio.model_card("tiny-bin")[0]  # no classes, no question
     assert "no model.safetensors" in studio.model_card("no-weights")[0]
     assert "tiny-ms" in ui.models_table(studio.registry)
+
+
+def test_model_card_shows_the_on_class_rate_and_the_samples_it_counted(checkpoints, tmp_path):
+    shutil.copytree(checkpoints / "tiny-rgb", tmp_path / "measured")
+    metrics = json.loads((tmp_path / "measured" / "metrics.json").read_text())
+    on_class = {"rate": 0.324, "interval": [0.2845, 0.3662], "per_class": [0.3] * 10, "samples_per_class": 50,
+                "temperature": 1.0}
+    (tmp_path / "measured" / "metrics.json").write_text(json.dumps({**metrics, "on_class": on_class}))
+    sheet = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(sheet).save(tmp_path / "measured" / "on_class.png")
+    card, _, _, shown = ui.Studio(ui.Registry(tmp_path, device="cpu")).model_card("measured")
+    assert "| Does the class show? | **32.4%** (95% interval 28.4%-36.6%) of 50 samples per class" in card
+    assert np.array_equal(shown, sheet)
 
 
 def test_how_it_computes_shows_the_models_own_pass(studio, checkpoints, tmp_path):

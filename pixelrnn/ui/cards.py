@@ -16,7 +16,7 @@ import torch
 
 import pixelrnn
 from pixelrnn.card import ARCH_NAMES, DATASET_INFO, PAPER_RESULTS, device_text, format_duration, on_class_facts
-from pixelrnn.checkpoints import LEARNING_CURVE, SAMPLES, CheckpointError, as_number, recorded_nll
+from pixelrnn.checkpoints import LEARNING_CURVE, ON_CLASS_SHEET, SAMPLES, CheckpointError, as_number, recorded_nll
 from pixelrnn.classify import CLASSIFIERS_DIR, NO_CLASS, Classifier, load_classifier, predict
 from pixelrnn.model import Model
 from pixelrnn.ui.registry import ModelEntry, Registry
@@ -187,7 +187,7 @@ def models_table(registry: Registry) -> str:
 
 
 def checkpoint_picture(entry: ModelEntry, filename: str) -> np.ndarray | None:
-    """A picture shipped in a local checkpoint folder (samples.png, learning_curve.png), or None."""
+    """A picture shipped in a local checkpoint folder (samples.png, learning_curve.png, on_class.png), or None."""
     path = Path(entry.location) / filename
     if entry.source != "local" or not path.is_file():  # a regular file of the checkpoint, not an upload
         return None
@@ -197,9 +197,20 @@ def checkpoint_picture(entry: ModelEntry, filename: str) -> np.ndarray | None:
         return None
 
 
-def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None, np.ndarray | None]:
-    """(markdown card, samples.png, learning_curve.png; each None if missing) of one model; a Hub model is loaded
-    to read its files."""
+def class_shows(metrics: dict) -> str:
+    """The card's answer to "does the class show?" for a class-conditional model: its measured on-class rate."""
+    facts = on_class_facts(metrics.get("on_class"))
+    if facts is None:
+        return "not measured (`python -m pixelrnn.classify rate CHECKPOINT --update`)"
+    interval = f" (95% interval {facts['interval']})" if facts["interval"] else ""
+    return (f"**{facts['rate']}**{interval} of {facts['samples']} samples per class, drawn at temperature "
+            f"{facts['temperature']}, are read as their class by an independent classifier")
+
+
+def model_card(registry: Registry, name: Any
+               ) -> tuple[str, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(markdown card, samples.png, learning_curve.png, on_class.png; each None if missing) of one model; a Hub
+    model is loaded to read its files."""
     entry = registry.entry(name)
     if entry.source == "hub" and entry.spec is None:
         registry.load(name)
@@ -231,6 +242,7 @@ def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None, n
              f"| Architecture | {arch} |",
              f"| Data | {dataset}, {spec.describe() if spec else '?'} |",
              f"| Conditioning | {classes} |",
+             *([f"| Does the class show? | {class_shows(metrics)} |"] if spec and spec.num_classes else []),
              f"| Parameters | {params:,} |" if isinstance(params, int) else "| Parameters | ? |",
              f"| Test NLL | **{ours}** |",
              f"| Validation NLL | {validation_result(entry)} |",
@@ -239,4 +251,5 @@ def model_card(registry: Registry, name: Any) -> tuple[str, np.ndarray | None, n
              f"| Weights | {where} |",
              f"| Running on | {registry.device} |",
              f"| Status | {model_status(registry, entry)} |"]
-    return "\n".join(lines), checkpoint_picture(entry, SAMPLES), checkpoint_picture(entry, LEARNING_CURVE)
+    return ("\n".join(lines), checkpoint_picture(entry, SAMPLES), checkpoint_picture(entry, LEARNING_CURVE),
+            checkpoint_picture(entry, ON_CLASS_SHEET))

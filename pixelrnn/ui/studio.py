@@ -36,8 +36,8 @@ class Studio:
         self.computation = ComputationTab(self.core)
 
     @user_errors
-    def model_card(self, model_name: str) -> tuple[str, np.ndarray | None, np.ndarray | None]:
-        """The Models tab: (markdown card, samples image, learning curve) of a model."""
+    def model_card(self, model_name: str) -> tuple[str, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """The Models tab: (markdown card, samples image, learning curve, on-class sheet) of a model."""
         return model_card(self.registry, model_name)
 
 
