@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_train import write_fixture_data
 
 import pixelrnn
@@ -35,3 +36,18 @@ def test_both_stages_write_loadable_finished_checkpoints(tmp_path):
             metrics = json.loads((folder / "metrics.json").read_text())
             assert metrics["finished"] and math.isfinite(metrics["test_nll_nats"])
             assert (folder / "README.md").is_file() and not (folder / "training_state.safetensors").exists()
+
+
+DEVICE_TREE_BYTES = 64 * 2**20  # the device machine takes at most 64 MiB of working tree a call, carried data included
+CIFAR_CALL_DATA_BYTES = 35_360_059 + 2_876_396  # the largest CIFAR-10 training quarter and the test file
+
+
+def test_the_tracked_files_leave_room_for_the_cifar_calls_data():
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=False, timeout=60)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    tracked = sum((ROOT / name).stat().st_size for name in listed.stdout.decode().split("\0")
+                  if name and (ROOT / name).is_file())
+    assert tracked + CIFAR_CALL_DATA_BYTES <= DEVICE_TREE_BYTES, (
+        f"tracked files {tracked / 2**20:.1f} MiB: with the CIFAR-10 call's data they exceed the device's 64 MiB "
+        "(ship finished runs without their training state)")
