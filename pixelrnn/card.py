@@ -215,14 +215,14 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
     name = repo_id or folder.resolve().name
     rows, notes = results(metrics, arch, factor)
     facts, changes = training(metrics)
+    on_class = on_class_facts(metrics.get("on_class"))
     card = ModelCard.from_template(
         card_data(metrics, arch, factor, conditional, name), template_path=str(TEMPLATE),
         title=model_kind if "PixelCNN" in model_kind else f"{model_kind} PixelRNN", model_kind=model_kind,
-        dataset_name=_dataset(metrics)[1], results=rows, notes=notes, on_class=on_class_facts(metrics.get("on_class")),
+        dataset_name=_dataset(metrics)[1], results=rows, notes=notes, on_class=on_class,
         architecture=architecture(config, metrics, model_kind, factor), training=facts, changes=changes,
         samples=SAMPLES if (folder / SAMPLES).is_file() else None,
-        on_class_sheet=ON_CLASS_SHEET if on_class_facts(metrics.get("on_class")) and (folder / ON_CLASS_SHEET).is_file()
-        else None,
+        on_class_sheet=ON_CLASS_SHEET if on_class and (folder / ON_CLASS_SHEET).is_file() else None,
         learning_curve=LEARNING_CURVE if (folder / LEARNING_CURVE).is_file() else None,
         name=name, multi_scale=bool(factor), conditional=conditional)
     path = folder / CARD
