@@ -27,6 +27,7 @@ from pixelrnn import ui
 
 DOCS = REPO / "docs"
 INFLUENCE_PIXEL = (21, 13)  # (row, col) of mnist_7.png: where the stroke above continues
+CONDITIONAL_MODEL, CONDITIONAL_CLASS = "mnist-row-lstm-conditional", "3"
 MNIST_MODELS = ("binarized-mnist-row-lstm", "binarized-mnist-diagonal-bilstm", "binarized-mnist-pixelcnn")
 
 
@@ -75,6 +76,10 @@ def influence_shots(page) -> None:
 
 
 def tab_shots(page) -> None:
+    """Every tab but How it computes; Generate and Models on the class-conditional MNIST model: pick a class, and
+    its card's reading sheet."""
+    choose(page, "gen-model", CONDITIONAL_MODEL)
+    choose(page, "gen-class", CONDITIONAL_CLASS)
     set_slider(page, "gen-n", 16)
     set_slider(page, "gen-pace", 0)
     page.click("#gen-run")
@@ -106,7 +111,8 @@ def tab_shots(page) -> None:
         page.screenshot(path=DOCS / f"screenshot-{tab.lower()}.png", full_page=True)
 
     page.get_by_role("tab", name="Models").click()
-    page.wait_for_timeout(2000)
+    choose(page, "card-model", CONDITIONAL_MODEL)
+    wait_for(page, "card-text", "Does the class show?")
     page.screenshot(path=DOCS / "screenshot-models.png", full_page=True)
 
 
