@@ -189,6 +189,12 @@ def training(metrics: dict) -> tuple[list[str], list[str]]:
         facts.append(f"on {device_text(metrics['device'])}")
     if (metrics.get("config") or {}).get("bf16") is True:
         facts.append("under bf16 autocast (evaluation in float32)")
+    weight, negatives = (metrics.get("config") or {}).get("class_weight"), (metrics.get("config") or {}).get(
+        "class_negatives")
+    if as_number(weight):
+        others = f"y and {int(negatives)} other classes drawn per image" if as_number(negatives) else "every class"
+        facts.append(f"objective log p(x | y) + {weight:g} log p(y | x) (the class's posterior by Bayes' rule over "
+                     f"{others})")
     if isinstance(metrics.get("train_images"), int):
         facts.append(f"{metrics['train_images']:,} training images")
     changes = [c for c in metrics.get("changes") or [] if isinstance(c, dict) and isinstance(c.get("changed"), dict)]

@@ -81,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Multi-Scale: the small image's layers (default: --layers)")
     p.add_argument("--class-maps", type=int, default=None,
                    help="--conditional: a learned map of this many channels per class, a location-dependent bias")
+    p.add_argument("--class-weight", type=float, default=0.0, help="--conditional: add this times log p(y | x) "
+                   "(Bayes' rule on the model's own likelihoods) to the objective log p(x | y) (0: likelihood only)")
+    p.add_argument("--class-negatives", type=count, default=0, help="--class-weight: other classes per image in "
+                   "p(y | x), drawn at random (0: all; each costs one more forward and backward pass)")
     p.add_argument("--batch-size", type=int, default=16, help="global batch (split across processes)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
@@ -161,6 +165,8 @@ def set_up(args: argparse.Namespace, use_graph: bool) -> Run:
     torch.manual_seed(args.seed)
     if args.conditional and DATASETS[args.dataset].num_classes is None:
         raise SystemExit(f"{args.dataset} has no labels: drop --conditional")
+    if args.class_weight and not args.conditional:
+        raise SystemExit("--class-weight needs a class-conditional run (--conditional)")
     if args.binarize and args.dataset != "mnist":
         raise SystemExit("--binarize applies to --dataset mnist only")
     splits = load_splits(args, device)
@@ -187,7 +193,9 @@ def resume(run: Run) -> dict[str, Tensor]:
     if saved and shape_of(saved) != shape_of(settings):
         raise SystemExit(f"{args.out} holds another model: {shape_of(saved)}, not {shape_of(settings)}")
     loaded, weights, rng = load_training_state(args.out, run.optimizer)
-    changed = {k: [v, settings.get(k)] for k, v in saved.items() if settings.get(k) != v}
+    defaults = vars(parse_args([]))  # options newer than the saved settings had their defaults then
+    before = {k: saved.get(k, defaults.get(k)) for k in settings} if saved else settings
+    changed = {k: [before[k], v] for k, v in settings.items() if before[k] != v}
     run.state.update({**loaded, "settings": settings})  # states saved before settings were kept: no changes list
     if changed:  # e.g. a longer --hours: recorded, because the run no longer equals its config from scratch
         print(f"resuming at step {run.state['step']} with changed settings (old, new): {changed}")
@@ -377,7 +385,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{', bf16' if bf16 else ''}{', CUDA graph' if use_graph else ''}")
     batches = Batches(args, splits, run.rank, run.world, run.device, state["step"])
     batches.next()  # the graph captures a step on real data
-    trained = DistributedDataParallel(LogProb(run.model)) if run.world > 1 else LogProb(run.model)
+    objective = LogProb(run.model, args.class_weight, args.class_negatives)
+    trained = DistributedDataParallel(objective) if run.world > 1 else objective
     step_fn = TrainStep(trained, run.model, run.optimizer, run.weights.ema, args, run.dims, batches.x, batches.y,
                         run.device, use_graph, bf16)
     restore_generators(rng, batches, run.device)

@@ -30,14 +30,32 @@ TEST_BINARIZATION_SEED = 1234  # --binarize: the one fixed binarization of the t
 VALID_BINARIZATION_SEED = 4321  # --binarize: the one fixed binarization of the validation split
 
 class LogProb(torch.nn.Module):
-    """forward = log p(x): DistributedDataParallel syncs gradients only through forward."""
+    """forward = the training objective per image, in nats, to be maximised: log p(x | y); for a class-conditional
+    model with class_weight > 0 plus class_weight * log p(y | x), a hybrid generative-discriminative objective (the
+    class is worth at most log 10 nats of an image's likelihood, so likelihood alone barely rewards using it).
+    p(y | x) comes from the model itself by Bayes' rule under a uniform prior, over y and `negatives` other classes
+    drawn at random per image (0: all of them, the exact posterior; fewer cost less and overstate p(y | x)).
+    A module because DistributedDataParallel syncs gradients only through forward."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, class_weight: float = 0.0, negatives: int = 0):
         super().__init__()
-        self.model = model
+        self.model, self.class_weight, self.negatives = model, class_weight, negatives
 
     def forward(self, x: Tensor, y: Tensor | None) -> Tensor:
-        return self.model.log_prob(x, y)
+        log_px = self.model.log_prob(x, y)  # (B,)
+        if y is None or not self.class_weight:
+            return log_px
+        return log_px + self.class_weight * self.log_posterior(x, y, log_px)
+
+    def log_posterior(self, x: Tensor, y: Tensor, log_px: Tensor) -> Tensor:
+        """log p(y | x) over y and the negative classes, (B,); log_px = log p(x | y), (B,)."""
+        classes = self.model.config.num_classes
+        count = min(self.negatives or classes - 1, classes - 1)
+        shifts = torch.rand(len(y), classes - 1, device=y.device).argsort(1)[:, :count] + 1  # (B, K), none 0
+        others = (y[:, None] + shifts) % classes  # (B, K): classes other than y
+        repeated = x.repeat_interleave(count, 0)  # (B * K, C, H, W), image b's copies next to each other
+        log_others = self.model.log_prob(repeated, others.flatten()).view(len(y), count)  # (B, K)
+        return log_px - torch.logsumexp(torch.cat([log_px[:, None], log_others], 1), 1)
 
 
 def device_name(device: torch.device) -> str:

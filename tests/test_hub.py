@@ -318,6 +318,19 @@ def test_model_card_says_when_training_ran_under_bf16(tiny):
     assert "under bf16 autocast (evaluation in float32)" in write_model_card(tiny[1]).read_text()
 
 
+def test_model_card_names_a_hybrid_objective(tiny):
+    assert "log p(y | x)" not in write_model_card(tiny[1]).read_text()
+    metrics = json.loads((tiny[1] / "metrics.json").read_text())
+    for negatives, said in ((3, "over y and 3 other classes drawn per image"), (0, "over every class")):
+        metrics["config"] = {"class_weight": 30.0, "class_negatives": negatives}
+        (tiny[1] / "metrics.json").write_text(json.dumps(metrics))
+        card = write_model_card(tiny[1]).read_text()
+        assert f"objective log p(x | y) + 30 log p(y | x) (the class's posterior by Bayes' rule {said})" in card
+    metrics["config"] = {"class_weight": "30", "class_negatives": [3]}  # garbled: not said
+    (tiny[1] / "metrics.json").write_text(json.dumps(metrics))
+    assert "log p(y | x)" not in write_model_card(tiny[1]).read_text()
+
+
 def test_model_card_tolerates_missing_metrics(tiny):
     (tiny[1] / "metrics.json").unlink()
     text = write_model_card(tiny[1]).read_text()

@@ -116,6 +116,12 @@ def run_train(tmp_path, out, *extra):
                        "--no-progress", "--device", "cpu", "--on-class", "2", *extra])
 
 
+def test_a_class_weight_needs_a_class_conditional_run(tmp_path):
+    write_fixture_data(tmp_path)
+    with pytest.raises(SystemExit, match="needs a class-conditional run"):
+        run_train(tmp_path, tmp_path / "run", "--dataset", "binarized_mnist", "--max-steps", "1", "--class-weight", "1")
+
+
 def test_training_cli_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     write_fixture_data(tmp_path)
     out = tmp_path / "run"
@@ -173,16 +179,19 @@ def test_settings_saved_before_an_option_existed_resume_with_its_default(tmp_pat
     out = tmp_path / "run"
     run_train(tmp_path, out, "--arch", "row_lstm", "--factor", "2", "--max-steps", "2")
     state = json.loads((out / "training_state.json").read_text())
-    del state["settings"]["small_layers"]
+    del state["settings"]["small_layers"], state["settings"]["dropout"]
     (out / "training_state.json").write_text(json.dumps(state))
-    resumed = run_train(tmp_path, out, "--arch", "row_lstm", "--factor", "2", "--max-steps", "3", "--resume")
-    assert resumed["steps"] == 3 and resumed["changes"] == [{"step": 2, "changed": {"max_steps": [2, 3]}}]
+    resumed = run_train(tmp_path, out, "--arch", "row_lstm", "--factor", "2", "--max-steps", "3", "--dropout", "0.1",
+                        "--resume")
+    assert resumed["steps"] == 3  # an option set away from its default counts as a change, saved or not
+    assert resumed["changes"] == [{"step": 2, "changed": {"dropout": [0.0, 0.1], "max_steps": [2, 3]}}]
     with pytest.raises(SystemExit, match="holds another model"):
         run_train(tmp_path, out, "--arch", "row_lstm", "--factor", "2", "--small-layers", "2", "--max-steps", "4",
                   "--resume")
 
 
-@pytest.mark.parametrize("extra", [["--dataset", "mnist", "--conditional", "--arch", "pixelcnn", "--class-maps", "2"],
+@pytest.mark.parametrize("extra", [["--dataset", "mnist", "--conditional", "--arch", "pixelcnn", "--class-maps", "2",
+                                    "--class-weight", "5", "--class-negatives", "2"],
                                    ["--dataset", "mnist", "--binarize", "--arch", "diagonal_bilstm"],
                                    ["--dataset", "cifar10", "--conditional", "--cifar-parts", "ab", "--arch", "pixelcnn"],
                                    ["--dataset", "binarized_mnist", "--arch", "row_lstm", "--factor", "2",
@@ -290,6 +299,29 @@ def test_train_step_clips_the_per_sub_pixel_gradient_and_updates_the_moving_aver
     step(step=0)  # warm-up: decay min(0.9, (1 + 0) / (10 + 0)) = 0.1
     for e, b, p in zip(step.ema, start, model.parameters()):
         torch.testing.assert_close(e, 0.1 * b + 0.9 * p.detach())
+
+
+def test_the_hybrid_objective_adds_the_weighted_posterior_of_the_class_by_bayes_rule():
+    from pixelrnn.training import LogProb
+
+    torch.manual_seed(0)
+    model = pixelrnn.build_model("row_lstm", 1, 4, 5, 5, 4, hidden=4, layers=1)
+    x, y = torch.randint(0, 4, (6, 1, 5, 5)), torch.tensor([0, 1, 2, 3, 0, 1])
+    log_px = model.log_prob(x, y)
+    every = torch.stack([model.log_prob(x, torch.full((6,), c)) for c in range(4)], 1)  # (B, classes)
+    exact = every.log_softmax(1).gather(1, y[:, None])[:, 0]  # log p(y | x), uniform prior
+    torch.testing.assert_close(LogProb(model)(x, y), log_px)
+    torch.testing.assert_close(LogProb(model, 0.0, 1)(x, y), log_px)
+    torch.testing.assert_close(LogProb(model, 2.5)(x, y), log_px + 2.5 * exact)  # all 3 other classes
+    torch.testing.assert_close(LogProb(model, 2.5, 9)(x, y), log_px + 2.5 * exact)  # more than there are: all
+    assert exact.std() > 0.01, "the test needs classes the model tells apart"
+    for _ in range(5):  # one other class: the posterior between y and it, never y against itself
+        sampled = LogProb(model, 1.0, 1)(x, y) - log_px  # (B,)
+        pairs = [every[b, y[b]] - torch.logaddexp(every[b, y[b]], every[b]) for b in range(6)]  # (classes,) each
+        for b, options in enumerate(pairs):
+            others = torch.cat([options[: y[b]], options[y[b] + 1:]])
+            assert torch.isclose(sampled[b], others, atol=1e-5).any(), f"image {b}: not a pair of y and another class"
+    assert (sampled >= exact - 1e-5).all() and (sampled <= 0).all()
 
 
 def test_bf16_training_on_the_cpu_runs_the_network_in_bf16_and_the_loss_in_float32():
