@@ -82,7 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--class-maps", type=int, default=None,
                    help="--conditional: a learned map of this many channels per class, a location-dependent bias")
     p.add_argument("--class-weight", type=float, default=0.0, help="--conditional: add this times log p(y | x) "
-                   "(Bayes' rule on the model's own likelihoods) to the objective log p(x | y) (0: likelihood only)")
+                   "(Bayes' rule on the model's own likelihoods) to the objective log p(x | y) (0: likelihood only); the "
+                   "train loss shown then includes it, validation stays the likelihood")
     p.add_argument("--class-negatives", type=count, default=0, help="--class-weight: other classes per image in "
                    "p(y | x), drawn at random (0: all; each costs one more forward and backward pass)")
     p.add_argument("--batch-size", type=int, default=16, help="global batch (split across processes)")
