@@ -187,10 +187,10 @@ def training(metrics: dict) -> tuple[list[str], list[str]]:
         facts.append(f"{format_duration(metrics['wall_time_s'])} of training")
     if metrics.get("device"):
         facts.append(f"on {device_text(metrics['device'])}")
-    if (metrics.get("config") or {}).get("bf16") is True:
+    settings = metrics.get("config") or {}  # the run's settings
+    if settings.get("bf16") is True:
         facts.append("under bf16 autocast (evaluation in float32)")
-    weight, negatives = (metrics.get("config") or {}).get("class_weight"), (metrics.get("config") or {}).get(
-        "class_negatives")
+    weight, negatives = settings.get("class_weight"), settings.get("class_negatives")
     if as_number(weight):
         others = f"y and {int(negatives)} other classes drawn per image" if as_number(negatives) else "every class"
         facts.append(f"objective log p(x | y) + {weight:g} log p(y | x) (the class's posterior by Bayes' rule over "

@@ -152,10 +152,14 @@ def run_settings(args: argparse.Namespace) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in PER_CALL}
 
 
+def with_defaults(settings: dict) -> dict:
+    """Run settings with the options newer than them at their defaults (what they were when the settings were saved)."""
+    return {**run_settings(parse_args([])), **settings}
+
+
 def shape_of(settings: dict) -> dict:
-    """The model that run settings build (dropout aside, which a resume may change); options newer than the
-    settings take their defaults."""
-    args = argparse.Namespace(**{**vars(parse_args([])), **settings})
+    """The model that run settings build (dropout aside, which a resume may change)."""
+    args = argparse.Namespace(**with_defaults(settings))
     return {k: v for k, v in model_config(args).to_dict().items() if k != "dropout"}
 
 
@@ -194,9 +198,8 @@ def resume(run: Run) -> dict[str, Tensor]:
     if saved and shape_of(saved) != shape_of(settings):
         raise SystemExit(f"{args.out} holds another model: {shape_of(saved)}, not {shape_of(settings)}")
     loaded, weights, rng = load_training_state(args.out, run.optimizer)
-    defaults = vars(parse_args([]))  # options newer than the saved settings had their defaults then
-    before = {k: saved.get(k, defaults.get(k)) for k in settings} if saved else settings
-    changed = {k: [before[k], v] for k, v in settings.items() if before[k] != v}
+    before = with_defaults(saved) if saved else settings
+    changed = {k: [before.get(k), v] for k, v in settings.items() if before.get(k) != v}
     run.state.update({**loaded, "settings": settings})  # states saved before settings were kept: no changes list
     if changed:  # e.g. a longer --hours: recorded, because the run no longer equals its config from scratch
         print(f"resuming at step {run.state['step']} with changed settings (old, new): {changed}")
