@@ -349,19 +349,14 @@ class PausableClock:
     keeps its --hours of training. A SIGSTOP is not seen by the process: its pause counts."""
 
     def __init__(self) -> None:
-        self.start, self.paused_s, self.stopped_at = time.monotonic(), 0.0, None
+        self.start, self.paused_s = time.monotonic(), 0.0
         if hasattr(signal, "SIGTSTP") and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTSTP, self._stop)
-            signal.signal(signal.SIGCONT, self._resume)
 
     def _stop(self, *_) -> None:
-        self.stopped_at = time.monotonic()
-        os.kill(os.getpid(), signal.SIGSTOP)
-
-    def _resume(self, *_) -> None:
-        if self.stopped_at is not None:
-            self.paused_s += time.monotonic() - self.stopped_at
-            self.stopped_at = None
+        stopped_at = time.monotonic()
+        os.kill(os.getpid(), signal.SIGSTOP)  # returns once SIGCONT has resumed the process (no handler race)
+        self.paused_s += time.monotonic() - stopped_at
 
     def seconds(self) -> float:
         return time.monotonic() - self.start - self.paused_s
