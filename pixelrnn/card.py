@@ -193,8 +193,11 @@ def training(metrics: dict) -> tuple[list[str], list[str]]:
     weight, negatives = settings.get("class_weight"), settings.get("class_negatives")
     if as_number(weight):
         others = f"y and {int(negatives)} other classes drawn per image" if as_number(negatives) else "every class"
+        selected = metrics.get("selected") if isinstance(metrics.get("selected"), dict) else {}
+        by = (", the weights selected by it on validation (exact posterior)" if selected.get("class_weight") == weight
+              else "")
         facts.append(f"objective log p(x | y) + {weight:g} log p(y | x) (the class's posterior by Bayes' rule over "
-                     f"{others})")
+                     f"{others}){by}")
     if isinstance(metrics.get("train_images"), int):
         facts.append(f"{metrics['train_images']:,} training images")
     changes = [c for c in metrics.get("changes") or [] if isinstance(c, dict) and isinstance(c.get("changed"), dict)]

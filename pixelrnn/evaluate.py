@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,23 +28,50 @@ from pixelrnn.training import TEST_BINARIZATION_SEED
 MAX_PER_CLASS = 1000  # a recorded on-class measurement with more samples per class is re-measured with the default
 
 
-@torch.no_grad()
 def mean_nll(model: Model, images: Tensor, labels: Tensor | None, batch_size: int, device: torch.device,
              rank: int = 0, world: int = 1, progress: bool = False) -> float:
     """Mean NLL in nats per image over `images`, in float32 (no autocast), sharded across processes."""
+    return sharded_means(lambda x, y: -model.log_prob(x, y)[:, None], 1, model, images, labels, batch_size, device,
+                         rank, world, progress)[0]
+
+
+def class_scores(model: Model, images: Tensor, labels: Tensor, batch_size: int, device: torch.device,
+                 rank: int = 0, world: int = 1) -> dict[str, float]:
+    """A class-conditional model's likelihoods of labelled images under every class (one pass each), by Bayes' rule
+    under a uniform prior -> means per image of "nll" -log p(x | y) and "class_nll" -log p(y | x) in nats, and
+    "class_accuracy": how often the posterior's most likely class is y. float32, sharded across processes."""
+    classes = model.config.num_classes
+
+    def scores(x: Tensor, y: Tensor) -> Tensor:  # (B, 3)
+        every = torch.arange(classes, device=x.device).repeat(len(x))  # (B * classes,)
+        log_px = model.log_prob(x.repeat_interleave(classes, 0), every).view(len(x), classes)  # (B, classes)
+        log_py = log_px.gather(1, y[:, None])[:, 0]  # (B,): the labelled class
+        hit = (log_px.argmax(1) == y).double()
+        return torch.stack([-log_py, torch.logsumexp(log_px, 1) - log_py, hit], 1)
+
+    means = sharded_means(scores, 3, model, images, labels, batch_size, device, rank, world)
+    return dict(zip(("nll", "class_nll", "class_accuracy"), means))
+
+
+@torch.no_grad()
+def sharded_means(scores: Callable[[Tensor, Tensor | None], Tensor], columns: int, model: Model, images: Tensor,
+                  labels: Tensor | None, batch_size: int, device: torch.device, rank: int = 0, world: int = 1,
+                  progress: bool = False) -> list[float]:
+    """Means over `images` of the `columns` columns of scores(x, y) -> (B, columns), in float32 in eval mode,
+    sharded across processes."""
     was_training = model.training
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of NLL, count]
+    total = torch.zeros(columns + 1, dtype=torch.float64, device=device)  # [sums of the columns, count]
     shard = range(rank * batch_size, len(images), world * batch_size)
     for start in tqdm(shard, desc="eval", leave=False, disable=not progress):
         x = images[start : start + batch_size].to(device)
         y = None if labels is None else labels[start : start + batch_size].to(device)
-        nll = -model.log_prob(x, y)
-        total += torch.stack([nll.double().sum(), torch.tensor(float(len(x)), device=device)])
+        total[:-1] += scores(x, y).double().sum(0)
+        total[-1] += len(x)
     if world > 1:
         dist.all_reduce(total)
     model.train(was_training)
-    return (total[0] / total[1]).item()
+    return (total[:-1] / total[-1]).tolist()
 
 
 def test_nll(model: Model, dataset: str, data_dir: Path, batch_size: int = 500) -> tuple[float, int]:

@@ -29,7 +29,7 @@ from pixelrnn.card import write_model_card
 from pixelrnn.checkpoints import ON_CLASS_SHEET, CheckpointError
 from pixelrnn.classify import ON_CLASS_SAMPLES, measure_on_class
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR
-from pixelrnn.evaluate import mean_nll
+from pixelrnn.evaluate import class_scores, mean_nll
 from pixelrnn.generate import image_grid
 from pixelrnn.model import ARCHS, ModelConfig, bits_per_dim, build_model, paper_config
 from pixelrnn.plots import learning_curve
@@ -83,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--conditional: a learned map of this many channels per class, a location-dependent bias")
     p.add_argument("--class-weight", type=float, default=0.0, help="--conditional: add this times log p(y | x) "
                    "(Bayes' rule on the model's own likelihoods) to the objective log p(x | y) (0: likelihood only); the "
-                   "train loss shown then includes it, validation stays the likelihood")
+                   "train loss shown then includes it; validation scores it with the exact posterior (one pass per class) and "
+                   "selects the weights by it")
     p.add_argument("--class-negatives", type=count, default=0, help="--class-weight: other classes per image in "
                    "p(y | x), drawn at random (0: all; each costs one more forward and backward pass)")
     p.add_argument("--batch-size", type=int, default=16, help="global batch (split across processes)")
@@ -209,9 +210,10 @@ def resume(run: Run) -> dict[str, Tensor]:
         rng.pop("cuda", None)
     run.weights.restore(weights)
     best, splits = run.state["best"], run.splits
-    if best is not None and (best.get("valid_images"), best.get("eval_images", len(splits.quick_x))
-                             ) != (len(splits.valid_x), len(splits.quick_x)):
-        run.state["best"] = None  # the validation set or its subset changed (other CIFAR quarters): compare afresh
+    if best is not None and (best.get("valid_images"), best.get("eval_images", len(splits.quick_x)),
+                             best.get("class_weight", 0.0)) != (len(splits.valid_x), len(splits.quick_x),
+                                                                args.class_weight):
+        run.state["best"] = None  # another validation set or subset (other CIFAR quarters) or score: compare afresh
     if run.state["best"] is not None and (args.out / "best.safetensors").exists():
         run.best = load_file(args.out / "best.safetensors", device=str(run.device))
     return rng
@@ -227,18 +229,35 @@ def save_state(run: Run, batches: Batches) -> None:
                         rng)
 
 
-def select(state: dict, record: dict, valid_images: int) -> str | None:
+def select(state: dict, record: dict, valid_images: int, class_weight: float = 0.0) -> str | None:
     """Model selection: "raw" or "ema" if this evaluation's better weights are the best yet (recorded in state),
-    else None (counted towards --patience; so is a diverged, non-finite evaluation)."""
-    which = better_weights(record)
-    score = record[f"valid_{which}"]
+    else None (counted towards --patience; so is a diverged, non-finite evaluation). The score is the validation
+    likelihood, or a hybrid run's objective (record's objective_raw/_ema) when class_weight > 0."""
+    score_of = "objective" if class_weight else "valid"
+    which = better_weights(record, score_of)
+    score = record[f"{score_of}_{which}"]
     if not math.isfinite(score) or (state["best"] is not None and not score < state["best"]["valid"]):
         state["bad_evals"] += 1
         return None
     state["best"] = {"valid": score, "step": state["step"], "weights": which, "valid_images": valid_images,
-                     "eval_images": record["eval_images"]}
+                     "eval_images": record["eval_images"], "class_weight": class_weight}
     state["bad_evals"] = 0
     return which
+
+
+def validation_scores(run: Run) -> dict[str, float]:
+    """The validation subset's likelihood ("valid", in the run's unit) under the weights in the model; for a hybrid
+    run (--class-weight) also its objective ("objective", same unit: what selects its weights), -log p(y | x)
+    ("class_nll", nats) and how often the posterior's most likely class is y ("class_accuracy"), exact (one pass per
+    class)."""
+    args, splits = run.args, run.splits
+    if not args.class_weight:
+        nll = mean_nll(run.model, splits.quick_x, splits.quick_y, 500, run.device, run.rank, run.world)
+        return {"valid": run.in_unit(nll)}
+    scores = class_scores(run.model, splits.quick_x, splits.quick_y, 50, run.device, run.rank, run.world)
+    return {"valid": run.in_unit(scores["nll"]),
+            "objective": run.in_unit(scores["nll"] + args.class_weight * scores["class_nll"]),
+            "class_nll": scores["class_nll"], "class_accuracy": scores["class_accuracy"]}
 
 
 def validate(run: Run, rate: float, train_loss: float, grad_norm: float) -> None:
@@ -249,9 +268,9 @@ def validate(run: Run, rate: float, train_loss: float, grad_norm: float) -> None
               "train_loss": run.in_unit(train_loss * run.dims), "grad_norm": grad_norm}
     for which in ("raw", "ema") if run.weights.ema is not None else ("raw",):
         with run.weights.swapped_in(which):
-            nll = mean_nll(run.model, splits.quick_x, splits.quick_y, 500, run.device, run.rank, run.world)
-            record[f"valid_{which}"] = run.in_unit(nll)
-    which = select(state, {**record, "eval_images": len(splits.quick_x)}, len(splits.valid_x))
+            record.update({f"{key}_{which}": value for key, value in validation_scores(run).items()})
+    weight = run.args.class_weight
+    which = select(state, {**record, "eval_images": len(splits.quick_x)}, len(splits.valid_x), weight)
     if which is not None:
         with run.weights.swapped_in(which):
             run.best = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
@@ -261,7 +280,9 @@ def validate(run: Run, rate: float, train_loss: float, grad_norm: float) -> None
     if run.is_main:
         run.bar.write(f"step {state['step']}: valid {record['valid_raw']:.3f}"
                       + (f" (EMA {record['valid_ema']:.3f})" if "valid_ema" in record else "")
-                      + f" {run.unit} on {len(splits.quick_x)} validation images; train {record['train_loss']:.3f}")
+                      + f" {run.unit} on {len(splits.quick_x)} validation images; train {record['train_loss']:.3f}"
+                      + (f"; objective {record['objective_raw']:.3f}, posterior right on "
+                         f"{record['class_accuracy_raw']:.1%} (raw)" if weight else ""))
 
 
 def should_stop(run: Run, budget_s: float) -> str | None:

@@ -201,12 +201,13 @@ def validation_subset(count: int, size: int) -> Tensor:
     return pick[:size] if size else pick
 
 
-def better_weights(record: dict) -> str:
-    """Which weights of an evaluation did better on the validation subset: "ema" (ties included) or "raw"; a
-    non-finite (diverged) score loses to a finite one."""
-    raw, ema = (record.get(key, math.inf) for key in ("valid_raw", "valid_ema"))
-    raw, ema = (score if math.isfinite(score) else math.inf for score in (raw, ema))
-    return "ema" if ema <= raw and "valid_ema" in record else "raw"
+def better_weights(record: dict, score: str = "valid") -> str:
+    """Which weights of an evaluation did better on the validation subset by record's f"{score}_raw" and
+    f"{score}_ema" (lower is better): "ema" (ties included) or "raw"; a non-finite (diverged) score loses to a finite
+    one."""
+    raw, ema = (record.get(f"{score}_{which}", math.inf) for which in ("raw", "ema"))
+    raw, ema = (value if math.isfinite(value) else math.inf for value in (raw, ema))
+    return "ema" if ema <= raw and f"{score}_ema" in record else "raw"
 
 
 def split_validation(dataset: str, args: argparse.Namespace) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:

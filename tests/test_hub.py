@@ -326,6 +326,10 @@ def test_model_card_names_a_hybrid_objective(tiny):
         (tiny[1] / "metrics.json").write_text(json.dumps(metrics))
         card = write_model_card(tiny[1]).read_text()
         assert f"objective log p(x | y) + 30 log p(y | x) (the class's posterior by Bayes' rule {said})" in card
+    assert "selected by it" not in card  # a run selected by its likelihood
+    metrics["selected"] = {"valid": 1.2, "step": 40, "weights": "ema", "class_weight": 30.0}
+    (tiny[1] / "metrics.json").write_text(json.dumps(metrics))
+    assert "over every class), the weights selected by it on validation" in write_model_card(tiny[1]).read_text()
     metrics["config"] = {"class_weight": "30", "class_negatives": [3]}  # garbled: not said
     (tiny[1] / "metrics.json").write_text(json.dumps(metrics))
     assert "log p(y | x)" not in write_model_card(tiny[1]).read_text()

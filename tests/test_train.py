@@ -174,6 +174,23 @@ def test_states_saved_before_settings_and_random_streams_were_kept_still_resume(
     assert resumed["selected"]["valid"] == -1.0 and resumed["selected"]["step"] == first["selected"]["step"]
 
 
+def test_a_hybrid_run_selects_by_its_objective_also_after_resuming_a_likelihood_run(tmp_path):
+    write_fixture_data(tmp_path)
+    out, flags = tmp_path / "run", ("--arch", "pixelcnn", "--dataset", "mnist", "--conditional", "--samples", "0")
+    run_train(tmp_path, out, *flags, "--max-steps", "2")
+    state = json.loads((out / "training_state.json").read_text())
+    state["best"]["valid"] = -1.0  # an unbeatable likelihood: it must not stand against the hybrid objective
+    (out / "training_state.json").write_text(json.dumps(state))
+    resumed = run_train(tmp_path, out, *flags, "--max-steps", "4", "--class-weight", "5", "--resume")
+    last, selected = resumed["history"][-1], resumed["selected"]
+    assert selected["class_weight"] == 5.0 and selected["step"] == 4
+    assert selected["valid"] == min(last["objective_raw"], last["objective_ema"])
+    for which in ("raw", "ema"):  # the objective in bits/dim: the likelihood plus 5 times -log p(y | x)
+        nats = last[f"class_nll_{which}"] * 5
+        assert math.isclose(last[f"objective_{which}"] - last[f"valid_{which}"], nats / (784 * math.log(2)))
+        assert 0 <= last[f"class_accuracy_{which}"] <= 1
+
+
 def test_settings_saved_before_an_option_existed_resume_with_its_default(tmp_path):
     write_fixture_data(tmp_path)
     out = tmp_path / "run"
@@ -509,7 +526,8 @@ def test_selection_keeps_the_best_evaluation_and_counts_the_others():
 
     state = {"best": None, "bad_evals": 0, "step": 100}
     assert select(state, {"valid_raw": 90.0, "valid_ema": 91.0, "eval_images": 8}, 50) == "raw"  # the first is best
-    assert state["best"] == {"valid": 90.0, "step": 100, "weights": "raw", "valid_images": 50, "eval_images": 8}
+    assert state["best"] == {"valid": 90.0, "step": 100, "weights": "raw", "valid_images": 50, "eval_images": 8,
+                             "class_weight": 0.0}
     state["step"] = 200
     assert select(state, {"valid_raw": 92.0, "valid_ema": 90.0, "eval_images": 8}, 50) is None  # a tie is no better
     assert select(state, {"valid_raw": 95.0, "eval_images": 8}, 50) is None
@@ -521,6 +539,33 @@ def test_selection_keeps_the_best_evaluation_and_counts_the_others():
     assert select(state, {"valid_raw": math.nan, "valid_ema": math.nan, "eval_images": 8}, 50) is None
     assert state["bad_evals"] == 1 and state["best"]["step"] == 300
     assert select(state, {"valid_raw": math.nan, "valid_ema": 80.0, "eval_images": 8}, 50) == "ema"
+
+
+def test_a_hybrid_run_is_selected_by_its_objective_not_its_likelihood():
+    from pixelrnn.train import select
+
+    state = {"best": None, "bad_evals": 0, "step": 100}
+    record = {"valid_raw": 80.0, "valid_ema": 81.0, "objective_raw": 95.0, "objective_ema": 90.0, "eval_images": 8}
+    assert select(state, record, 50, 30.0) == "ema"  # the likelihood alone would take the raw weights
+    assert (state["best"]["valid"], state["best"]["class_weight"]) == (90.0, 30.0)
+    state["step"] = 200  # a better likelihood with a worse objective is no better
+    assert select(state, {**record, "valid_raw": 70.0, "objective_raw": 91.0}, 50, 30.0) is None
+
+
+def test_class_scores_are_bayes_rule_over_the_models_likelihoods():
+    from pixelrnn.evaluate import class_scores, mean_nll
+
+    torch.manual_seed(0)
+    model = pixelrnn.build_model("row_lstm", 1, 4, 5, 5, 4, hidden=4, layers=1).eval()
+    x, y = torch.randint(0, 4, (7, 1, 5, 5)), torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    with torch.no_grad():
+        every = torch.stack([model.log_prob(x, torch.full((7,), c)) for c in range(4)], 1)  # (B, classes)
+    posterior = every.log_softmax(1)
+    scores = class_scores(model, x, y, 3, torch.device("cpu"))  # batches of 3, 3 and 1
+    assert posterior.argmax(1).ne(y).any() and posterior.argmax(1).eq(y).any(), "the test needs hits and misses"
+    assert math.isclose(scores["nll"], mean_nll(model, x, y, 7, torch.device("cpu")), rel_tol=1e-5)
+    assert math.isclose(scores["class_nll"], -posterior.gather(1, y[:, None]).mean().item(), rel_tol=1e-5)
+    assert scores["class_accuracy"] == posterior.argmax(1).eq(y).double().mean().item()
 
 
 def test_the_moving_average_swaps_in_and_out_and_round_trips():
