@@ -15,7 +15,7 @@ import pixelrnn
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"mnist": ["binarized-mnist-diagonal-bilstm", "binarized-mnist-row-lstm", "binarized-mnist-pixelcnn",
-                  "binarized-mnist-multiscale-row-lstm", "mnist-row-lstm-conditional", "mnist-row-lstm-conditional-maps"],
+                  "binarized-mnist-multiscale-row-lstm", "mnist-row-lstm-conditional-hybrid", "mnist-row-lstm-conditional-maps"],
         "cifar": ["cifar10-row-lstm", "cifar10-multiscale-row-lstm"]}
 
 
@@ -35,6 +35,7 @@ def test_both_stages_write_loadable_finished_checkpoints(tmp_path):
             assert model.config.class_maps == config.get("class_maps")
             metrics = json.loads((folder / "metrics.json").read_text())
             assert metrics["finished"] and math.isfinite(metrics["test_nll_nats"])
+            assert metrics["selected"]["class_weight"] == config.get("class_weight", 0.0)  # by the run's objective
             assert (folder / "README.md").is_file() and not (folder / "training_state.safetensors").exists()
 
 

@@ -3,7 +3,7 @@
 # included) and at most 10 minutes a call, so each stage is one call of about 6.5 minutes (4.5 of training, the
 # configs' --hours, then the full test split, samples and card):
 #   bash configs/gpu/session.sh mnist DATA_FOLDER   # six binarized-MNIST / MNIST runs side by side (the last two:
-#                          # class-conditional MNIST without and with class maps, an A/B)
+#                          # class-conditional MNIST with class maps, with and without the hybrid objective, an A/B)
 #   bash configs/gpu/session.sh cifar DATA_FOLDER   # CIFAR-10 Row LSTM (the paper's CIFAR model, here
 #                          # class-conditional) and an unconditional Multi-Scale Row LSTM (Upscale in colour), on one
 #                          # training quarter
@@ -21,7 +21,7 @@ mkdir -p "$out/logs"
 export PYTHONUNBUFFERED=1  # a call cut off at its limit still leaves its logs
 case $stage in
   mnist) runs=(binarized-mnist-diagonal-bilstm binarized-mnist-row-lstm binarized-mnist-pixelcnn
-               binarized-mnist-multiscale-row-lstm mnist-row-lstm-conditional mnist-row-lstm-conditional-maps)
+               binarized-mnist-multiscale-row-lstm mnist-row-lstm-conditional-hybrid mnist-row-lstm-conditional-maps)
          extra=() ;;
   cifar) runs=(cifar10-row-lstm cifar10-multiscale-row-lstm)
          extra=(--cifar-parts "${CIFAR_PARTS:-a}") ;;
