@@ -5,17 +5,30 @@ from __future__ import annotations
 from PIL import Image, ImageDraw
 
 SERIES = (("train_loss", "train (batch mean)", (150, 150, 150)), ("valid_raw", "validation", (31, 119, 180)),
-          ("valid_ema", "validation, EMA weights", (214, 39, 40)))
+          ("valid_ema", "validation, EMA weights", (214, 39, 40)),
+          ("train_objective", "train objective (batch mean)", (44, 160, 44)),
+          ("objective_raw", "validation objective", (140, 190, 230)),
+          ("objective_ema", "validation objective, EMA weights", (240, 150, 150)))
+
+
+def series_of(record: dict) -> dict:
+    """A history record's values by SERIES key: a hybrid run's records (those with objective_raw) hold the loss it
+    minimised, its objective, under train_loss."""
+    if "objective_raw" in record and "train_loss" in record:
+        record = {k: v for k, v in record.items() if k != "train_loss"} | {"train_objective": record["train_loss"]}
+    return record
 
 
 def learning_curve(history: list[dict], unit: str, title: str, size: tuple[int, int] = (640, 400)) -> Image.Image:
-    """history: the `history` records of metrics.json (keys images, train_loss, valid_raw, valid_ema)."""
+    """history: the `history` records of metrics.json (keys images, train_loss, valid_raw, valid_ema; a hybrid
+    run's also objective_raw and objective_ema)."""
     width, height = size
     left, right, top, bottom = 70, 20, 40, 50
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     draw.text((left, 12), title, fill="black")
-    points = {key: [(r["images"], r[key]) for r in history if key in r and "images" in r] for key, _, _ in SERIES}
+    records = [series_of(r) for r in history if "images" in r]
+    points = {key: [(r["images"], r[key]) for r in records if key in r] for key, _, _ in SERIES}
     values = [v for series in points.values() for _, v in series]
     if not values:
         draw.text((left, height // 2), "no evaluations recorded", fill="black")
@@ -42,10 +55,10 @@ def learning_curve(history: list[dict], unit: str, title: str, size: tuple[int, 
         draw.text((px - 15, height - bottom + 8), f"{x / 1e6:.2f}M", fill="black")
     draw.text((width // 2 - 40, height - 20), "training images", fill="black")
     draw.text((4, top - 16), unit, fill="black")
-    for n, (key, label, colour) in enumerate(SERIES):
+    for n, (key, label, colour) in enumerate((key, label, colour) for key, label, colour in SERIES if points[key]):
         if len(points[key]) > 1:
             draw.line([to_pixel(x, y) for x, y in points[key]], fill=colour, width=2)
-        elif points[key]:
+        else:
             px, py = to_pixel(*points[key][0])
             draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
         draw.text((width - right - 200, top + 8 + 14 * n), label, fill=colour)

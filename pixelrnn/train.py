@@ -280,7 +280,8 @@ def validate(run: Run, rate: float, train_loss: float, grad_norm: float) -> None
     if run.is_main:
         run.bar.write(f"step {state['step']}: valid {record['valid_raw']:.3f}"
                       + (f" (EMA {record['valid_ema']:.3f})" if "valid_ema" in record else "")
-                      + f" {run.unit} on {len(splits.quick_x)} validation images; train {record['train_loss']:.3f}"
+                      + f" {run.unit} on {len(splits.quick_x)} validation images; train {'objective ' * bool(weight)}"
+                      + f"{record['train_loss']:.3f}"
                       + (f"; objective {record['objective_raw']:.3f}, posterior right on "
                          f"{record['class_accuracy_raw']:.1%} (raw)" if weight else ""))
 

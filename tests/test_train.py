@@ -663,3 +663,22 @@ def test_a_run_paused_by_sigtstp_does_not_count_the_pause():
     wall, trained = map(float, out.stdout.split())
     assert wall >= 1.5, out.stderr  # it was stopped
     assert 0.2 <= trained <= wall - 1.4, (wall, trained)
+
+
+def test_a_hybrid_runs_learning_curve_plots_its_objective_apart_from_the_likelihood():
+    from pixelrnn.plots import SERIES, learning_curve, series_of
+
+    plain = [{"images": 32 * s, "train_loss": 1.2 - s / 1e4, "valid_raw": 1.1 - s / 1e4, "valid_ema": 1.1}
+             for s in (100, 200)]
+    hybrid = [{**r, "images": r["images"] + 6400, "objective_raw": 1.3, "objective_ema": 1.25} for r in plain]
+    assert series_of(plain[0]) == plain[0]
+    assert series_of(hybrid[0])["train_objective"] == hybrid[0]["train_loss"] and "train_loss" not in series_of(
+        hybrid[0])  # the loss a hybrid run minimised is its objective, not the likelihood's train loss
+    colours = {key: colour for key, _, colour in SERIES}
+
+    def drawn(history: list[dict]) -> set[str]:
+        pixels = set(learning_curve(history, "bits/dim", "t").getdata())  # lines and legend
+        return {key for key, colour in colours.items() if colour in pixels}
+
+    assert drawn(plain) == {"train_loss", "valid_raw", "valid_ema"}
+    assert drawn(plain + hybrid) == set(colours)
