@@ -188,6 +188,8 @@ def training(metrics: dict) -> tuple[list[str], list[str]]:
     if metrics.get("device"):
         facts.append(f"on {device_text(metrics['device'])}")
     settings = metrics.get("config") or {}  # the run's settings
+    if isinstance(settings.get("init"), str):
+        facts.insert(0, f"fine-tuned from the weights of {settings['init']} (a fresh optimizer and schedule)")
     if settings.get("bf16") is True:
         facts.append("under bf16 autocast (evaluation in float32)")
     weight, negatives = settings.get("class_weight"), settings.get("class_negatives")

@@ -26,12 +26,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pixelrnn.card import write_model_card
-from pixelrnn.checkpoints import ON_CLASS_SHEET, CheckpointError
+from pixelrnn.checkpoints import ON_CLASS_SHEET, CheckpointError, check_folder, load_folder
 from pixelrnn.classify import ON_CLASS_SAMPLES, measure_on_class
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR
 from pixelrnn.evaluate import class_scores, mean_nll
 from pixelrnn.generate import image_grid
-from pixelrnn.model import ARCHS, ModelConfig, bits_per_dim, build_model, paper_config
+from pixelrnn.model import ARCHS, Model, ModelConfig, bits_per_dim, build_model, paper_config
 from pixelrnn.plots import learning_curve
 from pixelrnn.sampling import sample
 from pixelrnn.training import (
@@ -112,6 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=count, default=16, help="samples drawn into samples.png (0: none)")
     p.add_argument("--on-class", type=count, default=ON_CLASS_SAMPLES, help="--conditional: samples per class drawn "
                    "at the end to measure the on-class rate with checkpoints/classifiers (pixelrnn.classify; 0: none)")
+    p.add_argument("--init", type=Path, default=None, help="fine-tune: start from this checkpoint folder's weights "
+                   "(the same model; a fresh optimizer and schedule)")
     p.add_argument("--out", type=Path, default=Path("runs/model"))
     p.add_argument("--resume", action="store_true", help="continue from OUT's training state")
     p.add_argument("--seed", type=int, default=0)
@@ -165,6 +167,20 @@ def shape_of(settings: dict) -> dict:
 
 
 
+def start_from(model: Model, args: argparse.Namespace) -> None:
+    """--init: load a checkpoint folder's weights into the model (before its moving average starts from them)."""
+    try:
+        _, config = check_folder(args.init)
+        weights = load_folder(args.init).state_dict()
+    except CheckpointError as err:
+        raise SystemExit(f"--init: {err}") from err
+    theirs, ours = ModelConfig(**config).to_dict(), model_config(args).to_dict()
+    theirs.pop("dropout"), ours.pop("dropout")
+    if theirs != ours:
+        raise SystemExit(f"--init {args.init} holds another model: {theirs}, not {ours}")
+    model.load_state_dict(weights)
+
+
 def set_up(args: argparse.Namespace, use_graph: bool) -> Run:
     """Data, model, optimizer and moving average; resumed from --out's training state with --resume."""
     rank, world, device = start_processes(args)
@@ -176,7 +192,10 @@ def set_up(args: argparse.Namespace, use_graph: bool) -> Run:
     if args.binarize and args.dataset != "mnist":
         raise SystemExit("--binarize applies to --dataset mnist only")
     splits = load_splits(args, device)
-    model = build_model(model_config(args)).to(device)
+    model = build_model(model_config(args))
+    if args.init is not None:
+        start_from(model, args)
+    model = model.to(device)
     if device.type == "cuda" and args.arch == "pixelcnn":
         model = model.to(memory_format=torch.channels_last)
     lr = torch.tensor(args.lr, device=device) if use_graph else args.lr  # a graph reads the lr from the device

@@ -191,6 +191,23 @@ def test_a_hybrid_run_selects_by_its_objective_also_after_resuming_a_likelihood_
         assert 0 <= last[f"class_accuracy_{which}"] <= 1
 
 
+def test_a_fine_tune_starts_from_the_init_checkpoints_weights_and_says_so(tmp_path):
+    write_fixture_data(tmp_path)
+    base, flags = tmp_path / "base", ("--arch", "pixelcnn", "--samples", "0")
+    run_train(tmp_path, base, *flags, "--max-steps", "2")
+    tuned = run_train(tmp_path, tmp_path / "tuned", *flags, "--max-steps", "1", "--lr", "0", "--init", str(base))
+    start, end = (load_file(folder / "model.safetensors") for folder in (base, tmp_path / "tuned"))
+    assert start.keys() == end.keys()
+    for name in start:  # a step at lr 0 keeps the weights (and their average) where --init put them
+        torch.testing.assert_close(end[name], start[name], rtol=0, atol=1e-6, msg=name)
+    assert tuned["config"]["init"] == str(base)
+    assert f"fine-tuned from the weights of {base}" in (tmp_path / "tuned" / "README.md").read_text()
+    with pytest.raises(SystemExit, match="holds another model"):
+        run_train(tmp_path, tmp_path / "wide", *flags, "--hidden", "8", "--max-steps", "1", "--init", str(base))
+    with pytest.raises(SystemExit, match="--init: .*no config.json"):
+        run_train(tmp_path, tmp_path / "lost", *flags, "--max-steps", "1", "--init", str(tmp_path / "nowhere"))
+
+
 def test_settings_saved_before_an_option_existed_resume_with_its_default(tmp_path):
     write_fixture_data(tmp_path)
     out = tmp_path / "run"
