@@ -166,7 +166,6 @@ def shape_of(settings: dict) -> dict:
     return {k: v for k, v in model_config(args).to_dict().items() if k != "dropout"}
 
 
-
 def start_from(model: Model, args: argparse.Namespace) -> None:
     """--init: load a checkpoint folder's weights into the model (before its moving average starts from them)."""
     try:
@@ -174,8 +173,8 @@ def start_from(model: Model, args: argparse.Namespace) -> None:
         weights = load_folder(args.init).state_dict()
     except CheckpointError as err:
         raise SystemExit(f"--init: {err}") from err
-    theirs, ours = ModelConfig(**config).to_dict(), model_config(args).to_dict()
-    theirs.pop("dropout"), ours.pop("dropout")
+    theirs = {k: v for k, v in ModelConfig(**config).to_dict().items() if k != "dropout"}
+    ours = shape_of(run_settings(args))
     if theirs != ours:
         raise SystemExit(f"--init {args.init} holds another model: {theirs}, not {ours}")
     model.load_state_dict(weights)
