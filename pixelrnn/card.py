@@ -189,7 +189,7 @@ def training(metrics: dict) -> tuple[list[str], list[str]]:
         facts.append(f"on {device_text(metrics['device'])}")
     settings = metrics.get("config") or {}  # the run's settings
     if isinstance(settings.get("init"), str):
-        facts.insert(0, f"fine-tuned from the weights of {settings['init']} (a fresh optimizer and schedule)")
+        facts.insert(0, f"Fine-tuned from the weights of {settings['init']} (a fresh optimizer and schedule)")
     if settings.get("bf16") is True:
         facts.append("under bf16 autocast (evaluation in float32)")
     weight, negatives = settings.get("class_weight"), settings.get("class_negatives")
@@ -235,7 +235,8 @@ def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
         samples=SAMPLES if (folder / SAMPLES).is_file() else None,
         on_class_sheet=ON_CLASS_SHEET if on_class and (folder / ON_CLASS_SHEET).is_file() else None,
         learning_curve=LEARNING_CURVE if (folder / LEARNING_CURVE).is_file() else None,
-        name=name, multi_scale=bool(factor), conditional=conditional)
+        name=name, multi_scale=bool(factor), conditional=conditional,
+        hybrid=bool(as_number((metrics.get("config") or {}).get("class_weight"))))
     path = folder / CARD
     path.write_text(str(card), encoding="utf-8")
     return path

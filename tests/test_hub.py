@@ -329,10 +329,14 @@ def test_model_card_names_a_hybrid_objective(tiny):
     assert "selected by it" not in card  # a run selected by its likelihood
     metrics["selected"] = {"valid": 1.2, "step": 40, "weights": "ema", "class_weight": 30.0}
     (tiny[1] / "metrics.json").write_text(json.dumps(metrics))
-    assert "over every class), the weights selected by it on validation" in write_model_card(tiny[1]).read_text()
+    (tiny[1] / "learning_curve.png").write_bytes(b"")  # the card links it when the file is there
+    card = write_model_card(tiny[1]).read_text()
+    assert "over every class), the weights selected by it on validation" in card
+    assert "those with the best objective on validation are the weights here" in card  # the curve's caption
     metrics["config"] = {"class_weight": "30", "class_negatives": [3]}  # garbled: not said
     (tiny[1] / "metrics.json").write_text(json.dumps(metrics))
-    assert "log p(y | x)" not in write_model_card(tiny[1]).read_text()
+    card = write_model_card(tiny[1]).read_text()
+    assert "log p(y | x)" not in card and "Validation NLL during training" in card
 
 
 def test_model_card_tolerates_missing_metrics(tiny):

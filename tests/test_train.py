@@ -201,7 +201,7 @@ def test_a_fine_tune_starts_from_the_init_checkpoints_weights_and_says_so(tmp_pa
     for name in start:  # a step at lr 0 keeps the weights (and their average) where --init put them
         torch.testing.assert_close(end[name], start[name], rtol=0, atol=1e-6, msg=name)
     assert tuned["config"]["init"] == str(base)
-    assert f"fine-tuned from the weights of {base}" in (tmp_path / "tuned" / "README.md").read_text()
+    assert f"Fine-tuned from the weights of {base}" in (tmp_path / "tuned" / "README.md").read_text()
     with pytest.raises(SystemExit, match="holds another model"):
         run_train(tmp_path, tmp_path / "wide", *flags, "--hidden", "8", "--max-steps", "1", "--init", str(base))
     with pytest.raises(SystemExit, match="--init: .*no config.json"):
