@@ -19,6 +19,15 @@ def series_of(record: dict) -> dict:
     return record
 
 
+def count_label(x: float, x_max: float) -> str:
+    """An axis tick's count of training images, in the unit the axis's end needs: "1.25M", "12k", "400"."""
+    if not x:
+        return "0"
+    if x_max >= 1e6:
+        return f"{x / 1e6:.2f}M"
+    return f"{x / 1e3:.3g}k" if x_max >= 1e4 else f"{x:.0f}"
+
+
 def learning_curve(history: list[dict], unit: str, title: str, size: tuple[int, int] = (640, 400)) -> Image.Image:
     """history: the `history` records of metrics.json (keys images, train_loss, valid_raw, valid_ema; a hybrid
     run's also objective_raw and objective_ema)."""
@@ -52,7 +61,7 @@ def learning_curve(history: list[dict], unit: str, title: str, size: tuple[int, 
         x = x_max * k / 4
         px, _ = to_pixel(x, y_min)
         draw.line([px, height - bottom, px, height - bottom + 4], fill="black")
-        draw.text((px - 15, height - bottom + 8), f"{x / 1e6:.2f}M", fill="black")
+        draw.text((px - 15, height - bottom + 8), count_label(x, x_max), fill="black")
     draw.text((width // 2 - 40, height - 20), "training images", fill="black")
     draw.text((4, top - 16), unit, fill="black")
     for n, (key, label, colour) in enumerate((key, label, colour) for key, label, colour in SERIES if points[key]):

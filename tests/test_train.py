@@ -682,6 +682,13 @@ def test_a_run_paused_by_sigtstp_does_not_count_the_pause():
     assert 0.2 <= trained <= wall - 1.4, (wall, trained)
 
 
+def test_the_learning_curves_ticks_tell_a_short_run_from_a_long_one():
+    from pixelrnn.plots import count_label
+    assert [count_label(16_000 * k / 4, 16_000) for k in range(5)] == ["0", "4k", "8k", "12k", "16k"]
+    assert [count_label(1_300_000 * k / 4, 1_300_000) for k in (1, 4)] == ["0.33M", "1.30M"]
+    assert count_label(400, 800) == "400"
+
+
 def test_a_hybrid_runs_learning_curve_plots_its_objective_apart_from_the_likelihood():
     from pixelrnn.plots import SERIES, learning_curve, series_of
 
