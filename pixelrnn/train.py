@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pixelrnn.card import write_model_card
-from pixelrnn.checkpoints import ON_CLASS_SHEET, CheckpointError, check_folder, load_folder
+from pixelrnn.checkpoints import ON_CLASS_SHEET, CheckpointError, load_folder
 from pixelrnn.classify import ON_CLASS_SAMPLES, measure_on_class
 from pixelrnn.data import DATASETS, DEFAULT_DATA_DIR
 from pixelrnn.evaluate import class_scores, mean_nll
@@ -160,24 +160,26 @@ def with_defaults(settings: dict) -> dict:
     return {**run_settings(parse_args([])), **settings}
 
 
+def model_shape(config: ModelConfig) -> dict:
+    """A model's config but its dropout, which a resume or a fine-tune may change."""
+    return {k: v for k, v in config.to_dict().items() if k != "dropout"}
+
+
 def shape_of(settings: dict) -> dict:
-    """The model that run settings build (dropout aside, which a resume may change)."""
-    args = argparse.Namespace(**with_defaults(settings))
-    return {k: v for k, v in model_config(args).to_dict().items() if k != "dropout"}
+    """The model that run settings build (dropout aside)."""
+    return model_shape(model_config(argparse.Namespace(**with_defaults(settings))))
 
 
 def start_from(model: Model, args: argparse.Namespace) -> None:
     """--init: load a checkpoint folder's weights into the model (before its moving average starts from them)."""
     try:
-        _, config = check_folder(args.init)
-        weights = load_folder(args.init).state_dict()
+        start = load_folder(args.init)
     except CheckpointError as err:
         raise SystemExit(f"--init: {err}") from err
-    theirs = {k: v for k, v in ModelConfig(**config).to_dict().items() if k != "dropout"}
-    ours = shape_of(run_settings(args))
+    theirs, ours = model_shape(start.config), model_shape(model_config(args))
     if theirs != ours:
         raise SystemExit(f"--init {args.init} holds another model: {theirs}, not {ours}")
-    model.load_state_dict(weights)
+    model.load_state_dict(start.state_dict())
 
 
 def set_up(args: argparse.Namespace, use_graph: bool) -> Run:
